@@ -1,0 +1,1 @@
+"""The IR graphs, the op registry and the passes that transform them."""

@@ -1,0 +1,1 @@
+"""Jinja2 templates, one per kernel primitive per target (``c/``, ``cuda/``)."""
