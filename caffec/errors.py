@@ -83,5 +83,7 @@ class InternalError(CaffecError):
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """A "did you mean 'x'?" hint when one candidate is close to ``word``."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    candidates = list(candidates)
+    by_case = [c for c in candidates if c.lower() == word.lower()]
+    close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

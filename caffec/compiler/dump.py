@@ -1,0 +1,110 @@
+"""Printing a layer graph: plain text for people, JSON for tools, Graphviz dot for pictures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+
+from caffec.compiler.ir import LayerGraph, Op, ParamBlob, Value
+from caffec.compiler.layers.common import fmt
+
+
+def _shape(value: Value) -> str:
+    return "?" if value.shape is None else fmt(value.shape)
+
+
+def _value_text(value: Value) -> str:
+    return f"{value.name}[{_shape(value)}]"
+
+
+def _params_text(params: list[ParamBlob]) -> str:
+    return ", ".join(f"{p.role} {fmt(p.shape)}" for p in params)
+
+
+def _op_columns(op: Op) -> list[str]:
+    flow = f"{' '.join(_value_text(v) for v in op.bottoms) or '()'} -> "
+    flow += " ".join(_value_text(v) for v in op.tops) or "()"
+    params = f"params: {_params_text(op.params)}" if op.params else ""
+    return [op.name, op.type, flow, params, f"@ {op.span}" if op.span else ""]
+
+
+def to_text(graph: LayerGraph) -> str:
+    """One line per layer, in columns: name, type, bottoms -> tops, params, source."""
+    rows = [_op_columns(op) for op in graph.ops]
+    # Columns line up, but one very long cell (a Concat of many bottoms) may
+    # not push every other row to the right.
+    caps = (32, 24, 72, 48)
+    widths = [min(cap, max((len(r[i]) for r in rows), default=0)) for i, cap in enumerate(caps)]
+    lines = [f"net {graph.name or '(unnamed)'}  phase {graph.phase}  {len(graph.ops)} layers"]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[4]]).rstrip())
+    outputs = ", ".join(_value_text(v) for v in graph.outputs())
+    lines.append(f"outputs: {outputs or '(none)'}")
+    return "\n".join(lines) + "\n"
+
+
+def _filler(filler: Any) -> dict[str, Any] | None:
+    if filler is None:
+        return None
+    return json_format.MessageToDict(filler) or {"type": filler.type}
+
+
+def to_json(graph: LayerGraph) -> str:
+    def value(v: Value) -> dict[str, Any]:
+        return {"name": v.name, "blob": v.blob, "shape": None if v.shape is None else list(v.shape)}
+
+    ops = []
+    for op in graph.ops:
+        ops.append(
+            {
+                "name": op.name,
+                "type": op.type,
+                "bottoms": [value(v) for v in op.bottoms],
+                "tops": [value(v) for v in op.tops],
+                "params": [
+                    {"role": p.role, "shape": list(p.shape), "filler": _filler(p.filler)}
+                    for p in op.params
+                ],
+                "source": None
+                if op.span is None
+                else {"file": op.span.file, "line": op.span.line, "col": op.span.col},
+            }
+        )
+    doc = {
+        "name": graph.name,
+        "phase": graph.phase,
+        "ops": ops,
+        "outputs": [v.name for v in graph.outputs()],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _dot_string(text: str) -> str:
+    """A Graphviz double-quoted string holding ``text`` exactly."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def to_dot(graph: LayerGraph) -> str:
+    ids: dict[int, str] = {}
+    lines = [f"digraph {_dot_string(graph.name or 'net')} {{", "  rankdir=TB;"]
+    for i, op in enumerate(graph.ops):
+        ids[id(op)] = f"op{i}"
+        label = f"{op.name}\n{op.type}"
+        if op.params:
+            label += f"\n{_params_text(op.params)}"
+        lines.append(f"  op{i} [shape=box, label={_dot_string(label)}];")
+    for i, v in enumerate(graph.values.values()):
+        ids[id(v)] = f"v{i}"
+        label = v.name + "\n" + _shape(v)
+        lines.append(f"  v{i} [shape=ellipse, label={_dot_string(label)}];")
+    for src, dst in graph.graph.edges:
+        lines.append(f"  {ids[id(src)]} -> {ids[id(dst)]};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"text": to_text, "json": to_json, "dot": to_dot}

@@ -1,0 +1,12 @@
+"""Every layer type caffec knows, one module per family; importing registers them."""
+
+from caffec.compiler.layers import (  # noqa: F401
+    activations,
+    data,
+    inner_product,
+    losses,
+    normalization,
+    python_layer,
+    structure,
+    vision,
+)

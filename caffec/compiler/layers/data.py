@@ -1,0 +1,174 @@
+"""Layers that produce data: Input, DummyData, MemoryData and the file-backed ones.
+
+A top's shape comes, in order, from ``--shape NAME=...`` given by the user,
+from the layer's own parameters, or from the first record of its source. When
+none of these is there, the error says which ``--shape`` to give.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from caffec.compiler.ir import Shape
+from caffec.compiler.registry import InferContext, ShapeError, register_layer
+from caffec.errors import UserError
+from caffec.frontend import datasource
+
+
+def _from_override(layer: Any, ctx: InferContext) -> list[Shape] | None:
+    """Shapes the user gave for every top (a label top follows the data's batch)."""
+    tops = list(layer.top)
+    if tops[0] not in ctx.shape_overrides:
+        return None
+    data = ctx.shape_overrides[tops[0]]
+    return [data] + [ctx.shape_overrides.get(t, (data[0],)) for t in tops[1:]]
+
+
+def _missing_shape(layer: Any, why: str) -> ShapeError:
+    return ShapeError(
+        why,
+        hint=f"give the shape of the data top with --shape {layer.top[0]}=N,C,H,W",
+    )
+
+
+def _find(source: str, ctx: InferContext, layer: Any) -> Path:
+    if not source:
+        raise _missing_shape(layer, "the layer names no data source")
+    path = datasource.resolve(source, ctx.base_dir)
+    if path is None:
+        raise _missing_shape(layer, f"the data source '{source}' does not exist")
+    return path
+
+
+def _with_label(layer: Any, data: Shape) -> list[Shape]:
+    return [data, (data[0],)][: len(layer.top)]
+
+
+def _batch(size: int) -> int:
+    if size <= 0:
+        raise ShapeError("batch_size must be positive", hint="set batch_size")
+    return size
+
+
+def _cropped(layer: Any, chw: Shape) -> Shape:
+    crop = layer.transform_param.crop_size
+    return (chw[0], crop, crop) if crop else chw
+
+
+@register_layer("Input", bottoms=0, tops=(1, None))
+class Input:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        shapes = [tuple(s.dim) for s in layer.input_param.shape]
+        tops = list(layer.top)
+        if len(shapes) not in (1, len(tops)) and not all(t in ctx.shape_overrides for t in tops):
+            raise ShapeError(
+                f"{len(shapes)} shapes for {len(tops)} tops",
+                hint="give one input_param.shape for all tops, or one per top",
+            )
+        result = []
+        for i, top in enumerate(tops):
+            if top in ctx.shape_overrides:
+                result.append(ctx.shape_overrides[top])
+            else:
+                result.append(shapes[0] if len(shapes) == 1 else shapes[i])
+        return result
+
+
+@register_layer("DummyData", bottoms=0, tops=(1, None))
+class DummyData:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        p = layer.dummy_data_param
+        n = len(layer.top)
+        shapes = [tuple(s.dim) for s in p.shape]
+        if not shapes:
+            legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+            lengths = {len(v) for v in legacy}
+            if len(lengths) != 1 or lengths.pop() not in (1, n):
+                raise ShapeError(
+                    "num, channels, height and width must each be given once, or once per top"
+                )
+            shapes = [
+                tuple(v[i] if len(v) > 1 else v[0] for v in legacy) for i in range(len(p.num))
+            ]
+        if len(shapes) not in (1, n):
+            raise ShapeError(f"{len(shapes)} shapes for {n} tops", hint="give one, or one per top")
+        return [
+            ctx.shape_overrides.get(t, shapes[0] if len(shapes) == 1 else shapes[i])
+            for i, t in enumerate(layer.top)
+        ]
+
+
+@register_layer("MemoryData", bottoms=0, tops=2)
+class MemoryData:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        p = layer.memory_data_param
+        data = (_batch(p.batch_size), p.channels, p.height, p.width)
+        return _from_override(layer, ctx) or _with_label(layer, data)
+
+
+@register_layer("Data", bottoms=0, tops=(1, 2))
+class Data:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        given = _from_override(layer, ctx)
+        if given:
+            return given
+        p = layer.data_param
+        path = _find(p.source, ctx, layer)
+        backend = p.DB.Name(p.backend)
+        chw = datasource.datum_shape(datasource.first_datum(path, backend))
+        return _with_label(layer, (_batch(p.batch_size), *_cropped(layer, chw)))
+
+
+@register_layer("ImageData", bottoms=0, tops=2)
+class ImageData:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        given = _from_override(layer, ctx)
+        if given:
+            return given
+        p = layer.image_data_param
+        channels = 3 if p.is_color else 1
+        if p.new_height and p.new_width:
+            chw: Shape = (channels, p.new_height, p.new_width)
+        else:
+            listing = _find(p.source, ctx, layer)
+            image = Path(p.root_folder + datasource.first_listed(listing))
+            if not image.exists():
+                raise _missing_shape(layer, f"the first listed image '{image}' does not exist")
+            chw = datasource.image_shape(image, p.is_color)
+        return _with_label(layer, (_batch(p.batch_size), *_cropped(layer, chw)))
+
+
+@register_layer("HDF5Data", bottoms=0, tops=(1, None))
+class HDF5Data:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        given = _from_override(layer, ctx)
+        if given:
+            return given
+        tops = list(layer.top)
+        p = layer.hdf5_data_param
+        listing = _find(p.source, ctx, layer)
+        first = datasource.resolve(datasource.first_listed(listing), ctx.base_dir)
+        if first is None:
+            raise ShapeError(
+                f"the first HDF5 file listed in '{p.source}' does not exist",
+                hint="give every top's shape with --shape NAME=N,...",
+            )
+        try:
+            found = datasource.hdf5_shapes(first, tops)
+        except UserError as err:
+            raise ShapeError(err.message, err.hint) from err
+        batch = _batch(p.batch_size)
+        return [ctx.shape_overrides.get(t, (batch, *found[t][1:])) for t in tops]
+
+
+@register_layer("WindowData", bottoms=0, tops=2)
+class WindowData:
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        given = _from_override(layer, ctx)
+        if given:
+            return given
+        crop = layer.transform_param.crop_size or layer.window_data_param.crop_size
+        if not crop:
+            raise _missing_shape(layer, "WindowData needs transform_param.crop_size")
+        return _with_label(layer, (_batch(layer.window_data_param.batch_size), 3, crop, crop))

@@ -1,0 +1,46 @@
+"""Parameter blobs: their shapes and fillers per layer, and the checks on sharing them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from caffec.compiler.ir import LayerGraph, Op
+from caffec.compiler.layers.common import count, fmt
+from caffec.compiler.registry import lookup
+from caffec.errors import UserError
+
+
+def create_params(graph: LayerGraph) -> LayerGraph:
+    graph = graph.copy()
+    owners: dict[str, tuple[Op, int]] = {}  # shared param name -> first owner and blob index
+    for op in graph.ops:
+        spec = lookup(op.type)
+        assert spec is not None, "verify runs first"
+        op.params = spec.params(op.param, [v.shape for v in op.bottoms])
+        specs: Any = op.param.param
+        if len(specs) > len(op.params):
+            raise UserError(
+                f"{len(specs)} param {{}} entries for a layer with "
+                f"{len(op.params)} parameter blobs",
+                span=op.span,
+                layer=op.name,
+                hint="remove the extra param entries",
+            )
+        for i, ps in enumerate(specs):
+            if not ps.name:
+                continue
+            if ps.name not in owners:
+                owners[ps.name] = (op, i)
+                continue
+            owner, j = owners[ps.name]
+            mine, theirs = op.params[i].shape, owner.params[j].shape
+            strict = ps.DimCheckMode.Name(ps.share_mode) == "STRICT"
+            same = mine == theirs if strict else count(mine) == count(theirs)
+            if not same:
+                raise UserError(
+                    f"cannot share param '{ps.name}' with layer '{owner.name}': its shape "
+                    f"{fmt(mine)} differs from {fmt(theirs)}",
+                    span=op.span,
+                    layer=op.name,
+                )
+    return graph

@@ -1,0 +1,54 @@
+"""Shape inference: every value gets its shape, layer by layer, as Caffe's Reshape does."""
+
+from __future__ import annotations
+
+from caffec.compiler.ir import LayerGraph, Shape
+from caffec.compiler.layers.common import fmt
+from caffec.compiler.registry import InferContext, ShapeError, lookup
+from caffec.errors import InternalError, UserError
+
+
+def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGraph:
+    ctx = ctx or InferContext()
+    _check_overrides(graph, ctx)
+    graph = graph.copy()
+    for op in graph.ops:
+        spec = lookup(op.type)
+        assert spec is not None, "verify runs first"
+        bottoms: list[Shape] = [v.shape for v in op.bottoms]  # type: ignore[misc]
+        try:
+            tops = spec.infer(op.param, bottoms, ctx)
+        except ShapeError as err:
+            seen = ", ".join(f"{v.blob} {fmt(v.shape)}" for v in op.bottoms)  # type: ignore[arg-type]
+            message = f"{op.type}: {err.message}" + (f" (bottoms: {seen})" if seen else "")
+            raise UserError(message, span=op.span, layer=op.name, hint=err.hint) from None
+        except UserError as err:
+            raise UserError(err.message, span=op.span, layer=op.name, hint=err.hint) from None
+        if len(tops) != len(op.tops):
+            raise InternalError(
+                f"the {op.type} shape rule gave {len(tops)} shapes for {len(op.tops)} tops "
+                "(a caffec bug; please report it)",
+                layer=op.name,
+            )
+        for value, shape in zip(op.tops, tops, strict=True):
+            if any(d <= 0 for d in shape):
+                raise UserError(
+                    f"{op.type}: top '{value.blob}' would have the empty shape {fmt(shape)}",
+                    span=op.span,
+                    layer=op.name,
+                )
+            value.shape = tuple(int(d) for d in shape)
+    return graph
+
+
+def _check_overrides(graph: LayerGraph, ctx: InferContext) -> None:
+    """Every --shape must name a top of a layer without bottoms (a data layer)."""
+    data_tops = [v.blob for op in graph.ops if not op.bottoms for v in op.tops]
+    for name, shape in ctx.shape_overrides.items():
+        if name not in data_tops:
+            raise UserError(
+                f"--shape names '{name}', which is not a top of a data or input layer",
+                hint=f"data tops in this net: {', '.join(data_tops) or 'none'}",
+            )
+        if not shape or any(d <= 0 for d in shape):
+            raise UserError(f"--shape {name}={fmt(shape)}: dimensions must be positive")

@@ -1,0 +1,70 @@
+"""The pass pipeline: the passes in order, by the names ``caffec dump --after`` takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from caffec.compiler.build import build_layer_graph
+from caffec.compiler.ir import LayerGraph, Shape
+from caffec.compiler.passes.params import create_params
+from caffec.compiler.passes.shape_inference import infer_shapes
+from caffec.compiler.passes.verify import verify
+from caffec.compiler.registry import InferContext
+from caffec.errors import UserError, did_you_mean
+from caffec.frontend.loader import read_net, select_phase
+
+
+@dataclass
+class Options:
+    """What the user chose for a compile: phase, stages, level, input shapes."""
+
+    phase: str = "TEST"
+    stages: Sequence[str] = ()
+    level: int = 0
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[LayerGraph, Options], LayerGraph]
+
+
+PIPELINE: list[Pass] = [
+    Pass("verify", lambda g, o: verify(g)),
+    Pass("shape_inference", lambda g, o: infer_shapes(g, InferContext(o.shapes, o.base_dir))),
+    Pass("params", lambda g, o: create_params(g)),
+]
+
+PASS_NAMES = ["build"] + [p.name for p in PIPELINE]
+
+
+def run_passes(graph: LayerGraph, options: Options, after: str | None = None) -> LayerGraph:
+    """Run the pipeline on ``graph``, stopping after the pass named ``after`` (None: all)."""
+    if after is not None and after not in PASS_NAMES:
+        raise UserError(
+            f"there is no pass named '{after}'",
+            hint=did_you_mean(after, PASS_NAMES) or f"passes: {', '.join(PASS_NAMES)}",
+        )
+    if after == "build":
+        return graph
+    for step in PIPELINE:
+        graph = step.run(graph, options)
+        if step.name == after:
+            break
+    return graph
+
+
+def load_layer_graph(path: str | Path, options: Options, after: str | None = None) -> LayerGraph:
+    """Read, upgrade and filter the net at ``path`` and run the passes on it.
+
+    Data sources named relative to the prototxt are found too (``base_dir``).
+    """
+    options = replace(options, base_dir=Path(path).parent)
+    net, spans = read_net(path)
+    net, spans = select_phase(net, spans, options.phase, options.stages, options.level)
+    graph = build_layer_graph(net, spans, options.phase)
+    return run_passes(graph, options, after)

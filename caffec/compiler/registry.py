@@ -1,0 +1,137 @@
+"""The op registry: one entry per Caffe layer type.
+
+A layer type is registered once, by decorating the class that knows its
+rules (see ``caffec/compiler/layers/``). Nothing else in the compiler knows
+what a particular layer does: passes look the entry up by type.
+
+An entry's class provides
+
+* ``infer(layer, bottoms, ctx) -> list[Shape]``: the shapes of the tops from
+  the shapes of the bottoms, as Caffe's ``Reshape`` computes them; it raises
+  :class:`ShapeError` when the bottoms do not fit;
+* ``params(layer, bottoms) -> list[ParamBlob]`` (optional): the blobs the
+  layer owns, with their shapes and fillers, as Caffe's ``LayerSetUp``
+  allocates them.
+
+Lowering and gradient rules join these with the C-target issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from caffec.compiler.ir import ParamBlob, Shape
+
+T = TypeVar("T")
+
+
+class ShapeError(Exception):
+    """A layer's bottoms do not fit its parameters; the pass adds layer and location."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class InferContext:
+    """What shape rules may need beyond the bottoms: user-given shapes, file locations."""
+
+    shape_overrides: dict[str, Shape] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class Arity:
+    """How many bottoms (or tops) a layer takes: ``low`` to ``high`` (None: no limit)."""
+
+    low: int
+    high: int | None
+
+    def accepts(self, n: int) -> bool:
+        return n >= self.low and (self.high is None or n <= self.high)
+
+    def __str__(self) -> str:
+        if self.high == self.low:
+            return f"exactly {self.low}"
+        if self.high is None:
+            return f"at least {self.low}"
+        return f"{self.low} to {self.high}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A registered layer type."""
+
+    type: str
+    rules: Any
+    bottoms: Arity
+    tops: Arity
+    in_place: bool
+    loss: bool
+
+    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        return self.rules.infer(layer, bottoms, ctx)
+
+    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+        rule = getattr(self.rules, "params", None)
+        return rule(layer, bottoms) if rule else []
+
+
+_REGISTRY: dict[str, LayerSpec] = {}
+
+
+def _arity(spec: int | tuple[int, int | None]) -> Arity:
+    return Arity(spec, spec) if isinstance(spec, int) else Arity(*spec)
+
+
+def register_layer(
+    type_name: str,
+    *,
+    bottoms: int | tuple[int, int | None] = 1,
+    tops: int | tuple[int, int | None] = 1,
+    in_place: bool = False,
+    loss: bool = False,
+) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register ``cls`` as the rules of Caffe layer ``type_name``.
+
+    ``in_place`` says the layer may write its top over its bottom; ``loss``
+    says its first top has a default ``loss_weight`` of 1, as Caffe's loss
+    layers do.
+    """
+
+    def register(cls: type[T]) -> type[T]:
+        if type_name in _REGISTRY:
+            raise ValueError(f"layer type {type_name!r} registered twice")
+        _REGISTRY[type_name] = LayerSpec(
+            type=type_name,
+            rules=cls(),
+            bottoms=_arity(bottoms),
+            tops=_arity(tops),
+            in_place=in_place,
+            loss=loss,
+        )
+        return cls
+
+    return register
+
+
+def lookup(type_name: str) -> LayerSpec | None:
+    """The registered rules of ``type_name``, or None."""
+    _load_layers()
+    return _REGISTRY.get(type_name)
+
+
+def known_types() -> list[str]:
+    """Every registered layer type, sorted."""
+    _load_layers()
+    return sorted(_REGISTRY)
+
+
+def _load_layers() -> None:
+    # The layer modules register themselves on import.
+    import caffec.compiler.layers  # noqa: F401

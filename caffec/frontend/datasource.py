@@ -1,0 +1,96 @@
+"""Looking into a data layer's source for the shape of what it will produce.
+
+Caffe learns a data layer's top shape by reading the first record of its
+source. caffec does the same so that nets shape-infer without flags when the
+data is there. Sources are opened read-only; the optional libraries (lmdb,
+plyvel, h5py, Pillow: the ``data`` extra) are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from caffec.errors import UserError
+from caffec.frontend import caffe_pb2
+
+Shape = tuple[int, ...]
+
+
+def resolve(source: str, base_dir: Path) -> Path | None:
+    """Caffe opens sources relative to the working directory; also try the prototxt's."""
+    for candidate in (Path(source), base_dir / source):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _optional(module: str, package: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise UserError(
+            f"reading this data source needs the Python package '{package}'",
+            hint="pip install 'caffec[data]'",
+        ) from err
+
+
+def first_datum(path: Path, backend: str) -> caffe_pb2.Datum:
+    """The first record of an LMDB or LevelDB database, as a Datum."""
+    if backend == "LMDB":
+        lmdb = _optional("lmdb", "lmdb")
+        with lmdb.open(str(path), readonly=True, lock=False, subdir=path.is_dir()) as env:
+            with env.begin() as txn:
+                item = next(iter(txn.cursor()), None)
+    else:
+        plyvel = _optional("plyvel", "plyvel")
+        db = plyvel.DB(str(path), create_if_missing=False)
+        try:
+            item = next(iter(db), None)
+        finally:
+            db.close()
+    if item is None:
+        raise UserError(f"the database {path} is empty")
+    return caffe_pb2.Datum.FromString(item[1])
+
+
+def datum_shape(datum: caffe_pb2.Datum) -> Shape:
+    """(channels, height, width) of a Datum, decoding it if it holds an encoded image."""
+    if datum.encoded:
+        import io
+
+        image = _optional("PIL.Image", "Pillow").open(io.BytesIO(datum.data))
+        return (len(image.getbands()), image.height, image.width)
+    return (datum.channels, datum.height, datum.width)
+
+
+def image_shape(path: Path, is_color: bool) -> Shape:
+    """(channels, height, width) of an image file as ImageData would load it."""
+    image_module = _optional("PIL.Image", "Pillow")
+    try:
+        with image_module.open(path) as image:
+            return (3 if is_color else 1, image.height, image.width)
+    except OSError as err:
+        raise UserError(f"cannot read the image {path}: {err}") from err
+
+
+def first_listed(list_file: Path) -> str:
+    """The first path named in a list file (ImageData's ``path label`` lines, HDF5's paths)."""
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            return line.split()[0]
+    raise UserError(f"the list file {list_file} names no files")
+
+
+def hdf5_shapes(path: Path, names: list[str]) -> dict[str, Shape]:
+    """The shapes of the named datasets in one HDF5 file."""
+    h5py = _optional("h5py", "h5py")
+    with h5py.File(path, "r") as f:
+        missing = [n for n in names if n not in f]
+        if missing:
+            raise UserError(
+                f"the HDF5 file {path} has no dataset {missing[0]!r}",
+                hint=f"its datasets are: {', '.join(sorted(f.keys()))}",
+            )
+        return {n: tuple(f[n].shape) for n in names}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets caffec up on a Debian or Ubuntu machine: the system packages it needs
+# (installed with apt-get only when missing), a virtual environment in .venv,
+# and caffec itself in editable mode with the test and data extras.
+#   bash scripts/setup.sh          # idempotent; rerun after pulling
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: caffec needs Python 3.11 or newer as '$python' (set PYTHON=...)" >&2
+    exit 2
+fi
+
+missing=()
+"$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v cc >/dev/null || missing+=(build-essential)
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data]'

@@ -1,0 +1,144 @@
+"""The command line: output of each subcommand; exit status 2, no traceback, on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from caffec.cli import main
+
+LENET = REPO / "examples/mnist/lenet_train_test.prototxt"
+
+V1_NET = """name: "tiny"
+input: "data"
+input_dim: 2 input_dim: 3 input_dim: 8 input_dim: 8
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_dump_text_shows_shapes_params_and_source_lines(capsys, corpus: Path) -> None:
+    net = corpus / "bvlc/models/bvlc_googlenet/deploy.prototxt"
+    status, out, _ = run(capsys, "dump", str(net))
+    assert status == 0
+    assert "inception_5b/output[10x1024x7x7]" in out
+    assert "params: weight 64x3x7x7, bias 64" in out
+    assert f"@ {net}:8:1" in out
+
+
+def test_dump_dot_and_json(capsys, tmp_path: Path) -> None:
+    status, out, _ = run(
+        capsys, "dump", str(LENET), "--phase", "TEST", "--shape", "data=100,1,28,28",
+        "--format", "dot",
+    )  # fmt: skip
+    assert status == 0 and out.startswith('digraph "LeNet" {')
+    assert '[shape=box, label="conv1\\nConvolution' in out
+
+    old = tmp_path / "old.prototxt"
+    old.write_text(V1_NET)
+    status, out, _ = run(capsys, "dump", str(old), "--after", "shape_inference", "--format", "json")
+    doc = json.loads(out)
+    assert [op["type"] for op in doc["ops"]] == ["Input", "Convolution", "ReLU", "Pooling"]
+    assert doc["ops"][3]["tops"][0]["shape"] == [2, 4, 3, 3]
+    assert doc["ops"][1]["params"] == []  # stopped before the params pass
+    assert doc["ops"][2]["tops"][0] == {"name": "conv'", "blob": "conv", "shape": [2, 4, 6, 6]}
+
+
+def test_dump_after_build_has_no_shapes(capsys) -> None:
+    status, out, _ = run(capsys, "dump", str(LENET), "--after", "build")
+    assert status == 0 and "conv1[?]" in out
+
+
+def test_upgrade_writes_the_current_format(capsys, tmp_path: Path) -> None:
+    old = tmp_path / "old.prototxt"
+    old.write_text(V1_NET)
+    status, out, _ = run(capsys, "upgrade", str(old))
+    assert status == 0
+    assert "layers" not in out and 'type: "Convolution"' in out and "lr_mult: 2" in out
+    assert 'type: "Input"' in out
+    (tmp_path / "new.prototxt").write_text(out)
+    status, again, _ = run(capsys, "upgrade", str(tmp_path / "new.prototxt"))
+    assert again == out
+
+
+def test_upgrade_of_a_solver(capsys, tmp_path: Path) -> None:
+    old = tmp_path / "solver.prototxt"
+    old.write_text('net: "n.prototxt"\nbase_lr: 0.01\nsolver_type: NESTEROV\n')
+    status, _, _ = run(capsys, "upgrade", str(old), "-o", str(tmp_path / "new.prototxt"))
+    assert status == 0
+    assert 'type: "Nesterov"' in (tmp_path / "new.prototxt").read_text()
+
+
+def test_inspect_caffemodel(capsys, corpus: Path) -> None:
+    status, out, _ = run(capsys, "inspect", str(corpus / "weights/lenet_iter_10000.caffemodel"))
+    assert status == 0
+    assert "conv1" in out and "20x1x5x5" in out and "ip1" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "expected"),
+    [
+        ("layer {\n  name: 'x'\n  type: 'ReLU'\n", [], "bad.prototxt:3:15: error:"),
+        ('layer { name: "x" typ: "ReLU" }\n', [], "bad.prototxt:1:19: error:"),
+        ('layer { name: "c" type: "Input" top: "d" input_param { shape { dim: 1 dim: 2 } } }\n'
+         'layer { name: "x" type: "Pooling" bottom: "d" top: "p" }\n', [],
+         "bad.prototxt:2:1: error: layer 'x': Pooling: "),
+        ('layer { name: "c" type: "Input" top: "d" }\n', ["--shape", "e=1,2"],
+         "--shape names 'e'"),
+        ('layer { name: "p" type: "Pooling" pooling_param { pool: MAXIMUM } }\n', [],
+         "bad.prototxt:1:57: error:"),
+        ('layer { name: "p" type: "Convolution" convolution_param { num_output: "ten" } }\n',
+         [], "bad.prototxt:1:71: error:"),
+        ('layer { name: "r" type: "ReLU" bottom: "nothing" top: "r" }\n', [],
+         "bad.prototxt:1:32: error: layer 'r': bottom 'nothing' is not produced"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_a_located_message(
+    capsys, tmp_path: Path, text: str, argv: list, expected: str
+) -> None:
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(text)
+    status, _, err = run(capsys, "dump", str(bad), *argv)
+    assert status == 2
+    assert expected.replace("bad.prototxt", str(bad)) in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_caffemodel(capsys, tmp_path: Path, corpus: Path) -> None:
+    whole = (corpus / "weights/lenet_iter_10000.caffemodel").read_bytes()
+    cut = tmp_path / "cut.caffemodel"
+    cut.write_bytes(whole[: len(whole) // 2])
+    status, _, err = run(capsys, "inspect", str(cut))
+    assert status == 2 and "truncated" in err and "Traceback" not in err
+
+
+def test_missing_file(capsys, tmp_path: Path) -> None:
+    status, _, err = run(capsys, "dump", str(tmp_path / "nope.prototxt"))
+    assert status == 2 and "nope.prototxt" in err and "Traceback" not in err
+    status, _, err = run(capsys, "inspect", str(tmp_path / "nope.caffemodel"))
+    assert status == 2 and "nope.caffemodel" in err
+
+
+def test_the_installed_command_reports_argument_errors_with_status_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "caffec", "dump", str(LENET), "--shape", "data=1,x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "is not NAME=N,C,H,W" in proc.stderr and "Traceback" not in proc.stderr
