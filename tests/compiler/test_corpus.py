@@ -178,3 +178,36 @@ def test_missing_source_names_the_flag_to_give(corpus: Path) -> None:
     assert "examples/mnist/mnist_train_lmdb' does not exist" in info.value.message
     assert "--shape data=N,C,H,W" in info.value.hint
     assert info.value.span.line == 2
+
+
+def test_data_shape_from_an_lmdb_source(tmp_path: Path) -> None:
+    lmdb = pytest.importorskip("lmdb")
+    from caffec.frontend import caffe_pb2
+
+    datum = caffe_pb2.Datum(channels=1, height=28, width=28, data=bytes(784), label=3)
+    with lmdb.open(str(tmp_path / "train_lmdb"), map_size=1 << 20) as env:
+        with env.begin(write=True) as txn:
+            txn.put(b"00000000", datum.SerializeToString())
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "d" type: "Data" top: "data" top: "label" transform_param '
+        '{ crop_size: 20 } data_param { source: "train_lmdb" batch_size: 8 backend: LMDB } }\n'
+    )
+    net, spans = read_net(tmp_path / "net.prototxt")
+    graph = compile_net(net, spans, "TRAIN", {}, tmp_path)
+    assert shapes_of(graph) == {"data": (8, 1, 20, 20), "label": (8,)}
+
+
+def test_data_shape_from_an_image_list(corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    cat = corpus / "bvlc/examples/images/cat.jpg"
+    (tmp_path / "list.txt").write_text(f"{cat} 0\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" '
+        'image_data_param { source: "list.txt" batch_size: 2 is_color: false } }\n'
+    )
+    net, spans = read_net(tmp_path / "net.prototxt")
+    graph = compile_net(net, spans, "TEST", {}, tmp_path)
+    from PIL import Image
+
+    with Image.open(cat) as image:
+        assert shapes_of(graph)["data"] == (2, 1, image.height, image.width)

@@ -48,3 +48,15 @@ def test_current_caffemodel_is_returned_as_read(corpus: Path) -> None:
     model = read_weights(corpus / "weights/lenet_iter_10000.caffemodel")
     assert model.format == "current"
     assert model.blobs_by_name()["conv1"][0].shape == (20, 1, 5, 5)
+
+
+def test_real_lenet_weights_fit_the_lenet_layer_graph(corpus: Path) -> None:
+    from caffec.compiler.pipeline import Options, load_layer_graph
+
+    weights = corpus / "weights"
+    graph = load_layer_graph(weights / "lenet.prototxt", Options(phase="TEST"))
+    blobs = read_weights(weights / "lenet_iter_10000.caffemodel").blobs_by_name()
+    with_params = [op for op in graph.ops if op.params]
+    assert [op.name for op in with_params] == ["conv1", "conv2", "ip1", "ip2"]
+    for op in with_params:
+        assert [b.shape for b in blobs[op.name]] == [p.shape for p in op.params]
