@@ -7,3 +7,15 @@ files, :mod:`caffec.compiler` builds and transforms the graphs,
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # the API loads on first use, so `import caffec` stays light
+    if name == "Net":
+        from caffec.net import Net
+
+        return Net
+    if name in ("TRAIN", "TEST"):
+        from caffec.runtime import net
+
+        return getattr(net, name)
+    raise AttributeError(f"module 'caffec' has no attribute {name!r}")

@@ -76,4 +76,4 @@ def build_layer_graph(net: Any, spans: SourceMap | None = None, phase: str = "TE
         for value in op.tops:
             current[value.blob] = value
         ops.append(op)
-    return LayerGraph.from_ops(net.name, ops, phase)
+    return LayerGraph.from_ops(net.name, ops, phase, net.force_backward)

@@ -50,6 +50,7 @@ class ParamBlob:
     shape: Shape
     filler: Any  # a FillerParameter message, or None where Caffe fills nothing
     role: str  # "weight", "bias", "mean", ... for dumps and later passes
+    lr_mult: float = 1.0  # the default when the layer gives no param { lr_mult }
 
 
 @dataclass(eq=False)
@@ -78,9 +79,12 @@ class LayerGraph:
     values: dict[str, Value]
     graph: nx.DiGraph
     phase: str = "TEST"
+    force_backward: bool = False
 
     @classmethod
-    def from_ops(cls, name: str, ops: list[Op], phase: str) -> LayerGraph:
+    def from_ops(
+        cls, name: str, ops: list[Op], phase: str, force_backward: bool = False
+    ) -> LayerGraph:
         """Build the networkx view and the value table from ops whose edges are set."""
         graph = nx.DiGraph()
         values: dict[str, Value] = {}
@@ -92,7 +96,7 @@ class LayerGraph:
                 graph.add_node(value, kind="value")
                 graph.add_edge(op, value, index=i)
                 values[value.name] = value
-        return cls(name=name, ops=ops, values=values, graph=graph, phase=phase)
+        return cls(name, ops, values, graph, phase, force_backward)
 
     def copy(self) -> LayerGraph:
         """A copy whose ops and values can be changed without touching this graph.
@@ -103,7 +107,7 @@ class LayerGraph:
         for op in self.ops:
             memo[id(op.param)] = op.param
         ops = copy.deepcopy(self.ops, memo)
-        return LayerGraph.from_ops(self.name, ops, self.phase)
+        return LayerGraph.from_ops(self.name, ops, self.phase, self.force_backward)
 
     def producer(self, value: Value) -> Op | None:
         """The op whose top ``value`` is (None for nothing, which verify forbids)."""

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from caffec.compiler.build import build_layer_graph
 from caffec.compiler.ir import LayerGraph, Shape
+from caffec.compiler.kernels import KernelGraph
+from caffec.compiler.passes.autodiff import autodiff
+from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.params import create_params
 from caffec.compiler.passes.shape_inference import infer_shapes
 from caffec.compiler.passes.verify import verify
@@ -18,13 +21,15 @@ from caffec.frontend.loader import read_net, select_phase
 
 @dataclass
 class Options:
-    """What the user chose for a compile: phase, stages, level, input shapes."""
+    """What the user chose for a compile: phase, stages, level, input shapes, precision."""
 
     phase: str = "TEST"
     stages: Sequence[str] = ()
     level: int = 0
     shapes: dict[str, Shape] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    dtype: str = "float32"
+    backward: bool | None = None  # None: in TRAIN, or where the net sets force_backward
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,18 @@ def run_passes(graph: LayerGraph, options: Options, after: str | None = None) ->
         if step.name == after:
             break
     return graph
+
+
+def build_kernel_graph(graph: LayerGraph, options: Options) -> KernelGraph:
+    """Lower a layer graph (after every layer-graph pass) and differentiate it if asked."""
+    kgraph, lowering = lower(graph, options.dtype)
+    backward = options.backward
+    if backward is None:
+        backward = graph.phase == "TRAIN" or graph.force_backward
+    if backward:
+        autodiff(kgraph, lowering)
+    kgraph.prune()
+    return kgraph
 
 
 def load_layer_graph(path: str | Path, options: Options, after: str | None = None) -> LayerGraph:

@@ -13,7 +13,10 @@ An entry's class provides
   layer owns, with their shapes and fillers, as Caffe's ``LayerSetUp``
   allocates them.
 
-Lowering and gradient rules join these with the C-target issue.
+* ``lower(op, ctx)`` (to compile the layer): emits the kernels of its forward
+  pass through a :class:`caffec.compiler.passes.lower.LowerContext`;
+* ``grad(op, ctx)`` (to train through it): emits the kernels that compute the
+  gradients of its bottoms and parameters from the gradients of its tops.
 """
 
 from __future__ import annotations
@@ -80,6 +83,14 @@ class LayerSpec:
     def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
         rule = getattr(self.rules, "params", None)
         return rule(layer, bottoms) if rule else []
+
+    @property
+    def can_lower(self) -> bool:
+        return hasattr(self.rules, "lower")
+
+    @property
+    def has_grad(self) -> bool:
+        return hasattr(self.rules, "grad")
 
 
 _REGISTRY: dict[str, LayerSpec] = {}

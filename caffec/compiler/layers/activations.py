@@ -1,47 +1,97 @@
-"""Elementwise layers: the top has the bottom's shape, and may overwrite it."""
+"""Elementwise layers: the top has the bottom's shape, and may overwrite it.
+
+Each is a ``map`` forward and a ``map`` backward; the expressions are C, over
+the bottom ``x``, the top ``y`` and the top's gradient ``dy``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from caffec.compiler.ir import ParamBlob, Shape
-from caffec.compiler.layers.common import SameShape, fmt
+from caffec.compiler.ir import Op, ParamBlob, Shape
+from caffec.compiler.layers.common import SameShape, count, fmt
+from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
 from caffec.frontend import caffe_pb2
 
 
+class Elementwise(SameShape):
+    """A layer that is one expression forward and one backward, with constants from its params."""
+
+    forward: str
+    backward: str
+
+    def consts(self, layer: Any) -> dict[str, float]:
+        return {}
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        ctx.emit(
+            pmap(op.tops[0].shape, [(ctx.y(0), self.forward)], {"x": ctx.x(0)},
+                 self.consts(op.param))
+        )  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        inputs = {"x": ctx.x(0), "y": ctx.y(0), "dy": ctx.dy(0)}
+        ctx.emit(
+            pmap(op.tops[0].shape, [(dx, self.backward)], inputs, self.consts(op.param),
+                 accumulate=accumulate)
+        )  # fmt: skip
+
+
 @register_layer("ReLU", in_place=True)
-class ReLU(SameShape):
-    pass
+class ReLU(Elementwise):
+    forward = "x > 0 ? x : x * slope"
+    backward = "x > 0 ? dy : dy * slope"
+
+    def consts(self, layer: Any) -> dict[str, float]:
+        return {"slope": layer.relu_param.negative_slope}
 
 
 @register_layer("Sigmoid", in_place=True)
-class Sigmoid(SameShape):
-    pass
+class Sigmoid(Elementwise):
+    forward = "1 / (1 + exp(-x))"
+    backward = "dy * y * (1 - y)"
 
 
 @register_layer("TanH", in_place=True)
-class TanH(SameShape):
-    pass
+class TanH(Elementwise):
+    forward = "tanh(x)"
+    backward = "dy * (1 - y * y)"
 
 
 @register_layer("AbsVal")
-class AbsVal(SameShape):
-    pass
+class AbsVal(Elementwise):
+    forward = "fabs(x)"
+    backward = "x > 0 ? dy : (x < 0 ? -dy : 0)"
 
 
 @register_layer("Power", in_place=True)
-class Power(SameShape):
-    pass
+class Power(Elementwise):
+    forward = "pow(shift + scale * x, power)"
+    backward = "dy * power * scale * pow(shift + scale * x, power - 1)"
+
+    def consts(self, layer: Any) -> dict[str, float]:
+        p = layer.power_param
+        return {"power": p.power, "scale": p.scale, "shift": p.shift}
 
 
 @register_layer("ELU", in_place=True)
-class ELU(SameShape):
-    pass
+class ELU(Elementwise):
+    forward = "x > 0 ? x : alpha * (exp(x) - 1)"
+    backward = "x > 0 ? dy : dy * (y + alpha)"
+
+    def consts(self, layer: Any) -> dict[str, float]:
+        return {"alpha": layer.elu_param.alpha}
 
 
 @register_layer("Dropout", in_place=True)
 class Dropout(SameShape):
+    """Caffe's dropout: in TRAIN keep each unit with probability 1 - ratio and scale it up."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         ratio = layer.dropout_param.dropout_ratio
         if not 0.0 <= ratio < 1.0:
@@ -50,6 +100,38 @@ class Dropout(SameShape):
                 hint="the fraction of units dropped must be at least 0 and below 1",
             )
         return [bottoms[0]]
+
+    @staticmethod
+    def _consts(layer: Any) -> dict[str, float]:
+        keep = 1.0 - layer.dropout_param.dropout_ratio
+        return {"keep": keep, "scale": 1.0 / keep}
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        shape = op.tops[0].shape
+        consts = self._consts(op.param)
+        if ctx.phase == "TRAIN":
+            mask = ctx.state("mask", shape)
+            ctx.emit(
+                pmap(shape, [(mask, "uniform() < keep ? 1 : 0"), (ctx.y(0), "x * m * scale")],
+                     {"x": ctx.x(0)}, consts, lets=[("m", "uniform() < keep ? 1 : 0")],
+                     counter=ctx.counter)
+            )  # fmt: skip
+        else:
+            ctx.emit(pmap(shape, [(ctx.y(0), "x")], {"x": ctx.x(0)}))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        shape = op.tops[0].shape
+        consts = self._consts(op.param)
+        if ctx.phase == "TRAIN":
+            inputs = {"dy": ctx.dy(0), "m": ctx.state("mask", shape)}
+            expr = "dy * m * scale"
+        else:
+            inputs, expr = {"dy": ctx.dy(0)}, "dy"
+        ctx.emit(pmap(shape, [(dx, expr)], inputs, consts, accumulate=accumulate))
 
 
 @register_layer("PReLU", in_place=True)
@@ -66,3 +148,33 @@ class PReLU(SameShape):
         if not p.HasField("filler"):
             filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
         return [ParamBlob(shape, filler, "slope")]
+
+    @staticmethod
+    def _view(op: Op) -> tuple[Shape, Shape]:
+        """The bottom as (N, C, rest) and the slope's broadcast shape in that view."""
+        shape = op.bottoms[0].shape
+        view = (shape[0], shape[1], count(shape, 2))
+        shared = op.param.prelu_param.channel_shared
+        return view, ((1, 1, 1) if shared else (1, view[1], 1))
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        view, slope = self._view(op)
+        ctx.emit(
+            pmap(view, [(ctx.y(0), "x > 0 ? x : x * a")], {"x": ctx.x(0), "a": (ctx.w(0), slope)})
+        )
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        view, slope = self._view(op)
+        inputs = {"x": ctx.x(0), "dy": ctx.dy(0), "a": (ctx.w(0), slope)}
+        dslope = ctx.dw(0)
+        if dslope is not None:
+            terms = ctx.workspace("slope terms", view)
+            axes = [0, 1, 2] if slope == (1, 1, 1) else [0, 2]
+            ctx.emit(
+                pmap(view, [(terms, "x > 0 ? 0 : x * dy")], inputs),
+                reduce(terms, dslope, view, axes, accumulate=True),
+            )
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(pmap(view, [(dx, "x > 0 ? dy : dy * a")], inputs, accumulate=accumulate))

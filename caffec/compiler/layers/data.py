@@ -10,10 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from caffec.compiler.ir import Shape
+from caffec.compiler.ir import Op, Shape
 from caffec.compiler.registry import InferContext, ShapeError, register_layer
 from caffec.errors import UserError
 from caffec.frontend import datasource
+
+
+class FedByRuntime:
+    """A data layer whose tops the runtime fills before each forward pass: no kernels."""
+
+    fed_by_runtime = True
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        pass
 
 
 def _from_override(layer: Any, ctx: InferContext) -> list[Shape] | None:
@@ -57,7 +66,7 @@ def _cropped(layer: Any, chw: Shape) -> Shape:
 
 
 @register_layer("Input", bottoms=0, tops=(1, None))
-class Input:
+class Input(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         shapes = [tuple(s.dim) for s in layer.input_param.shape]
         tops = list(layer.top)
@@ -98,9 +107,24 @@ class DummyData:
             for i, t in enumerate(layer.top)
         ]
 
+    def lower(self, op: Op, ctx: Any) -> None:
+        """Caffe refills a top every pass unless its filler is constant."""
+        fillers = list(op.param.dummy_data_param.data_filler)
+        if len(fillers) not in (0, 1, len(op.tops)):
+            raise UserError(
+                f"{len(fillers)} data_filler entries for {len(op.tops)} tops",
+                span=op.span,
+                layer=op.name,
+                hint="give none, one, or one per top",
+            )
+        for i in range(len(op.tops)):
+            filler = fillers[i if len(fillers) > 1 else 0] if fillers else None
+            refill = filler is not None and filler.type != "constant"
+            ctx.fill_each_run(ctx.y(i), filler, refill)
+
 
 @register_layer("MemoryData", bottoms=0, tops=2)
-class MemoryData:
+class MemoryData(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.memory_data_param
         data = (_batch(p.batch_size), p.channels, p.height, p.width)
@@ -108,7 +132,7 @@ class MemoryData:
 
 
 @register_layer("Data", bottoms=0, tops=(1, 2))
-class Data:
+class Data(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
@@ -121,7 +145,7 @@ class Data:
 
 
 @register_layer("ImageData", bottoms=0, tops=2)
-class ImageData:
+class ImageData(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
@@ -140,7 +164,7 @@ class ImageData:
 
 
 @register_layer("HDF5Data", bottoms=0, tops=(1, None))
-class HDF5Data:
+class HDF5Data(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
@@ -163,7 +187,7 @@ class HDF5Data:
 
 
 @register_layer("WindowData", bottoms=0, tops=2)
-class WindowData:
+class WindowData(FedByRuntime):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:

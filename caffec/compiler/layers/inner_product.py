@@ -1,12 +1,25 @@
-"""InnerProduct: a fully connected layer over the axes from ``axis`` on."""
+"""InnerProduct: a fully connected layer over the axes from ``axis`` on.
+
+The bottom is an M x K matrix (M rows of K inputs), the weight N x K (or
+K x N with ``transpose``), the top M x N: one GEMM, then the bias.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from caffec.compiler.ir import ParamBlob, Shape
+from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.layers.common import canonical_axis, count
+from caffec.compiler.primitives import gemm, pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
+
+
+def _geometry(op: Op) -> tuple[int, int, int, bool]:
+    """(M, N, K, transpose)."""
+    p = op.param.inner_product_param
+    bottom = op.bottoms[0].shape
+    axis = canonical_axis(p.axis, len(bottom))
+    return count(bottom, 0, axis), p.num_output, count(bottom, axis), p.transpose
 
 
 @register_layer("InnerProduct")
@@ -28,3 +41,25 @@ class InnerProduct:
         if p.bias_term:
             blobs.append(ParamBlob((p.num_output,), p.bias_filler, "bias"))
         return blobs
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        m, n, k, transpose = _geometry(op)
+        ctx.emit(gemm(ctx.x(0), ctx.w(0), ctx.y(0), m, n, k, trans_b=not transpose))
+        if op.param.inner_product_param.bias_term:
+            ctx.emit(pmap((m, n), [(ctx.y(0), "y + b")], {"y": ctx.y(0), "b": (ctx.w(1), (1, n))}))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        m, n, k, transpose = _geometry(op)
+        dy = ctx.dy(0)
+        dweight = ctx.dw(0)
+        if dweight is not None:
+            if transpose:  # W is K x N: dW += x' dy
+                ctx.emit(gemm(ctx.x(0), dy, dweight, k, n, m, trans_a=True, accumulate=True))
+            else:  # W is N x K: dW += dy' x
+                ctx.emit(gemm(dy, ctx.x(0), dweight, n, k, m, trans_a=True, accumulate=True))
+        if op.param.inner_product_param.bias_term and ctx.dw(1) is not None:
+            ctx.emit(reduce(dy, ctx.dw(1), (m, n), [0], accumulate=True))
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(gemm(dy, ctx.w(0), dx, m, k, n, trans_b=transpose, accumulate=accumulate))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from caffec.compiler.ir import Shape
+from caffec.compiler.ir import Op, Shape
 from caffec.compiler.layers.common import SameShape, canonical_axis, count, fmt
+from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
 
 SCALAR: Shape = ()
@@ -29,20 +30,147 @@ def _labels_per_prediction(scores: Shape, labels: Shape, axis: int) -> None:
         )
 
 
+def class_view(shape: Shape, axis_field: int) -> Shape:
+    """A blob as (outer, classes, inner) around its class axis."""
+    axis = canonical_axis(axis_field, len(shape))
+    return (count(shape, 0, axis), shape[axis], count(shape, axis + 1))
+
+
+def emit_softmax(ctx: Any, x: Any, prob: Any, view: Shape, name: str) -> None:
+    """prob = exp(x - max) / sum, along the middle axis of ``view``."""
+    outer, _, inner = view
+    row = (outer, 1, inner)
+    peak = ctx.workspace(f"{name} max", (outer, inner))
+    total = ctx.workspace(f"{name} sum", (outer, inner))
+    ctx.emit(
+        reduce(x, peak, view, [1], op="max"),
+        pmap(view, [(prob, "exp(x - m)")], {"x": x, "m": (peak, row)}),
+        reduce(prob, total, view, [1]),
+        pmap(view, [(prob, "e / s")], {"e": prob, "s": (total, row)}),
+    )
+
+
 @register_layer("Softmax")
 class Softmax(SameShape):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         canonical_axis(layer.softmax_param.axis, len(bottoms[0]))
         return [bottoms[0]]
 
+    def lower(self, op: Op, ctx: Any) -> None:
+        view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
+        emit_softmax(ctx, ctx.x(0), ctx.y(0), view, "softmax")
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
+        outer, _, inner = view
+        products = ctx.workspace("dy*y", view)
+        dots = ctx.workspace("sum dy*y", (outer, inner))
+        inputs = {"dy": ctx.dy(0), "y": ctx.y(0), "d": (dots, (outer, 1, inner))}
+        ctx.emit(
+            pmap(view, [(products, "dy * y")], inputs),
+            reduce(products, dots, view, [1]),
+            pmap(view, [(dx, "(dy - d) * y")], inputs, accumulate=accumulate),
+        )
+
+
+def normalization(layer: Any) -> str:
+    """Caffe's loss normalization, with the legacy ``normalize`` flag honoured."""
+    p = layer.loss_param
+    if not p.HasField("normalization") and p.HasField("normalize"):
+        return "VALID" if p.normalize else "BATCH_SIZE"
+    return p.NormalizationMode.Name(p.normalization)
+
+
+def ignore_label(layer: Any) -> float | None:
+    p = layer.loss_param
+    return float(p.ignore_label) if p.HasField("ignore_label") else None
+
+
+def emit_normalized_sum(ctx: Any, terms: Any, valid: Any, loss: Any, view: Shape, mode: str) -> Any:
+    """loss = sum(terms) / Caffe's normalizer; returns the 1-element normalizer buffer."""
+    outer, _, inner = view
+    norm = ctx.state("normalizer", (1,))
+    if mode == "VALID":
+        ctx.emit(reduce(valid, norm, (outer * inner,), [0]))
+        ctx.emit(pmap((1,), [(norm, "fmax(1, n)")], {"n": norm}))
+    else:
+        fixed = {"FULL": outer * inner, "BATCH_SIZE": outer, "NONE": 1}[mode]
+        ctx.emit(pmap((1,), [(norm, "v")], consts={"v": max(1.0, fixed)}))
+    ctx.emit(
+        reduce(terms, loss, (outer * inner,), [0]),
+        pmap((1,), [(loss, "l / n")], {"l": loss, "n": norm}),
+    )
+    return norm
+
+
+def label_index(view: Shape) -> str:
+    """The index of item i's score for class ``l`` in an (outer, classes, inner) blob."""
+    _, classes, inner = view
+    if inner == 1:
+        return f"i * {classes} + (long)l"
+    return f"(i / {inner}) * {classes * inner} + (long)l * {inner} + i % {inner}"
+
 
 @register_layer("SoftmaxWithLoss", bottoms=2, tops=(1, 2), loss=True)
 class SoftmaxWithLoss:
+    """-log(softmax(x)[label]), averaged by Caffe's normalization; labels may be ignored."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         _same_batch(bottoms)
         axis = canonical_axis(layer.softmax_param.axis, len(bottoms[0]))
         _labels_per_prediction(bottoms[0], bottoms[1], axis)
         return [SCALAR, bottoms[0]][: len(layer.top)]
+
+    def _prob(self, op: Op, ctx: Any) -> Any:
+        return ctx.y(1) if len(op.tops) == 2 else ctx.state("prob", op.bottoms[0].shape)
+
+    def _consts(self, op: Op, view: Shape) -> dict[str, float]:
+        ignore = ignore_label(op.param)
+        # with no ignore_label, no label equals the sentinel (labels are class indices)
+        return {"ignore": -1.5 if ignore is None else ignore, "classes": view[1]}
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
+        outer, classes, inner = view
+        prob = self._prob(op, ctx)
+        emit_softmax(ctx, ctx.x(0), prob, view, "softmax")
+        terms = ctx.workspace("log terms", (outer * inner,))
+        valid = ctx.workspace("valid", (outer * inner,))
+        at = label_index(view)
+        # out-of-range labels give NaN (and read a clamped index): never memory past the blob
+        safe = f"(l >= 0 && l < {classes}) ? {at} : 0"
+        ctx.emit(
+            pmap(
+                (outer * inner,),
+                [(terms, "l == ignore ? 0 : (l >= 0 && l < classes ? -log(fmax(p, REAL_MIN)) "
+                         ": REAL_NAN)"),
+                 (valid, "l == ignore ? 0 : 1")],
+                {"l": ctx.x(1), "p": (prob, safe)},
+                self._consts(op, view),
+            )
+        )  # fmt: skip
+        emit_normalized_sum(ctx, terms, valid, ctx.y(0), view, normalization(op.param))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
+        outer, _, inner = view
+        inputs = {
+            "p": self._prob(op, ctx),
+            "l": (ctx.x(1), (outer, 1, inner)),
+            "dy": (ctx.dy(0), (1, 1, 1)),
+            "n": (ctx.state("normalizer", (1,)), (1, 1, 1)),
+        }
+        expr = "l == ignore ? 0 : (p - (c == (long)l ? 1 : 0)) * dy / n"
+        ctx.emit(pmap(view, [(dx, expr)], inputs, self._consts(op, view), coords={"c": 1},
+                      accumulate=accumulate))  # fmt: skip
 
 
 @register_layer("SigmoidCrossEntropyLoss", bottoms=2, tops=(1, 2), loss=True)
@@ -88,6 +216,8 @@ class ContrastiveLoss:
 
 @register_layer("Accuracy", bottoms=2, tops=(1, 2))
 class Accuracy:
+    """The fraction of items whose label is among the top_k scores (ties count against it)."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         p = layer.accuracy_param
         scores, labels = bottoms
@@ -97,3 +227,47 @@ class Accuracy:
             raise ShapeError(f"top_k {p.top_k} exceeds the {classes} classes")
         _labels_per_prediction(scores, labels, axis)
         return [SCALAR, (classes,)][: len(layer.top)]
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        p = op.param.accuracy_param
+        view = class_view(op.bottoms[0].shape, p.axis)
+        outer, classes, inner = view
+        row = (outer, 1, inner)
+        ignore = float(p.ignore_label) if p.HasField("ignore_label") else -1.5
+        consts = {"ignore": ignore, "top_k": p.top_k, "classes": classes}
+        at = label_index(view)
+        truth = ctx.workspace("score of the label", (outer, inner))
+        better = ctx.workspace("at least as good", view)
+        rank = ctx.workspace("rank", (outer, inner))
+        correct = ctx.workspace("correct", (outer, inner))
+        valid = ctx.workspace("valid", (outer, inner))
+        ctx.emit(
+            pmap((outer, inner), [(truth, "l >= 0 && l < classes ? s : REAL_NAN")],
+                 {"l": ctx.x(1), "s": (ctx.x(0), f"(l >= 0 && l < {classes}) ? {at} : 0")},
+                 consts),
+            pmap(view, [(better, "x >= t ? 1 : 0")], {"x": ctx.x(0), "t": (truth, row)}),
+            reduce(better, rank, view, [1]),
+            pmap((outer, inner), [(correct, "l == ignore ? 0 : (r - 1 < top_k ? 1 : 0)"),
+                                  (valid, "l == ignore ? 0 : 1")],
+                 {"l": ctx.x(1), "r": rank}, consts),
+        )  # fmt: skip
+        count_all = ctx.workspace("valid count", (1,))
+        ctx.emit(
+            reduce(valid, count_all, (outer * inner,), [0]),
+            reduce(correct, ctx.y(0), (outer * inner,), [0]),
+            pmap((1,), [(ctx.y(0), "n == 0 ? 0 : a / n")], {"a": ctx.y(0), "n": count_all}),
+        )
+        if len(op.tops) == 2:  # per class: correct / count among items of that class
+            per_class = (outer, classes, inner)
+            hits = ctx.workspace("class hits", per_class)
+            seen = ctx.workspace("class counts", per_class)
+            totals = ctx.workspace("class totals", (classes,))
+            labels = {"l": (ctx.x(1), row), "ok": (correct, row)}
+            ctx.emit(
+                pmap(per_class, [(hits, "l != ignore && c == (long)l ? ok : 0"),
+                                 (seen, "l != ignore && c == (long)l ? 1 : 0")],
+                     labels, consts, coords={"c": 1}),
+                reduce(hits, ctx.y(1), per_class, [0, 2]),
+                reduce(seen, totals, per_class, [0, 2]),
+                pmap((classes,), [(ctx.y(1), "n == 0 ? 0 : a / n")], {"a": ctx.y(1), "n": totals}),
+            )  # fmt: skip

@@ -4,9 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
-from caffec.compiler.ir import Shape
+from caffec.compiler.ir import Op, Shape
+from caffec.compiler.kernels import Operand
 from caffec.compiler.layers.common import canonical_axis, count, fmt, require_same_shapes
+from caffec.compiler.primitives import pmap, strided_copy
 from caffec.compiler.registry import ShapeError, register_layer
+
+
+def copy_all(source: Any, dest: Any, size: int, accumulate: bool = False) -> Any:
+    """A whole-blob copy (Flatten, Reshape, Split): the planner will make these views."""
+    return strided_copy(Operand(source), Operand(dest), [size], [1], [1], accumulate)
+
+
+def block_copy(
+    source: Any,
+    dest: Any,
+    outer: int,
+    block: int,
+    source_row: int,
+    dest_row: int,
+    source_offset: int,
+    dest_offset: int,
+    accumulate: bool = False,
+) -> Any:
+    """Copy ``outer`` rows of ``block`` elements between blobs whose rows differ in length."""
+    return strided_copy(Operand(source, source_offset), Operand(dest, dest_offset),
+                        [outer, block], [source_row, 1], [dest_row, 1], accumulate)  # fmt: skip
+
+
+class Reinterpret:
+    """Layers whose top is the bottom's data under another shape."""
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        ctx.emit(copy_all(ctx.x(0), ctx.y(0), count(op.tops[0].shape)))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(copy_all(ctx.dy(0), dx, count(op.tops[0].shape), accumulate))
+
+
+def _pieces(
+    op: Op, axis: int, pieces: list[Shape], whole: Shape
+) -> list[tuple[int, int, int, int]]:
+    """(outer, block, whole row, offset) of each piece along ``axis`` of ``whole``."""
+    outer = count(whole, 0, axis)
+    inner = count(whole, axis + 1)
+    row = whole[axis] * inner
+    out, start = [], 0
+    for shape in pieces:
+        out.append((outer, shape[axis] * inner, row, start * inner))
+        start += shape[axis]
+    return out
 
 
 def _legacy_axis(p: Any, legacy: str, ndim: int) -> int:
@@ -34,6 +84,23 @@ class Concat:
         top = list(first)
         top[axis] = sum(s[axis] for s in bottoms)
         return [tuple(top)]
+
+    def _layout(self, op: Op) -> list[tuple[int, int, int, int]]:
+        shapes = [v.shape for v in op.bottoms]
+        axis = _legacy_axis(op.param.concat_param, "concat_dim", len(shapes[0]))
+        return _pieces(op, axis, shapes, op.tops[0].shape)
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        for i, (outer, block, row, offset) in enumerate(self._layout(op)):
+            ctx.emit(block_copy(ctx.x(i), ctx.y(0), outer, block, block, row, 0, offset))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        for i, (outer, block, row, offset) in enumerate(self._layout(op)):
+            target = ctx.dx(i)
+            if target is not None:
+                dx, accumulate = target
+                ctx.emit(block_copy(ctx.dy(0), dx, outer, block, row, block, offset, 0,
+                                    accumulate))  # fmt: skip
 
 
 @register_layer("Slice", tops=(1, None))
@@ -65,9 +132,26 @@ class Slice:
             sizes = [size // n] * n
         return [(*bottom[:axis], s, *bottom[axis + 1 :]) for s in sizes]
 
+    def _layout(self, op: Op) -> list[tuple[int, int, int, int]]:
+        bottom = op.bottoms[0].shape
+        axis = _legacy_axis(op.param.slice_param, "slice_dim", len(bottom))
+        return _pieces(op, axis, [v.shape for v in op.tops], bottom)
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        for i, (outer, block, row, offset) in enumerate(self._layout(op)):
+            ctx.emit(block_copy(ctx.x(0), ctx.y(i), outer, block, row, block, offset, 0))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        for i, (outer, block, row, offset) in enumerate(self._layout(op)):
+            ctx.emit(block_copy(ctx.dy(i), dx, outer, block, block, row, 0, offset, accumulate))
+
 
 @register_layer("Flatten")
-class Flatten:
+class Flatten(Reinterpret):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         p = layer.flatten_param
         bottom = bottoms[0]
@@ -79,7 +163,7 @@ class Flatten:
 
 
 @register_layer("Reshape")
-class Reshape:
+class Reshape(Reinterpret):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         p = layer.reshape_param
         bottom = bottoms[0]
@@ -122,11 +206,34 @@ class Split:
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         return [bottoms[0]] * len(layer.top)
 
+    def lower(self, op: Op, ctx: Any) -> None:
+        size = count(op.bottoms[0].shape)
+        for i in range(len(op.tops)):
+            ctx.emit(copy_all(ctx.x(0), ctx.y(i), size))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        size = count(op.bottoms[0].shape)
+        for i in range(len(op.tops)):
+            ctx.emit(copy_all(ctx.dy(i), dx, size, accumulate or i > 0))
+
 
 @register_layer("Silence", bottoms=(1, None), tops=0)
 class Silence:
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         return []
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        pass
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        for i, value in enumerate(op.bottoms):
+            target = ctx.dx(i)
+            if target is not None and not target[1]:
+                ctx.emit(pmap(value.shape, [(target[0], "0")]))
 
 
 @register_layer("Eltwise", bottoms=(2, None))
@@ -140,6 +247,57 @@ class Eltwise:
                 raise ShapeError(f"{len(p.coeff)} coeff values for {len(bottoms)} bottoms")
         require_same_shapes(bottoms)
         return [bottoms[0]]
+
+    @staticmethod
+    def _operation(op: Op) -> str:
+        p = op.param.eltwise_param
+        return p.EltwiseOp.Name(p.operation)
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        p = op.param.eltwise_param
+        shape = op.tops[0].shape
+        names = [f"x{i}" for i in range(len(op.bottoms))]
+        inputs = {name: ctx.x(i) for i, name in enumerate(names)}
+        operation = self._operation(op)
+        if operation == "SUM":
+            coeff = list(p.coeff) or [1.0] * len(names)
+            consts = {f"k{i}": c for i, c in enumerate(coeff)}
+            expr = " + ".join(f"k{i} * {name}" for i, name in enumerate(names))
+            ctx.emit(pmap(shape, [(ctx.y(0), expr)], inputs, consts))
+        elif operation == "PROD":
+            ctx.emit(pmap(shape, [(ctx.y(0), " * ".join(names))], inputs))
+        else:  # MAX: remember which bottom won (the first of equals), for the backward pass
+            winner = ctx.state("winner", shape)
+            lets, best, which = [("b0", "x0"), ("w0", "0")], "b0", "w0"
+            for i in range(1, len(names)):
+                wins = f"x{i} {'>=' if i == 1 else '>'} {best}"  # Caffe: bottom 1 wins a tie with 0
+                lets += [(f"b{i}", f"{wins} ? x{i} : {best}"), (f"w{i}", f"{wins} ? {i} : {which}")]
+                best, which = f"b{i}", f"w{i}"
+            ctx.emit(pmap(shape, [(ctx.y(0), best), (winner, which)], inputs, lets=lets))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        p = op.param.eltwise_param
+        shape = op.tops[0].shape
+        names = [f"x{i}" for i in range(len(op.bottoms))]
+        operation = self._operation(op)
+        for i in range(len(op.bottoms)):
+            target = ctx.dx(i)
+            if target is None:
+                continue
+            dx, accumulate = target
+            inputs: dict[str, Any] = {"dy": ctx.dy(0)}
+            consts: dict[str, float] = {}
+            if operation == "SUM":
+                consts["k"] = (list(p.coeff) or [1.0] * len(names))[i]
+                expr = "dy * k"
+            elif operation == "PROD":  # the product of the others, as Caffe's stable gradient
+                inputs.update({name: ctx.x(j) for j, name in enumerate(names) if j != i})
+                expr = " * ".join(["dy", *(n for j, n in enumerate(names) if j != i)])
+            else:
+                inputs["w"] = ctx.state("winner", shape)
+                consts["me"] = i
+                expr = "w == me ? dy : 0"
+            ctx.emit(pmap(shape, [(dx, expr)], inputs, consts, accumulate=accumulate))
 
 
 @register_layer("ArgMax")

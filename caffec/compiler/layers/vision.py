@@ -6,15 +6,29 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from caffec.compiler.ir import ParamBlob, Shape
+from caffec.compiler.ir import Op, ParamBlob, Shape
+from caffec.compiler.kernels import Loop, Operand
 from caffec.compiler.layers.common import (
     SameShape,
     canonical_axis,
+    count,
     fmt,
     require_axes,
     require_same_shapes,
 )
+from caffec.compiler.primitives import (
+    col2im,
+    conv_attrs,
+    gemm,
+    im2col,
+    pmap,
+    pool,
+    pool_attrs,
+    pool_grad,
+    reduce,
+)
 from caffec.compiler.registry import ShapeError, register_layer
+from caffec.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,131 @@ class _ConvolutionBase:
             blobs.append(ParamBlob((p.num_output,), p.bias_filler, "bias"))
         return blobs
 
+    # Lowering. Both layers are a GEMM against an unfolded image, per image and
+    # group. The "image side" is the blob of the larger spatial size (the
+    # convolution's bottom, the deconvolution's top) and the "column side" the
+    # other; Deconvolution's forward pass is Convolution's backward-data pass.
+    deconv = False
+
+    def _plan(self, op: Op) -> dict[str, Any]:
+        g = conv_geometry(op.param, op.bottoms[0].shape)
+        if g.axis != 1 or len(g.kernel) != 2:
+            raise UserError(
+                "caffec compiles 2-D convolutions over axis 1 only so far",
+                span=op.span,
+                layer=op.name,
+            )
+        bottom, top = op.bottoms[0].shape, op.tops[0].shape
+        image, cols = (top, bottom) if self.deconv else (bottom, top)
+        group = op.param.convolution_param.group
+        kernel_size = g.kernel[0] * g.kernel[1]
+        positions = cols[2] * cols[3]
+        geometry = conv_attrs(image[1], (image[2], image[3]), g.kernel, g.stride, g.pad,
+                              g.dilation, (cols[2], cols[3]))  # fmt: skip
+        # the GEMM of one group: M weight rows, K = (image channels / group) * kernel size
+        rows = cols[1] // group
+        depth = image[1] // group * kernel_size
+        pointwise = g.kernel == (1, 1) and g.stride == (1, 1) and g.pad == (0, 0)
+        return {
+            "batch": bottom[0], "group": group, "M": rows, "K": depth, "P": positions,
+            "geometry": geometry, "pointwise": pointwise,
+            "image_size": count(image, 1), "col_size": count(cols, 1),
+        }  # fmt: skip
+
+    def _columns(self, ctx: Any, plan: dict[str, Any], image: Any, name: str) -> tuple[list, Any]:
+        """The kernels that unfold image n (none for 1x1 kernels) and the unfolded operand."""
+        source = Operand(image, 0, plan["image_size"])
+        if plan["pointwise"]:
+            return [], source
+        col = ctx.workspace(name, (plan["group"] * plan["K"], plan["P"]))
+        return [im2col(source, Operand(col), plan["geometry"])], Operand(col)
+
+    def _unfolded_gemm(
+        self, plan: dict[str, Any], weight: Any, cols: Any, out: Any, accumulate: bool = False
+    ) -> Any:
+        """out[n] (K-side) = W' cols, per group: the deconvolution forward / conv backward-data."""
+        m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
+        return gemm(weight, cols, out, k, p, m, trans_a=True, accumulate=accumulate, batch=g,
+                    strides=(m * k, m * p, k * p))  # fmt: skip
+
+    def _folded_gemm(
+        self, plan: dict[str, Any], weight: Any, cols: Any, out: Any, accumulate: bool = False
+    ) -> Any:
+        """out[n] (M-side) = W cols, per group: the convolution forward / deconv backward-data."""
+        m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
+        return gemm(weight, cols, out, m, p, k, accumulate=accumulate, batch=g,
+                    strides=(m * k, k * p, m * p))  # fmt: skip
+
+    def _fold(
+        self, ctx: Any, plan: dict[str, Any], cols: Any, image: Any, accumulate: bool, name: str
+    ) -> list:
+        """Write columns computed for image n back into the image (col2im, or a plain copy)."""
+        target = Operand(image, 0, plan["image_size"])
+        if plan["pointwise"]:
+            return [cols(target, accumulate)]
+        col = ctx.workspace(name, (plan["group"] * plan["K"], plan["P"]))
+        return [cols(Operand(col), False), col2im(Operand(col), target, plan["geometry"],
+                                                  accumulate)]  # fmt: skip
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        if len(op.bottoms) > 1:
+            raise UserError("caffec compiles convolutions with one bottom only so far",
+                            span=op.span, layer=op.name)  # fmt: skip
+        plan = self._plan(op)
+        weight = ctx.w(0)
+        out_step = plan["col_size"] if not self.deconv else plan["image_size"]
+        if not self.deconv:
+            unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
+            body = [*unfold, self._folded_gemm(plan, weight, cols, Operand(ctx.y(0), 0, out_step))]
+        else:
+            source = Operand(ctx.x(0), 0, plan["col_size"])
+            body = self._fold(
+                ctx, plan,
+                lambda out, acc: self._unfolded_gemm(plan, weight, source, out, acc),
+                ctx.y(0), False, "columns",
+            )  # fmt: skip
+        ctx.emit(Loop(plan["batch"], body))
+        if op.param.convolution_param.bias_term:
+            top = op.tops[0].shape
+            view = (top[0], top[1], count(top, 2))
+            ctx.emit(pmap(view, [(ctx.y(0), "y + b")],
+                          {"y": ctx.y(0), "b": (ctx.w(1), (1, top[1], 1))}))  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        plan = self._plan(op)
+        top = op.tops[0].shape
+        dy = ctx.dy(0)
+        if op.param.convolution_param.bias_term and ctx.dw(1) is not None:
+            ctx.emit(reduce(dy, ctx.dw(1), (top[0], top[1], count(top, 2)), [0, 2],
+                            accumulate=True))  # fmt: skip
+        dweight, target = ctx.dw(0), ctx.dx(0)
+        body: list = []
+        m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
+        # the M-side blob (conv top / deconv bottom) and the image-side blob for image n
+        m_side, image_side = (ctx.x(0), dy) if self.deconv else (dy, ctx.x(0))
+        m_step = plan["col_size"]
+        if dweight is not None:
+            unfold, cols = self._columns(ctx, plan, image_side, "columns")
+            body += unfold
+            body.append(gemm(Operand(m_side, 0, m_step), cols, dweight, m, k, p, trans_b=True,
+                             accumulate=True, batch=g, strides=(m * p, k * p, m * k)))  # fmt: skip
+        if target is not None:
+            dx, accumulate = target
+            if not self.deconv:
+                body += self._fold(
+                    ctx, plan,
+                    lambda out, acc: self._unfolded_gemm(plan, ctx.w(0), Operand(dy, 0, m_step),
+                                                         out, acc),
+                    dx, accumulate, "column gradients",
+                )  # fmt: skip
+            else:
+                unfold, cols = self._columns(ctx, plan, dy, "top columns")
+                body += unfold
+                body.append(self._folded_gemm(plan, ctx.w(0), cols, Operand(dx, 0, m_step),
+                                              accumulate))  # fmt: skip
+        if body:
+            ctx.emit(Loop(plan["batch"], body))
+
 
 @register_layer("Convolution", bottoms=(1, None), tops=(1, None))
 class Convolution(_ConvolutionBase):
@@ -143,6 +282,8 @@ class Convolution(_ConvolutionBase):
 
 @register_layer("Deconvolution", bottoms=(1, None), tops=(1, None))
 class Deconvolution(_ConvolutionBase):
+    deconv = True
+
     def out_size(self, size: int, k: int, s: int, p: int, d: int) -> int:
         return s * (size - 1) + d * (k - 1) + 1 - 2 * p
 
@@ -150,15 +291,28 @@ class Deconvolution(_ConvolutionBase):
         return channels, num_output // group
 
 
+@dataclass(frozen=True)
+class PoolGeometry:
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    pooled: tuple[int, int]
+    method: str
+
+
 @register_layer("Pooling", tops=(1, 2))
 class Pooling:
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+        g = self.geometry(layer, bottoms[0])
+        if len(layer.top) == 2 and g.method != "MAX":
+            raise ShapeError(f"only MAX pooling has a second top (the argmax mask), not {g.method}")
+        top = (*bottoms[0][:2], *g.pooled)
+        return [top] * len(layer.top)
+
+    def geometry(self, layer: Any, bottom: Shape) -> PoolGeometry:
         p = layer.pooling_param
-        bottom = bottoms[0]
         require_axes(bottom, 4, "Pooling")
         method = p.PoolMethod.Name(p.pool)
-        if len(layer.top) == 2 and method != "MAX":
-            raise ShapeError(f"only MAX pooling has a second top (the argmax mask), not {method}")
         height, width = bottom[2], bottom[3]
         kernel_given = p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")
         if p.global_pooling:
@@ -183,12 +337,11 @@ class Pooling:
             if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
                 raise ShapeError(f"pad {pad} must be smaller than the kernel {kernel}")
         ceil = p.RoundMode.Name(p.round_mode) == "CEIL"
-        pooled = tuple(
-            self._pooled(size, kernel[i], stride[i], pad[i], ceil)
-            for i, size in enumerate((height, width))
+        pooled = (
+            self._pooled(height, kernel[0], stride[0], pad[0], ceil),
+            self._pooled(width, kernel[1], stride[1], pad[1], ceil),
         )
-        top = (bottom[0], bottom[1], *pooled)
-        return [top] * len(layer.top)
+        return PoolGeometry(kernel, stride, pad, pooled, method)
 
     @staticmethod
     def _pair(p: Any, name: str, default: int) -> tuple[int, int]:
@@ -212,6 +365,35 @@ class Pooling:
         if pad and (pooled - 1) * stride >= size + pad:
             pooled -= 1
         return pooled
+
+    def _attrs(self, op: Op) -> dict[str, Any]:
+        bottom = op.bottoms[0].shape
+        g = self.geometry(op.param, bottom)
+        if g.method not in ("MAX", "AVE"):
+            raise UserError(f"caffec does not compile {g.method} pooling yet", span=op.span,
+                            layer=op.name)  # fmt: skip
+        return pool_attrs(bottom[0] * bottom[1], (bottom[2], bottom[3]), g.pooled, g.kernel,
+                          g.stride, g.pad, g.method)  # fmt: skip
+
+    def _mask(self, op: Op, ctx: Any) -> Any:
+        """MAX pooling remembers each output's argmax: in the second top if given, else kept."""
+        if op.param.pooling_param.PoolMethod.Name(op.param.pooling_param.pool) != "MAX":
+            return None
+        return ctx.y(1) if len(op.tops) == 2 else ctx.state("argmax", op.tops[0].shape)
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        mask = self._mask(op, ctx)
+        ctx.emit(pool(Operand(ctx.x(0)), Operand(ctx.y(0)),
+                      Operand(mask) if mask is not None else None, self._attrs(op)))  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        mask = self._mask(op, ctx)
+        ctx.emit(pool_grad(Operand(ctx.dy(0)), Operand(mask) if mask is not None else None,
+                           Operand(dx), self._attrs(op), accumulate))  # fmt: skip
 
 
 @register_layer("LRN")

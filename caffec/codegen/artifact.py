@@ -1,0 +1,133 @@
+"""Writing a compiled artifact: the directory the runtime loads, and nothing else.
+
+``manifest.json`` describes every buffer (shape, kind, where it lives), the
+steps of each pass, and how pycaffe's names (blobs, layers, parameters) map to
+buffer slots; ``kernels.c`` is the generated source and ``kernels.so`` the
+library built from it. The directory is written under a temporary name and
+renamed, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from caffec.codegen.build import build_library, c_flags
+from caffec.codegen.c import ABI_VERSION, kernel_names, render
+from caffec.compiler.kernels import KernelGraph
+from caffec.errors import UserError
+
+FORMAT_VERSION = 1
+ALIGN = 64  # bytes; every arena buffer starts on a cache line
+PERSISTENT = ("param", "param_grad", "counter")
+
+
+def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
+    """Arena byte offsets for every non-persistent buffer: one after another, no sharing.
+
+    (Sharing memory between values whose lifetimes do not overlap is the
+    memory-planning pass's job; this is the reference layout it improves on.)
+    """
+    offsets: dict[int, int] = {}
+    top = 0
+    for buffer in kgraph.buffers:
+        if buffer.kind in PERSISTENT:
+            continue
+        offsets[buffer.index] = top
+        top += -(-buffer.size * itemsize // ALIGN) * ALIGN
+    return offsets, top
+
+
+def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) -> dict[str, Any]:
+    itemsize = 8 if kgraph.dtype == "float64" else 4
+    offsets, arena = plan_offsets(kgraph, itemsize)
+    names = kernel_names(kgraph)
+
+    def steps(direction: list) -> list[dict[str, Any]]:
+        return [
+            {"layer": s.layer, "type": s.layer_type, "kernels": [names[id(k)] for k in s.kernels()]}
+            for s in direction
+        ]
+
+    def slot(buffer: Any) -> int | None:
+        return None if buffer is None else buffer.index
+
+    return {
+        "format": "caffec-artifact",
+        "format_version": FORMAT_VERSION,
+        "abi": ABI_VERSION,
+        "target": target,
+        "dtype": kgraph.dtype,
+        "name": kgraph.name,
+        "phase": kgraph.phase,
+        "source": "kernels.c",
+        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+        "library": "kernels.so",
+        "compiler_flags": flags,
+        "arena_bytes": arena,
+        "buffers": [
+            {"name": b.name, "shape": list(b.shape), "kind": b.kind, "offset": offsets.get(b.index)}
+            for b in kgraph.buffers
+        ],
+        "layers": kgraph.layers,
+        "forward": steps(kgraph.forward),
+        "backward": steps(kgraph.backward),
+        "blobs": {
+            name: {"data": slot(b.data), "diff": slot(b.diff)} for name, b in kgraph.blobs.items()
+        },
+        "params": [
+            {
+                "layer": p.layer,
+                "index": p.index,
+                "data": slot(p.data),
+                "grad": slot(p.grad),
+                "lr_mult": p.lr_mult,
+                "decay_mult": p.decay_mult,
+                "filler": p.filler,
+                "shared_with": list(p.shared_with) if p.shared_with else None,
+            }
+            for p in kgraph.params
+        ],  # fmt: skip
+        "inputs": {name: slot(b) for name, b in kgraph.inputs.items()},
+        "outputs": kgraph.outputs,
+        "output_diffs": {name: slot(b) for name, b in kgraph.output_diffs.items()},
+        "seeds": [[slot(b), w] for b, w in kgraph.seeds],
+        "loss_tops": [[name, w] for name, w in kgraph.loss_tops],
+        "fills": [[slot(b), spec, refill] for b, spec, refill in kgraph.fills],
+    }
+
+
+def write_artifact(kgraph: KernelGraph, out_dir: str | Path, target_cpu: str = "native") -> Path:
+    """Generate, build and write ``kgraph`` as an artifact directory at ``out_dir``."""
+    kgraph.number_buffers()
+    source = render(kgraph, "c")
+    flags = c_flags(target_cpu)
+    library = build_library(source, flags)
+    doc = manifest(kgraph, source, flags, "c")
+    out = Path(out_dir)
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as err:
+        raise UserError(f"cannot write the artifact {out}: {err.strerror}") from err
+    try:
+        (tmp / "kernels.c").write_text(source, encoding="utf-8")
+        shutil.copyfile(library, tmp / "kernels.so")
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+            os.replace(out, old / "artifact")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

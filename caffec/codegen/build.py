@@ -1,0 +1,132 @@
+"""Building generated C into a shared library, through a cache.
+
+A build is keyed by the hash of the source, the compiler's identity and the
+flags, so the same net compiles once per machine. Entries are written under a
+temporary name and renamed into place, so two processes building the same
+net at once both end with a whole library and never see half of one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from caffec.errors import InternalError, UserError
+
+
+def cache_dir() -> Path:
+    """``$CAFFEC_CACHE_DIR``, else ``$XDG_CACHE_HOME/caffec``, else ``~/.cache/caffec``."""
+    if "CAFFEC_CACHE_DIR" in os.environ:
+        return Path(os.environ["CAFFEC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "caffec"
+
+
+@functools.cache
+def compiler_fingerprint() -> str:
+    """A hash of caffec's own code and templates: cached artifacts are only valid for it."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".j2", ".lark", ".proto") and path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def c_compiler() -> str:
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise UserError(
+            f"no C compiler: '{compiler}' is not on PATH",
+            hint="install one (Debian: apt-get install build-essential) or set CC",
+        )
+    return compiler
+
+
+@functools.cache
+def _compiler_identity(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    return result.stdout.splitlines()[0] if result.stdout else compiler
+
+
+@functools.cache
+def _supports(compiler: str, flag: str) -> bool:
+    """Whether ``compiler`` accepts ``flag`` (OpenMP is missing on some systems)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "probe.c")
+        src.write_text("int probe(void) { return 0; }\n")
+        result = subprocess.run(
+            [compiler, flag, "-shared", "-fPIC", str(src), "-o", str(Path(tmp, "probe.so"))],
+            capture_output=True,
+        )
+    return result.returncode == 0
+
+
+def c_flags(target_cpu: str = "native", debug: bool = False) -> list[str]:
+    """The flags caffec builds with: optimised, position-independent, threaded when possible."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", target_cpu):
+        raise UserError(f"--target-cpu '{target_cpu}' is not a CPU name", hint="e.g. x86-64-v3")
+    compiler = c_compiler()
+    flags = ["-O1" if debug else "-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno"]
+    flags.append(f"-march={target_cpu}")
+    if _supports(compiler, "-fopenmp"):
+        flags.append("-fopenmp")
+    return flags
+
+
+def build_library(source: str, flags: list[str]) -> Path:
+    """The shared library built from ``source`` with ``flags`` (from the cache when there)."""
+    compiler = c_compiler()
+    key = hashlib.sha256(
+        "\0".join([source, _compiler_identity(compiler), *flags]).encode()
+    ).hexdigest()
+    entry = cache_dir() / "c" / key[:2] / key
+    library = entry / "kernels.so"
+    if library.exists():
+        return library
+    entry.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=entry) as tmp:
+        src = Path(tmp, "kernels.c")
+        src.write_text(source, encoding="utf-8")
+        out = Path(tmp, "kernels.so")
+        result = subprocess.run(
+            [compiler, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise InternalError(_describe_failure(source, result.stderr))
+        os.replace(out, library)
+        source_copy = entry / "kernels.c"
+        if not source_copy.exists():
+            tmp_src = Path(tmp, "kernels.c")
+            os.replace(tmp_src, source_copy)
+    return library
+
+
+def _describe_failure(source: str, stderr: str) -> str:
+    """Name the generated kernel the compiler rejected: such a failure is a caffec bug."""
+    lines = source.splitlines()
+    kernel = None
+    match = re.search(r"kernels\.c:(\d+):", stderr)
+    if match:
+        for number in range(int(match.group(1)) - 1, -1, -1):
+            found = (
+                re.match(r"static void (k\d+_\w+)\(", lines[number])
+                if number < len(lines)
+                else None
+            )
+            if found:
+                kernel = found.group(1)
+                break
+    where = f" in kernel {kernel}" if kernel else ""
+    first = "\n".join(stderr.strip().splitlines()[:12])
+    return (
+        f"the C compiler rejected caffec's generated code{where} (a caffec bug; please report "
+        f"it with the net):\n{first}"
+    )

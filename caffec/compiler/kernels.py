@@ -1,0 +1,175 @@
+"""The kernel graph: what will run, as a schedule of primitives over buffers.
+
+Lowering turns each layer into a few *kernels*, each an instance of one
+primitive (``gemm``, ``im2col``, ``map``, ``reduce``, ``pool``, ``copy``, ...)
+that a template renders for a target. A kernel reads and writes
+:class:`Operand` s: a :class:`Buffer` plus an element offset, and a *step*
+that advances the offset on each iteration of an enclosing :class:`Loop`
+(convolutions run their im2col and GEMM once per image).
+
+Buffers are plain data: a shape, a kind (what owns it and when it lives),
+and after planning an index in the pointer table the runtime hands the
+generated code. Nothing here knows about Caffe layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+
+# What a buffer holds, which decides who allocates it and how long it lives.
+KINDS = (
+    "input",  # fed by the user or a data layer before forward
+    "value",  # an activation (a layer's top), or state a layer keeps for its backward
+    "grad",  # the gradient of a value
+    "seed",  # the gradient the objective starts from: a loss top's loss_weight
+    "param",  # a learnable blob, persistent
+    "param_grad",  # its gradient, persistent, accumulated across backward passes
+    "workspace",  # scratch inside one kernel or loop (im2col columns)
+    "counter",  # int64 scalars the runtime updates: [0] = random seed, [1] = iteration
+)
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A tensor the generated code reads or writes."""
+
+    name: str  # for dumps and the manifest only; never reaches generated source
+    shape: Shape
+    kind: str
+    index: int = -1  # position in the pointer table, set by the kernel graph
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, {self.shape}, {self.kind}, #{self.index})"
+
+
+@dataclass(frozen=True, eq=False)
+class Operand:
+    """A buffer as one kernel sees it: from ``offset``, advancing ``step`` per loop iteration."""
+
+    buffer: Buffer
+    offset: int = 0
+    step: int = 0
+
+
+def whole(buffer: Buffer) -> Operand:
+    return Operand(buffer)
+
+
+@dataclass(eq=False)
+class Kernel:
+    """One primitive instance. ``attrs`` are validated numbers and expressions only."""
+
+    prim: str
+    reads: list[Operand]
+    writes: list[Operand]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    accumulate: bool = False  # add into the outputs instead of overwriting them
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.prim}, {self.attrs})"
+
+
+@dataclass(eq=False)
+class Loop:
+    """Run ``body`` ``count`` times; operands advance by their step each time."""
+
+    count: int
+    body: list[Kernel]
+
+
+Instr = Kernel | Loop
+
+
+@dataclass
+class Step:
+    """The kernels of one layer in one direction: the unit of partial runs and of timing."""
+
+    layer: str
+    layer_type: str
+    instrs: list[Instr]
+
+    def kernels(self) -> list[Kernel]:
+        out: list[Kernel] = []
+        for instr in self.instrs:
+            out.extend(instr.body if isinstance(instr, Loop) else [instr])
+        return out
+
+
+@dataclass
+class ParamBinding:
+    """A learnable blob: which layer owns it, its buffers, and how the solver treats it."""
+
+    layer: str
+    index: int
+    data: Buffer
+    grad: Buffer | None  # None where nothing needs its gradient (lr_mult 0, TEST builds)
+    lr_mult: float
+    decay_mult: float
+    filler: dict[str, Any] | None
+    shared_with: tuple[str, int] | None = None  # (layer, index) owning the data, if shared
+
+
+@dataclass
+class BlobBinding:
+    """What pycaffe's ``net.blobs[name]`` shows: the last version's data, the first's diff."""
+
+    name: str
+    data: Buffer
+    diff: Buffer | None
+
+
+@dataclass
+class KernelGraph:
+    """A net ready for code generation: buffers, the forward and backward schedule, bindings."""
+
+    name: str
+    phase: str
+    dtype: str
+    buffers: list[Buffer]
+    forward: list[Step]
+    backward: list[Step]
+    blobs: dict[str, BlobBinding]
+    params: list[ParamBinding]
+    inputs: dict[str, Buffer]  # blobs the runtime feeds (data layer tops): their first version
+    outputs: list[str]
+    seeds: list[tuple[Buffer, float]]  # loss tops' gradient buffers and their loss_weight
+    loss_tops: list[tuple[str, float]]  # blob name and loss weight of each objective term
+    fills: list[tuple[Buffer, dict[str, Any], bool]]  # DummyData: buffer, filler, refill each run
+    layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, tops for net.layers
+    output_diffs: dict[str, Buffer] = field(default_factory=dict)  # where backward starts from
+
+    def number_buffers(self) -> None:
+        """Give every buffer its pointer-table index, in creation order."""
+        for i, buffer in enumerate(self.buffers):
+            buffer.index = i
+
+    def kernels(self) -> list[Kernel]:
+        return [k for step in (*self.forward, *self.backward) for k in step.kernels()]
+
+    def prune(self) -> None:
+        """Drop buffers nothing reads, writes or shows (gradients nobody computes)."""
+        used = {id(o.buffer) for k in self.kernels() for o in (*k.reads, *k.writes)}
+        for param in self.params:
+            if param.grad is not None and id(param.grad) not in used:
+                param.grad = None
+        for blob in self.blobs.values():
+            if blob.diff is not None and id(blob.diff) not in used:
+                blob.diff = None
+        keep = used | {id(b) for b, _ in self.seeds} | {id(b) for b, _, _ in self.fills}
+        keep |= {id(b.data) for b in self.blobs.values()}
+        keep |= {id(p.data) for p in self.params} | {id(b) for b in self.inputs.values()}
+        keep |= {id(b) for b in self.buffers if b.kind == "counter"}
+        self.output_diffs = {n: b for n, b in self.output_diffs.items() if id(b) in used | keep}
+        self.buffers = [b for b in self.buffers if id(b) in keep]
+        self.number_buffers()

@@ -1,0 +1,346 @@
+"""Constructors for the primitives, with the checks and index arithmetic every target shares.
+
+Layer rules build kernels only through these functions, so that a kernel's
+``attrs`` are always in the form the templates expect: integers, numbers
+already rendered as C literals, and ``map`` expressions whose every
+identifier is known. Index expressions (how a broadcast input is addressed
+from the flat output index ``i``) are computed here once, for C and CUDA
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from caffec.compiler.kernels import Buffer, Kernel, Operand, Shape, whole
+from caffec.errors import InternalError, UserError
+
+# Functions a map expression may call; templates define R_<name> for the real type.
+FUNCTIONS = frozenset({"exp", "log", "tanh", "fabs", "pow", "sqrt", "fmax", "fmin", "floor"})
+# Values a map expression may use besides its inputs, constants and coordinates.
+BUILTINS = frozenset({"i", "long", "uniform", "REAL_MIN", "REAL_MAX", "REAL_NAN"})
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def literal(value: float, what: str = "value") -> str:
+    """A number as a C/CUDA literal of the real type; only finite or ±inf numbers pass."""
+    value = float(value)
+    if math.isnan(value):
+        raise UserError(f"{what} is NaN", hint="give a number")
+    if math.isinf(value):
+        return "REAL_INF" if value > 0 else "(-REAL_INF)"
+    return f"((real){value!r})"
+
+
+def operand(x: Buffer | Operand) -> Operand:
+    return x if isinstance(x, Operand) else whole(x)
+
+
+# ----------------------------------------------------------------------------- map
+
+
+def broadcast_index(out_shape: Shape, view: Shape) -> str:
+    """How an input of shape ``view`` (1 where broadcast) is indexed from flat output index i."""
+    if len(view) != len(out_shape) or any(
+        v not in (1, o) for v, o in zip(view, out_shape, strict=True)
+    ):
+        raise InternalError(f"cannot broadcast {view} to {out_shape}")
+    # Merge neighbouring axes that are alike (both broadcast or both full).
+    groups: list[tuple[bool, int]] = []  # (full, size) from outermost to innermost
+    for v, o in zip(view, out_shape, strict=True):
+        full = v == o and o != 1
+        if o == 1:
+            continue
+        if groups and groups[-1][0] == full:
+            groups[-1] = (full, groups[-1][1] * o)
+        else:
+            groups.append((full, o))
+    if all(full for full, _ in groups):
+        return "i"
+    terms = []
+    out_inner = 1
+    in_stride = 1
+    for position, (full, size) in reversed(list(enumerate(groups))):
+        if full:
+            term = "i" if out_inner == 1 else f"i / {out_inner}"
+            if position > 0:
+                term = f"({term}) % {size}"
+            if in_stride != 1:
+                term = f"({term}) * {in_stride}"
+            terms.append(f"({term})")
+            in_stride *= size
+        out_inner *= size
+    return " + ".join(reversed(terms)) or "0"
+
+
+def coordinate(out_shape: Shape, axis: int) -> str:
+    """The index along ``axis`` of flat output element i."""
+    inner = math.prod(out_shape[axis + 1 :])
+    term = "i" if inner == 1 else f"i / {inner}"
+    return f"(({term}) % {out_shape[axis]})" if axis > 0 else f"({term})"
+
+
+def pmap(
+    shape: Shape,
+    outputs: Sequence[tuple[Buffer | Operand, str]],
+    inputs: Mapping[str, Any] | None = None,
+    consts: Mapping[str, float] | None = None,
+    coords: Mapping[str, int] | None = None,
+    lets: Sequence[tuple[str, str]] = (),
+    accumulate: bool = False,
+    counter: Buffer | None = None,
+) -> Kernel:
+    """An elementwise kernel over ``shape``: ``out = expr`` for each (out, expr) pair.
+
+    Each input is given bare (it has the output's shape), as ``(source, view)``
+    where ``view`` is the shape it broadcasts from (same rank as ``shape``, 1
+    on broadcast axes), or as ``(source, "index expression")`` for a gather
+    whose index may use ``i``, coordinates and inputs named before it.
+    ``lets`` are named temporaries; ``coords`` name the index along an axis.
+    Inputs no expression mentions are not read. ``uniform()`` (a number in
+    [0, 1) that depends on the element, the random seed and the iteration)
+    needs the ``counter`` buffer.
+    """
+    inputs = dict(inputs or {})
+    consts = dict(consts or {})
+    coords = dict(coords or {})
+    texts = [e for _, e in outputs] + [e for _, e in lets]
+    texts += [
+        spec[1] for spec in inputs.values() if isinstance(spec, tuple) and isinstance(spec[1], str)
+    ]
+    mentioned = {name for text in texts for name in _IDENT.findall(text)}
+    known = set(consts) | set(coords) | FUNCTIONS | BUILTINS
+    reads: list[Operand] = []
+    loads = []
+    for name, spec in inputs.items():
+        if name not in mentioned:
+            continue
+        source, view = spec if isinstance(spec, tuple) else (spec, shape)
+        if isinstance(view, str):
+            _check_expr(view, known)
+            index = view
+        else:
+            index = broadcast_index(shape, tuple(view))
+        known.add(name)
+        reads.append(operand(source))
+        loads.append((name, len(reads) - 1, index))
+    lets_out = []
+    for name, expr in lets:
+        _check_expr(expr, known)
+        known.add(name)
+        lets_out.append((name, expr))
+    for _, expr in outputs:
+        _check_expr(expr, known)
+    uses_random = "uniform" in mentioned
+    if uses_random:
+        if counter is None:
+            raise InternalError("a map using uniform() needs the counter buffer")
+        reads.append(whole(counter))
+    return Kernel(
+        "map",
+        reads=reads,
+        writes=[operand(out) for out, _ in outputs],
+        attrs={
+            "size": math.prod(shape),
+            "loads": loads,
+            "consts": {name: literal(value, name) for name, value in consts.items()},
+            "coords": {name: coordinate(shape, axis) for name, axis in coords.items()},
+            "lets": lets_out,
+            "exprs": [expr for _, expr in outputs],
+            "random": uses_random,
+        },
+        accumulate=accumulate,
+    )
+
+
+def _check_expr(expr: str, known: set[str]) -> None:
+    for name in _IDENT.findall(expr):
+        if name not in known:
+            raise InternalError(f"map expression {expr!r} uses unknown name {name!r}")
+
+
+def fill(out: Buffer | Operand, value: float, size: int | None = None) -> Kernel:
+    """Set every element to ``value`` (zeroing a gradient before it accumulates)."""
+    target = operand(out)
+    n = size if size is not None else target.buffer.size
+    return pmap((n,), [(target, "v")], consts={"v": value})
+
+
+# ----------------------------------------------------------------------------- gemm
+
+
+def gemm(
+    a: Buffer | Operand,
+    b: Buffer | Operand,
+    c: Buffer | Operand,
+    m: int,
+    n: int,
+    k: int,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    accumulate: bool = False,
+    batch: int = 1,
+    strides: tuple[int, int, int] = (0, 0, 0),
+) -> Kernel:
+    """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides."""
+    return Kernel(
+        "gemm",
+        reads=[operand(a), operand(b)],
+        writes=[operand(c)],
+        attrs={
+            "M": m,
+            "N": n,
+            "K": k,
+            "trans_a": trans_a,
+            "trans_b": trans_b,
+            "lda": m if trans_a else k,
+            "ldb": k if trans_b else n,
+            "ldc": n,
+            "alpha": literal(alpha),
+            "batch": batch,
+            "stride_a": strides[0],
+            "stride_b": strides[1],
+            "stride_c": strides[2],
+        },  # fmt: skip
+        accumulate=accumulate,
+    )
+
+
+# ----------------------------------------------------------------------------- im2col / col2im
+
+
+def conv_attrs(
+    channels: int,
+    size: tuple[int, int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    dilation: Sequence[int],
+    out: Sequence[int],
+) -> dict[str, int]:
+    return {
+        "C": channels, "H": size[0], "W": size[1], "KH": kernel[0], "KW": kernel[1],
+        "SH": stride[0], "SW": stride[1], "PH": pad[0], "PW": pad[1],
+        "DH": dilation[0], "DW": dilation[1], "OH": out[0], "OW": out[1],
+    }  # fmt: skip
+
+
+def im2col(image: Operand, col: Operand, geometry: dict[str, int]) -> Kernel:
+    """Unfold one image (C, H, W) into columns (C*KH*KW, OH*OW)."""
+    return Kernel("im2col", reads=[image], writes=[col], attrs=dict(geometry))
+
+
+def col2im(col: Operand, image: Operand, geometry: dict[str, int], accumulate: bool) -> Kernel:
+    """Fold columns back into an image, summing overlaps (the adjoint of im2col)."""
+    return Kernel(
+        "col2im", reads=[col], writes=[image], attrs=dict(geometry), accumulate=accumulate
+    )
+
+
+# ----------------------------------------------------------------------------- reduce
+
+
+def reduce(
+    source: Buffer | Operand,
+    out: Buffer | Operand,
+    dims: Sequence[int],
+    axes: Sequence[int],
+    op: str = "sum",
+    scale: float = 1.0,
+    accumulate: bool = False,
+) -> Kernel:
+    """out[kept] (+)= scale * op over ``axes`` of source viewed as ``dims``."""
+    if op not in ("sum", "max"):
+        raise InternalError(f"unknown reduction {op}")
+    dims = [int(d) for d in dims]
+    strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
+    kept_axes = [i for i in range(len(dims)) if i not in axes]
+    kept = []
+    for position, axis in enumerate(kept_axes):
+        out_inner = math.prod(dims[j] for j in kept_axes[position + 1 :])
+        kept.append((dims[axis], strides[axis], out_inner, position == 0))
+    return Kernel(
+        "reduce",
+        reads=[operand(source)],
+        writes=[operand(out)],
+        attrs={
+            "kept": kept,
+            "red": [(dims[axis], strides[axis]) for axis in sorted(axes)],
+            "out_size": math.prod(dims[axis] for axis in kept_axes),
+            "total": math.prod(dims),
+            "op": op,
+            "scale": literal(scale),
+            "dims_text": "x".join(str(d) for d in dims),
+            "axes_text": ",".join(str(a) for a in sorted(axes)),
+        },
+        accumulate=accumulate,
+    )
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def pool_attrs(
+    planes: int,
+    size: tuple[int, int],
+    out: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    method: str,
+) -> dict[str, Any]:
+    """Pooling over ``planes`` planes of size H x W; method MAX, AVE (Caffe's) or SUM."""
+    if method not in ("MAX", "AVE", "SUM"):
+        raise InternalError(f"unknown pooling method {method}")
+    return {
+        "P": planes, "H": size[0], "W": size[1], "OH": out[0], "OW": out[1],
+        "KH": kernel[0], "KW": kernel[1], "SH": stride[0], "SW": stride[1],
+        "PH": pad[0], "PW": pad[1], "method": method,
+    }  # fmt: skip
+
+
+def pool(x: Operand, y: Operand, mask: Operand | None, attrs: dict[str, Any]) -> Kernel:
+    writes = [y] + ([mask] if mask is not None else [])
+    return Kernel("pool", reads=[x], writes=writes, attrs=dict(attrs))
+
+
+def pool_grad(
+    dy: Operand, mask: Operand | None, dx: Operand, attrs: dict[str, Any], accumulate: bool
+) -> Kernel:
+    reads = [dy] + ([mask] if mask is not None else [])
+    return Kernel("pool_grad", reads=reads, writes=[dx], attrs=dict(attrs), accumulate=accumulate)
+
+
+# ----------------------------------------------------------------------------- copy
+
+
+def strided_copy(
+    source: Operand,
+    dest: Operand,
+    shape: Sequence[int],
+    source_strides: Sequence[int],
+    dest_strides: Sequence[int],
+    accumulate: bool = False,
+) -> Kernel:
+    """dest[idx . dest_strides] (+)= source[idx . source_strides] for every idx in ``shape``."""
+    return Kernel(
+        "copy",
+        reads=[source],
+        writes=[dest],
+        attrs={
+            "shape": [int(d) for d in shape],
+            "src_strides": [int(s) for s in source_strides],
+            "dst_strides": [int(s) for s in dest_strides],
+            "inner": [math.prod(shape[i + 1 :]) for i in range(len(shape))],
+            "size": math.prod(shape),
+        },
+        accumulate=accumulate,
+    )
+
+
+def contiguous_strides(shape: Sequence[int]) -> list[int]:
+    return [math.prod(shape[i + 1 :]) for i in range(len(shape))]

@@ -1,0 +1,109 @@
+"""``caffec.Net``: pycaffe's Net, compiled from a prototxt (cached) and run by the runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from caffec.errors import UserError
+from caffec.runtime.net import TEST, TRAIN, CompiledNet
+
+PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
+
+
+def phase_name(phase: Any) -> str:
+    if phase not in PHASES:
+        raise UserError(f"unknown phase {phase!r}", hint="use caffec.TRAIN or caffec.TEST")
+    return PHASES[phase]
+
+
+def compile_cached(network_file: str | Path, options: Any, target_cpu: str = "native") -> Path:
+    """The artifact directory of the net with ``options``, compiling it on first use."""
+    from caffec.codegen.artifact import write_artifact
+    from caffec.codegen.build import cache_dir, compiler_fingerprint
+    from caffec.compiler.pipeline import build_kernel_graph, load_layer_graph
+
+    graph = load_layer_graph(network_file, options)
+    text = Path(network_file).read_bytes()
+    shapes = {v.name: v.shape for v in graph.values.values()}
+    key = hashlib.sha256(
+        json.dumps(
+            [compiler_fingerprint(), text.hex(), sorted(shapes.items()), options.phase,
+             list(options.stages), options.level, options.dtype, options.backward, target_cpu],
+            default=str,
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    out = cache_dir() / "artifacts" / key[:2] / key
+    if not (out / "manifest.json").exists():
+        write_artifact(build_kernel_graph(graph, options), out, target_cpu)
+    return out
+
+
+class Net(CompiledNet):
+    """pycaffe's ``caffe.Net``: ``Net(prototxt, phase)`` or ``Net(prototxt, weights, phase)``.
+
+    Keywords beyond pycaffe's: ``shapes`` (data top shapes, as ``--shape``),
+    ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout),
+    ``backward`` (force a backward pass on or off), ``target_cpu``.
+    """
+
+    def __init__(
+        self,
+        network_file: str | Path,
+        *args: Any,
+        weights: str | Path | None = None,
+        phase: Any = None,
+        level: int = 0,
+        stages: list[str] | tuple[str, ...] = (),
+        shapes: dict[str, tuple[int, ...]] | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        backward: bool | None = None,
+        target_cpu: str = "native",
+    ) -> None:
+        from caffec.compiler.pipeline import Options
+
+        if len(args) == 2:
+            weights, phase = args
+        elif len(args) == 1:
+            phase = args[0]
+        elif args:
+            raise UserError("Net(prototxt, phase) or Net(prototxt, weights, phase)")
+        if phase is None:
+            raise UserError("give the phase: caffec.Net(prototxt, caffec.TEST)")
+        if weights is not None and not os.path.exists(weights):
+            raise UserError(f"no such weights file: '{weights}'")
+        self._network_file = Path(network_file)
+        self._options = Options(
+            phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
+            dtype=dtype, backward=backward,
+        )  # fmt: skip
+        self._target_cpu = target_cpu
+        self._seed = seed
+        artifact = compile_cached(self._network_file, self._options, target_cpu)
+        super().__init__(artifact, weights, seed=seed)
+
+    def reshape(self) -> None:
+        """Apply ``blob.reshape(...)`` calls: a rebuild for the new shapes (cached), same params."""
+        from dataclasses import replace
+
+        pending = {name: b.pending_shape for name, b in self.blobs.items() if b.pending_shape}
+        if not pending:
+            return
+        shapes = dict(self._options.shapes)
+        for name, shape in pending.items():
+            if name not in self.inputs:
+                raise UserError(
+                    f"only the net's inputs can be reshaped, not '{name}'",
+                    hint=f"inputs: {', '.join(self.inputs)}",
+                )
+            shapes[name] = shape
+        self._options = replace(self._options, shapes=shapes)
+        params = self.param_arrays()
+        artifact = compile_cached(self._network_file, self._options, self._target_cpu)
+        counter = int(self._exec.counter[1])
+        CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)
+        self._exec.counter[1] = counter

@@ -1,0 +1,68 @@
+"""Loading an artifact directory: its manifest and its compiled library.
+
+Only numpy and the standard library are used here, so an artifact runs where
+the compiler (lark, networkx, jinja2) is not installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caffec.errors import UserError
+
+SUPPORTED_FORMAT = 1
+SUPPORTED_ABI = 1
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: the manifest as a dict, and the library's entry points."""
+
+    path: Path
+    manifest: dict[str, Any]
+    library: ctypes.CDLL
+
+    def entry(self, name: str) -> Any:
+        function = getattr(self.library, f"caffec_{name}")
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        return function
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Open the artifact at ``path``; a missing or foreign directory is a clear UserError."""
+    root = Path(path)
+    manifest_path = root / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"{root} is not a caffec artifact (no manifest.json)",
+            hint="make one with: caffec compile NET.prototxt -o DIR",
+        ) from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {manifest_path}: {err}") from None
+    if manifest.get("format") != "caffec-artifact":
+        raise UserError(f"{manifest_path} is not a caffec artifact manifest")
+    if manifest.get("format_version") != SUPPORTED_FORMAT or manifest.get("abi") != SUPPORTED_ABI:
+        raise UserError(
+            f"{root} was made by another caffec version (format {manifest.get('format_version')}, "
+            f"abi {manifest.get('abi')}); this one reads format {SUPPORTED_FORMAT}",
+            hint="compile the net again with this caffec",
+        )
+    if manifest.get("target") != "c":
+        raise UserError(f"{root} is built for the {manifest.get('target')} target, not c")
+    library_path = root / manifest["library"]
+    try:
+        library = ctypes.CDLL(str(library_path.resolve()))
+    except OSError as err:
+        raise UserError(
+            f"cannot load {library_path}: {err}",
+            hint="the artifact was built for another machine; compile it again here "
+            "(or build portable code with --target-cpu x86-64)",
+        ) from None
+    return Artifact(root, manifest, library)

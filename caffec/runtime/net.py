@@ -1,0 +1,307 @@
+"""A compiled net with pycaffe's interface: blobs, params, forward, backward, weights.
+
+:class:`CompiledNet` runs an artifact directory and needs only numpy (and
+protobuf to read caffemodels); :class:`caffec.Net` adds compiling from a
+prototxt and reshaping on top of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffec.errors import UserError
+from caffec.runtime.artifact import Artifact, load_artifact
+from caffec.runtime.executor import Executor
+from caffec.runtime.fillers import fill
+
+TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
+
+
+class Blob:
+    """pycaffe's Blob: ``data`` and ``diff`` are numpy views of the net's own memory."""
+
+    def __init__(self, data: np.ndarray, diff: np.ndarray | None) -> None:
+        self._data = data
+        self._diff = diff
+        self.pending_shape: tuple[int, ...] | None = None
+
+    def reshape(self, *shape: int) -> None:
+        """Ask for a new shape; it takes effect at ``net.reshape()`` (a cached rebuild)."""
+        if not shape or any(int(d) <= 0 for d in shape):
+            raise UserError(f"cannot reshape a blob to {shape}: dimensions must be positive")
+        self.pending_shape = tuple(int(d) for d in shape)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @property
+    def diff(self) -> np.ndarray:
+        """The gradient; a blob nothing differentiates shows zeros."""
+        if self._diff is None:
+            self._diff = np.zeros_like(self._data)
+        return self._diff
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def count(self) -> int:
+        return int(self._data.size)
+
+    def _legacy(self, axis: int) -> int:
+        return self.shape[axis] if axis < len(self.shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+
+class Layer:
+    """What pycaffe's ``net.layers[i]`` shows: the type and the parameter blobs."""
+
+    def __init__(self, name: str, type_name: str, blobs: list[Blob]) -> None:
+        self.name = name
+        self.type = type_name
+        self.blobs = blobs
+
+
+class CompiledNet:
+    """Runs one artifact; see :class:`caffec.Net` for building one from a prototxt."""
+
+    def __init__(
+        self,
+        artifact: str | Path | Artifact,
+        weights: str | Path | None = None,
+        *,
+        seed: int = 0,
+        params: Mapping[tuple[str, int], np.ndarray] | None = None,
+    ) -> None:
+        self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        m = self.artifact.manifest
+        self.phase = TRAIN if m["phase"] == "TRAIN" else TEST
+        self._rng = np.random.default_rng(seed)
+        slots = self._param_slots(params)
+        self._exec = Executor(self.artifact, slots)
+        self._exec.counter[0] = seed
+        if params is None:
+            self._fill_params()
+        self._layer_index = {layer["name"]: i for i, layer in enumerate(m["layers"])}
+        self.blobs: OrderedDict[str, Blob] = OrderedDict(
+            (name, Blob(self._exec.buffer(b["data"]), self._exec.buffer(b["diff"])))
+            for name, b in m["blobs"].items()
+        )
+        self.params: OrderedDict[str, list[Blob]] = OrderedDict()
+        for p in m["params"]:
+            blob = Blob(self._exec.buffer(p["data"]), self._exec.buffer(p["grad"]))
+            self.params.setdefault(p["layer"], []).append(blob)
+        self.layers = [
+            Layer(layer["name"], layer["type"], self.params.get(layer["name"], []))
+            for layer in m["layers"]
+        ]
+        self._fill_data(initial=True)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # --- names, as pycaffe has them -------------------------------------------------------
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.artifact.manifest["inputs"])
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.artifact.manifest["outputs"])
+
+    @property
+    def layer_dict(self) -> OrderedDict[str, Layer]:
+        return OrderedDict((layer.name, layer) for layer in self.layers)
+
+    @property
+    def _layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def reshape(self) -> None:
+        raise UserError(
+            "an artifact loaded on its own has fixed shapes",
+            hint="compile it again with --shape, or use caffec.Net(prototxt), which rebuilds",
+        )
+
+    # --- parameters -------------------------------------------------------------------------
+    def _param_slots(
+        self, params: Mapping[tuple[str, int], np.ndarray] | None
+    ) -> dict[int, np.ndarray] | None:
+        """Carry parameter arrays over from an earlier build of the same net (a reshape)."""
+        if params is None:
+            return None
+        slots = {}
+        for p in self.artifact.manifest["params"]:
+            array = params.get((p["layer"], p["index"]))
+            if array is not None and p["shared_with"] is None:
+                slots[p["data"]] = array
+        return slots
+
+    def _fill_params(self) -> None:
+        """Initialise every parameter with its filler, as Caffe's LayerSetUp does."""
+        for p in self.artifact.manifest["params"]:
+            if p["shared_with"] is None and p["filler"] is not None:
+                fill(p["filler"], self._exec.buffer(p["data"]), self._rng)
+
+    def param_arrays(self) -> dict[tuple[str, int], np.ndarray]:
+        """Every parameter array by (layer, index): what a rebuild hands on."""
+        return {(p["layer"], p["index"]): self._exec.buffer(p["data"])
+                for p in self.artifact.manifest["params"]}  # fmt: skip
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter gradient (they accumulate across backward passes)."""
+        for p in self.artifact.manifest["params"]:
+            grad = self._exec.buffer(p["grad"])
+            if grad is not None:
+                grad[...] = 0
+
+    def copy_from(self, path: str | Path) -> None:
+        """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
+        from caffec.frontend.loader import read_weights
+
+        model = read_weights(path)
+        for name, blobs in model.blobs_by_name().items():
+            if name not in self.params or not blobs:
+                continue  # Caffe ignores source layers the net does not have
+            target = self.params[name]
+            if len(blobs) != len(target):
+                raise UserError(
+                    f"layer '{name}': {path} holds {len(blobs)} blobs, the net's layer has "
+                    f"{len(target)}",
+                    hint="the caffemodel was trained for a different net",
+                )
+            for i, (source, dest) in enumerate(zip(blobs, target, strict=True)):
+                if not source.matches(dest.shape):
+                    raise UserError(
+                        f"layer '{name}': cannot copy param {i}: the weights in {path} have "
+                        f"shape {_fmt(source.shape)}, the net's parameter has {_fmt(dest.shape)}",
+                        hint="the layer's num_output, kernel or input size differs from the "
+                        "net the weights were trained with",
+                    )
+                dest.data[...] = source.data.reshape(dest.shape)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights as a .caffemodel (the layers with parameters, in order)."""
+        from caffec.frontend import caffe_pb2
+        from caffec.frontend.binaryproto import write_caffemodel
+
+        net = caffe_pb2.NetParameter(name=self.artifact.manifest["name"])
+        blobs = []
+        for layer in self.layers:
+            net.layer.add(name=layer.name, type=layer.type)
+            blobs.append([b.data for b in layer.blobs])
+        write_caffemodel(path, net, blobs)
+
+    # --- running ------------------------------------------------------------------------------
+    def _fill_data(self, initial: bool = False) -> None:
+        for slot, spec, refill in self.artifact.manifest["fills"]:
+            if initial or refill:
+                fill(spec, self._exec.buffer(slot), self._rng)
+
+    def _set_inputs(self, arrays: Mapping[str, Any], what: str = "input") -> None:
+        for name, array in arrays.items():
+            if name not in self.blobs:
+                raise UserError(
+                    f"the net has no blob named '{name}'",
+                    hint=f"{what}s: {', '.join(self.inputs) or 'none'}",
+                )
+            if what == "input":
+                slot = self.artifact.manifest["inputs"].get(name)
+                target = self._exec.buffer(slot) if slot is not None else self.blobs[name].data
+            else:
+                slot = self.artifact.manifest["output_diffs"].get(name)
+                if slot is None:
+                    raise UserError(
+                        f"'{name}' is not an output whose gradient backward starts from",
+                        hint=f"outputs: {', '.join(self.artifact.manifest['output_diffs'])}",
+                    )
+                target = self._exec.buffer(slot)
+            set_array(target, array, f"{what} '{name}'")
+
+    def _step_range(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
+        steps = self.artifact.manifest[direction]
+        layer_of = [self._layer_index[s["layer"]] for s in steps]
+        first = self._layer_position(start) if start is not None else None
+        last = self._layer_position(end) if end is not None else None
+        if direction == "forward":
+            begin = 0 if first is None else layer_of.index(first)
+            stop = len(steps) if last is None else layer_of.index(last) + 1
+        else:  # backward steps run from the last layer down
+            begin = 0 if first is None else sum(1 for i in layer_of if i > first)
+            stop = len(steps) if last is None else sum(1 for i in layer_of if i >= last)
+        return begin, stop
+
+    def _layer_position(self, name: str) -> int:
+        if name not in self._layer_index:
+            raise UserError(f"the net has no layer named '{name}'")
+        return self._layer_index[name]
+
+    def forward(
+        self,
+        blobs: Iterable[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, np.ndarray]:
+        """Run forward (from layer ``start`` to ``end``) and return the outputs (and ``blobs``)."""
+        self._set_inputs(kwargs)
+        if start is None:
+            self._fill_data()
+        self._exec.run("forward", *self._step_range("forward", start, end))
+        if self.phase == TRAIN:
+            self._exec.counter[1] += 1  # new dropout masks next time
+        names = list(self.outputs) + list(blobs or [])
+        return {name: self.blobs[name].data for name in names}
+
+    def backward(
+        self,
+        diffs: Iterable[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, np.ndarray]:
+        """Run backward and return the inputs' gradients (and ``diffs``).
+
+        Loss tops start from their ``loss_weight``; keyword arguments set the
+        gradient of output blobs instead. Parameter gradients accumulate, as
+        in Caffe (see :meth:`clear_param_diffs`).
+        """
+        m = self.artifact.manifest
+        if not m["backward"] and not m["seeds"]:
+            raise UserError(
+                "this net was built without a backward pass",
+                hint="build it in the TRAIN phase, or set force_backward: true in the prototxt",
+            )
+        for slot, weight in m["seeds"]:
+            self._exec.buffer(slot)[...] = weight
+        self._set_inputs(kwargs, "diff")
+        self._exec.run("backward", *self._step_range("backward", start, end))
+        names = list(self.inputs) + list(diffs or [])
+        return {name: self.blobs[name].diff for name in names}
+
+
+def set_array(target: np.ndarray, value: Any, what: str) -> None:
+    """Copy a user's array into a net buffer, refusing a wrong shape or a non-number dtype."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{what} has dtype {array.dtype}; give numbers (float32)")
+    if array.shape != target.shape and not (array.size == 1 == target.size):
+        raise UserError(
+            f"{what} has shape {_fmt(array.shape)}, the net expects {_fmt(target.shape)}",
+            hint="reshape the array, or reshape the net's input (blob.reshape + net.reshape)",
+        )
+    target[...] = array.reshape(target.shape)
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
