@@ -64,6 +64,84 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import shutil
+
+    from caffec.codegen.artifact import write_artifact
+    from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+
+    phase = "TRAIN" if args.train else args.phase
+    options = Options(
+        phase=phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
+        dtype=args.dtype, backward=True if args.train else None,
+    )  # fmt: skip
+    graph = load_layer_graph(args.net, options)
+    out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
+    kgraph = build_kernel_graph(graph, options)
+    write_artifact(kgraph, out, args.target_cpu)
+    if args.weights:
+        from caffec.runtime.net import CompiledNet
+
+        CompiledNet(out, args.weights)  # refuse weights that do not fit, before embedding them
+        shutil.copyfile(args.weights, out / "weights.caffemodel")
+    print(
+        f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels, "
+        f"{'forward and backward' if kgraph.backward else 'forward only'}, {kgraph.dtype}"
+    )
+    return 0
+
+
+def _read_inputs(specs: list[str]) -> dict[str, object]:
+    """``--input data=x.npy`` (one blob) or ``--input batch.npz`` (blobs by key)."""
+    import numpy as np
+
+    arrays: dict[str, object] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the input file '{path}': {err}") from None
+        if hasattr(loaded, "files"):
+            arrays.update({key: loaded[key] for key in loaded.files})
+        elif not name:
+            raise UserError(f"--input {spec}: name the blob, as NAME={path}")
+        else:
+            arrays[name] = loaded
+    return arrays
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from caffec.runtime.net import CompiledNet
+
+    embedded = Path(args.artifact) / "weights.caffemodel"
+    weights = args.weights or (embedded if embedded.exists() else None)
+    net = CompiledNet(args.artifact, weights, seed=args.seed)
+    outputs = net.forward(**_read_inputs(args.input))
+    if args.output:
+        target = Path(args.output)
+        if target.suffix == ".npz":
+            np.savez(target, **outputs)
+        elif len(outputs) == 1:
+            np.save(target, next(iter(outputs.values())))
+        else:
+            raise UserError(
+                f"the net has {len(outputs)} outputs; write them to a .npz file",
+                hint=f"outputs: {', '.join(outputs)}",
+            )
+    else:
+        for name, value in outputs.items():
+            print(
+                f"{name}: shape {'x'.join(map(str, value.shape)) or 'scalar'}  "
+                f"min {value.min():.6g}  max {value.max():.6g}  mean {value.mean():.6g}"
+            )
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from caffec.frontend.binaryproto import describe_file
 
@@ -81,6 +159,23 @@ def _write_atomically(path: Path, text: str) -> None:
         raise UserError(f"cannot write {path}: {err.strerror}") from err
 
 
+def _net_options(parser: argparse.ArgumentParser) -> None:
+    """The options that pick which net a prototxt describes: phase, NetState, shapes."""
+    parser.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST", type=str.upper)
+    parser.add_argument(
+        "--stage", action="append", default=[], help="a NetState stage (repeatable)"
+    )
+    parser.add_argument("--level", type=int, default=0, help="the NetState level")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=parse_shape,
+        metavar="NAME=N,C,H,W",
+        help="the shape of a data layer's top (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from caffec.compiler.pipeline import PASS_NAMES
 
@@ -91,17 +186,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dump = sub.add_parser("dump", help="print a net's layer graph after a pass")
     dump.add_argument("net", help="a net .prototxt (any Caffe format version)")
-    dump.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST", type=str.upper)
-    dump.add_argument("--stage", action="append", default=[], help="a NetState stage (repeatable)")
-    dump.add_argument("--level", type=int, default=0, help="the NetState level")
-    dump.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=parse_shape,
-        metavar="NAME=N,C,H,W",
-        help="the shape of a data layer's top (repeatable)",
-    )
+    _net_options(dump)
     dump.add_argument("--after", choices=PASS_NAMES, help="stop after this pass (default: all)")
     dump.add_argument("--format", choices=["text", "json", "dot"], default="text")
     dump.set_defaults(run=_cmd_dump)
@@ -110,6 +195,29 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("file", help="a net or solver .prototxt")
     upgrade.add_argument("-o", "--output", help="write here instead of standard output")
     upgrade.set_defaults(run=_cmd_upgrade)
+
+    compile_ = sub.add_parser("compile", help="compile a net into an artifact directory")
+    compile_.add_argument("net", help="a net .prototxt")
+    compile_.add_argument("-o", "--output", help="the artifact directory (default: NET.caffec)")
+    compile_.add_argument("--train", action="store_true", help="TRAIN phase, with backward")
+    _net_options(compile_)
+    compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
+    compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    compile_.add_argument(
+        "--target-cpu", default="native", help="the -march the C compiler builds for"
+    )
+    compile_.set_defaults(run=_cmd_compile)
+
+    run = sub.add_parser("run", help="run a compiled artifact forward on .npy/.npz inputs")
+    run.add_argument("artifact", help="a directory made by caffec compile")
+    run.add_argument("--weights", help="a .caffemodel (default: the one embedded, if any)")
+    run.add_argument(
+        "--input", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
+        help="an input blob's data (repeatable)",
+    )  # fmt: skip
+    run.add_argument("--output", help="write the outputs to a .npy (one output) or .npz file")
+    run.add_argument("--seed", type=int, default=0, help="seed of the fillers of missing weights")
+    run.set_defaults(run=_cmd_run)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
     inspect.add_argument("file")

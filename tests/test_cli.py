@@ -142,3 +142,47 @@ def test_the_installed_command_reports_argument_errors_with_status_2(tmp_path: P
     )
     assert proc.returncode == 2
     assert "is not NAME=N,C,H,W" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compile_and_run(capsys, tmp_path: Path, corpus: Path) -> None:
+    import numpy as np
+
+    weights = corpus / "weights/lenet_iter_10000.caffemodel"
+    net = REPO / "examples/mnist/lenet.prototxt"
+    out = tmp_path / "lenet.caffec"
+    status, text, _ = run(capsys, "compile", str(net), "-o", str(out), "--weights", str(weights))
+    assert status == 0 and "forward only" in text
+    assert {p.name for p in out.iterdir()} == {
+        "manifest.json", "kernels.c", "kernels.so", "weights.caffemodel"
+    }  # fmt: skip
+    x = np.random.default_rng(0).random((64, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    status, _, _ = run(
+        capsys, "run", str(out), "--input", f"data={tmp_path / 'x.npy'}",
+        "--output", str(tmp_path / "prob.npy"),
+    )  # fmt: skip
+    assert status == 0
+    prob = np.load(tmp_path / "prob.npy")
+    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
+    status, text, _ = run(capsys, "run", str(out), "--input", f"data={tmp_path / 'x.npy'}")
+    assert status == 0 and text.startswith("prob: shape 64x10")
+
+    status, text, _ = run(
+        capsys, "compile", str(REPO / "examples/mnist/lenet_train_test.prototxt"), "--train",
+        "-o", str(tmp_path / "train.caffec"), "--shape", "data=64,1,28,28",
+    )  # fmt: skip
+    assert status == 0 and "forward and backward" in text
+
+
+def test_run_errors(capsys, tmp_path: Path) -> None:
+    import numpy as np
+
+    out = tmp_path / "lenet.caffec"
+    assert run(capsys, "compile", str(REPO / "examples/mnist/lenet.prototxt"), "-o", str(out))[0] == 0
+    np.save(tmp_path / "small.npy", np.zeros((2, 1, 28, 28), np.float32))
+    status, _, err = run(capsys, "run", str(out), "--input", f"data={tmp_path / 'small.npy'}")
+    assert status == 2 and "has shape 2x1x28x28, the net expects 64x1x28x28" in err
+    status, _, err = run(capsys, "run", str(tmp_path), "--input", "x.npy")
+    assert status == 2 and "not a caffec artifact" in err
+    status, _, err = run(capsys, "run", str(out), "--weights", str(tmp_path / "none.caffemodel"))
+    assert status == 2 and "none.caffemodel" in err and "Traceback" not in err

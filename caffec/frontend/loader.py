@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from caffec.frontend import caffe_pb2
-from caffec.frontend.binaryproto import CaffeModel, read_caffemodel
 from caffec.frontend.netstate import filter_net, make_state
 from caffec.frontend.source_map import SourceMap
 from caffec.frontend.textformat import parse_text, read_text_file
@@ -41,18 +40,3 @@ def read_solver(path: str | Path) -> tuple[caffe_pb2.SolverParameter, SourceMap]
     """A solver file, upgraded (``solver_type`` enum to ``type`` string)."""
     solver, spans = read_text_file(path, caffe_pb2.SolverParameter)
     return upgrade_solver(solver, spans)
-
-
-def read_weights(path: str | Path) -> CaffeModel:
-    """A caffemodel in any Caffe format, its net upgraded to the current one.
-
-    Blobs stay attached to their layers by name, which is how Caffe matches
-    trained layers to a net (upgrading may drop V0 padding layers).
-    """
-    model = read_caffemodel(path)
-    if model.format == "current":
-        return model
-    by_name = model.blobs_by_name()
-    net, _ = upgrade_net(model.net)
-    blobs = [by_name.get(layer.name, []) for layer in net.layer]
-    return CaffeModel(net=net, blobs=blobs, format="current")

@@ -167,7 +167,7 @@ class CompiledNet:
 
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
-        from caffec.frontend.loader import read_weights
+        from caffec.frontend.weights import read_weights
 
         model = read_weights(path)
         for name, blobs in model.blobs_by_name().items():
@@ -260,8 +260,7 @@ class CompiledNet:
         self._exec.run("forward", *self._step_range("forward", start, end))
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time
-        names = list(self.outputs) + list(blobs or [])
-        return {name: self.blobs[name].data for name in names}
+        return {name: self._blob(name).data for name in list(self.outputs) + list(blobs or [])}
 
     def backward(
         self,
@@ -286,8 +285,15 @@ class CompiledNet:
             self._exec.buffer(slot)[...] = weight
         self._set_inputs(kwargs, "diff")
         self._exec.run("backward", *self._step_range("backward", start, end))
-        names = list(self.inputs) + list(diffs or [])
-        return {name: self.blobs[name].diff for name in names}
+        return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
+
+    def _blob(self, name: str) -> Blob:
+        if name not in self.blobs:
+            raise UserError(
+                f"the net has no blob named '{name}'",
+                hint=f"blobs: {', '.join(self.blobs)}",
+            )
+        return self.blobs[name]
 
 
 def set_array(target: np.ndarray, value: Any, what: str) -> None:

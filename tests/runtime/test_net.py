@@ -1,0 +1,202 @@
+"""caffec.Net end to end: real weights on real images, a numpy forward, the runtime alone,
+hostile names, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference as R
+from conftest import REPO
+
+import caffec
+from caffec.errors import UserError
+from caffec.frontend.idx import read_idx
+
+LENET = REPO / "examples/mnist/lenet.prototxt"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def lenet_weights(corpus: Path) -> Path:
+    return corpus / "weights/lenet_iter_10000.caffemodel"
+
+
+@pytest.fixture(scope="module")
+def lenet_net(lenet_weights: Path) -> caffec.Net:
+    return caffec.Net(str(LENET), str(lenet_weights), caffec.TEST)
+
+
+def test_caffe_trained_lenet_on_fashion_mnist_gives_probabilities(lenet_net: caffec.Net) -> None:
+    if not (FASHION / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(
+            "Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)"
+        )
+    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")[:64]
+    x = images.reshape(64, 1, 28, 28).astype(np.float32) / 255
+    prob = lenet_net.forward(data=x)["prob"]
+    assert prob.shape == (64, 10)
+    assert np.all(prob >= 0) and np.all(prob <= 1)
+    np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
+
+
+def numpy_lenet(x: np.ndarray, p: dict) -> np.ndarray:
+    """LeNet's forward written with the independent references."""
+    y = R.convolution(x, p["conv1"][0], p["conv1"][1])[0]
+    y = R.pooling(y, method="MAX", kernel=(2, 2), stride=(2, 2))[0]
+    y = R.convolution(y, p["conv2"][0], p["conv2"][1])[0]
+    y = R.pooling(y, method="MAX", kernel=(2, 2), stride=(2, 2))[0]
+    y = R.relu(R.inner_product(y, *p["ip1"])[0])[0]
+    y = R.inner_product(y, *p["ip2"])[0]
+    return R.softmax(y)[0]
+
+
+def test_random_lenet_equals_a_numpy_forward(tmp_path: Path) -> None:
+    net = caffec.Net(str(LENET), caffec.TEST, seed=3)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for blob in blobs:
+            blob.data[...] = rng.standard_normal(blob.shape) * 0.1
+    x = rng.random((64, 1, 28, 28)).astype(np.float32)
+    prob = net.forward(data=x)["prob"]
+    params = {
+        name: [b.data.astype(np.float64) for b in blobs] for name, blobs in net.params.items()
+    }
+    np.testing.assert_allclose(
+        prob, numpy_lenet(x.astype(np.float64), params), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_an_artifact_runs_without_the_compiler(tmp_path: Path, lenet_weights: Path) -> None:
+    """A fresh process that cannot import lark, networkx or jinja2 still runs the artifact."""
+    from caffec.codegen.artifact import write_artifact
+    from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+
+    out = tmp_path / "lenet.caffec"
+    write_artifact(build_kernel_graph(load_layer_graph(LENET, Options()), Options()), out)
+    x = np.random.default_rng(1).random((64, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = f"""
+import sys
+for name in ("lark", "networkx", "jinja2"):
+    sys.modules[name] = None  # importing any of them now fails
+import numpy as np
+from caffec.runtime.net import CompiledNet
+net = CompiledNet({str(out)!r}, {str(lenet_weights)!r})
+np.save({str(tmp_path / "prob.npy")!r}, net.forward(data=np.load({str(tmp_path / "x.npy")!r}))["prob"])
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("lark", "networkx", "jinja2") and sys.modules[m]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    here = caffec.Net(str(LENET), str(lenet_weights), caffec.TEST).forward(data=x)["prob"]
+    np.testing.assert_array_equal(np.load(tmp_path / "prob.npy"), here)
+
+
+HOSTILE = ['a"b', "back\\slash", "end */ comment", "new\nline", "int", "static", "main", "%s%n"]
+
+
+def test_hostile_names_never_reach_the_c_source(tmp_path: Path) -> None:
+    def q(name: str) -> str:
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    text = f'layer {{ name: {q(HOSTILE[0])} type: "Input" top: {q(HOSTILE[1])} input_param {{ shape {{ dim: 2 dim: 3 }} }} }}\n'
+    previous = HOSTILE[1]
+    for i, name in enumerate(HOSTILE[2:]):
+        text += (f"layer {{ name: {q(name)} type: \"InnerProduct\" bottom: {q(previous)} "
+                 f"top: {q(name + str(i))} inner_product_param {{ num_output: 3 }} }}\n")  # fmt: skip
+        previous = name + str(i)
+    path = tmp_path / "hostile.prototxt"
+    path.write_text(text)
+    net = caffec.Net(str(path), caffec.TEST, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3))
+    expected = x
+    for name in HOSTILE[2:]:
+        w, b = (blob.data for blob in net.params[name])
+        w[...] = rng.standard_normal(w.shape)
+        b[...] = rng.standard_normal(b.shape)
+        expected = expected @ w.T + b
+    out = net.forward(**{HOSTILE[1]: x})
+    np.testing.assert_allclose(out[previous], expected, rtol=1e-12)
+    source = (net.artifact.path / "kernels.c").read_text()
+    for name in HOSTILE:
+        if name not in ("int", "static", "main"):  # C keywords appear in C anyway
+            assert name not in source
+    assert "main" not in source.replace("remaining", "")
+    manifest = json.loads((net.artifact.path / "manifest.json").read_text())
+    assert HOSTILE[1] in manifest["inputs"]
+
+
+def test_partial_forward_and_backward(lenet_net: caffec.Net) -> None:
+    x = np.random.default_rng(2).random((64, 1, 28, 28)).astype(np.float32)
+    full = lenet_net.forward(data=x)["prob"].copy()
+    lenet_net.blobs["ip2"].data[...] = 0
+    lenet_net.forward(data=x, end="ip1")
+    assert not lenet_net.blobs["ip2"].data.any(), "stopped after ip1"
+    out = lenet_net.forward(start="ip2")
+    np.testing.assert_array_equal(out["prob"], full)
+
+
+def test_train_net_backward_accumulates_param_gradients(tmp_path: Path) -> None:
+    net = caffec.Net(str(REPO / "examples/mnist/lenet_train_test.prototxt"), caffec.TRAIN,
+                     shapes={"data": (8, 1, 28, 28)})  # fmt: skip
+    rng = np.random.default_rng(0)
+    net.forward(data=rng.random((8, 1, 28, 28)), label=rng.integers(0, 10, 8))
+    assert 1.5 < float(net.blobs["loss"].data) < 3.5  # about log(10) at the start
+    net.clear_param_diffs()
+    net.backward()
+    first = net.params["conv1"][0].diff.copy()
+    assert np.abs(first).sum() > 0
+    net.backward()
+    np.testing.assert_allclose(
+        net.params["conv1"][0].diff, 2 * first, atol=1e-5 * np.abs(first).max()
+    )
+
+
+def test_reshape_rebuilds_with_the_same_parameters(lenet_net: caffec.Net) -> None:
+    net = caffec.Net(str(LENET), caffec.TEST, seed=5)
+    before = net.params["ip1"][0].data.copy()
+    net.blobs["data"].reshape(3, 1, 28, 28)
+    net.reshape()
+    assert net.blobs["prob"].data.shape == (3, 10)
+    np.testing.assert_array_equal(net.params["ip1"][0].data, before)
+    assert net.forward(data=np.zeros((3, 1, 28, 28)))["prob"].shape == (3, 10)
+
+
+def test_save_and_copy_from_round_trip(tmp_path: Path, lenet_weights: Path) -> None:
+    net = caffec.Net(str(LENET), str(lenet_weights), caffec.TEST)
+    net.save(tmp_path / "copy.caffemodel")
+    again = caffec.Net(str(LENET), caffec.TEST, weights=str(tmp_path / "copy.caffemodel"))
+    for name, blobs in net.params.items():
+        for a, b in zip(blobs, again.params[name], strict=True):
+            np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_user_errors(tmp_path: Path, lenet_net: caffec.Net) -> None:
+    with pytest.raises(UserError, match="no such weights file"):
+        caffec.Net(str(LENET), str(tmp_path / "missing.caffemodel"), caffec.TEST)
+    other = tmp_path / "wide.prototxt"
+    other.write_text(LENET.read_text().replace("num_output: 500", "num_output: 300"))
+    with pytest.raises(UserError) as info:
+        caffec.Net(
+            str(other),
+            str(REPO.parent / "shared/corpus/weights/lenet_iter_10000.caffemodel"),
+            caffec.TEST,
+        )
+    assert "layer 'ip1'" in info.value.message and "500x800" in info.value.message
+    assert "300x800" in info.value.message
+    with pytest.raises(UserError, match="has shape 2x1x28x28, the net expects 64x1x28x28"):
+        lenet_net.forward(data=np.zeros((2, 1, 28, 28)))
+    with pytest.raises(UserError, match="dtype <U1"):
+        lenet_net.forward(data=np.full((64, 1, 28, 28), "x"))
+    with pytest.raises(UserError, match="no blob named 'probs'"):
+        lenet_net.forward(blobs=["probs"])
+    with pytest.raises(UserError, match="no blob named 'image'"):
+        lenet_net.forward(image=np.zeros((64, 1, 28, 28)))
+    with pytest.raises(UserError, match="built without a backward pass"):
+        lenet_net.backward()
