@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format
-
 from caffec.compiler.ir import LayerGraph, Op, ParamBlob, Value
 from caffec.compiler.layers.common import fmt
+from caffec.compiler.passes.params import filler_dict
 
 
 def _shape(value: Value) -> str:
@@ -46,12 +45,6 @@ def to_text(graph: LayerGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _filler(filler: Any) -> dict[str, Any] | None:
-    if filler is None:
-        return None
-    return json_format.MessageToDict(filler) or {"type": filler.type}
-
-
 def to_json(graph: LayerGraph) -> str:
     def value(v: Value) -> dict[str, Any]:
         return {"name": v.name, "blob": v.blob, "shape": None if v.shape is None else list(v.shape)}
@@ -65,7 +58,7 @@ def to_json(graph: LayerGraph) -> str:
                 "bottoms": [value(v) for v in op.bottoms],
                 "tops": [value(v) for v in op.tops],
                 "params": [
-                    {"role": p.role, "shape": list(p.shape), "filler": _filler(p.filler)}
+                    {"role": p.role, "shape": list(p.shape), "filler": filler_dict(p.filler)}
                     for p in op.params
                 ],
                 "source": None

@@ -202,6 +202,35 @@ class CompiledNet:
             blobs.append([b.data for b in layer.blobs])
         write_caffemodel(path, net, blobs)
 
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Feed a MemoryData layer (pycaffe's API): each forward takes the next batch."""
+        layer = next((layer for layer in self.artifact.manifest["layers"]
+                      if layer["type"] == "MemoryData"), None)  # fmt: skip
+        if layer is None:
+            raise UserError("set_input_arrays needs a MemoryData layer; this net has none")
+        top, label_top = layer["tops"]
+        batch = self.blobs[top].data.shape[0]
+        data, labels = np.asarray(data), np.asarray(labels).reshape(-1)
+        if data.shape[1:] != self.blobs[top].data.shape[1:] or len(data) != len(labels):
+            raise UserError(
+                f"set_input_arrays: data {_fmt(data.shape)} and labels {_fmt(labels.shape)} do not "
+                f"fit the layer's {_fmt(self.blobs[top].data.shape)} batches with one label each"
+            )
+        if len(data) % batch:
+            raise UserError(
+                f"set_input_arrays: {len(data)} items is not a multiple of the batch size {batch}"
+            )
+        self._memory = (top, label_top, data, labels, 0)
+
+    def _feed_memory(self) -> None:
+        if getattr(self, "_memory", None) is None:
+            return
+        top, label_top, data, labels, position = self._memory
+        batch = self.blobs[top].data.shape[0]
+        self._set_inputs({top: data[position : position + batch],
+                          label_top: labels[position : position + batch]})  # fmt: skip
+        self._memory = (top, label_top, data, labels, (position + batch) % len(data))
+
     # --- running ------------------------------------------------------------------------------
     def _fill_data(self, initial: bool = False) -> None:
         for slot, spec, refill in self.artifact.manifest["fills"]:
@@ -254,9 +283,10 @@ class CompiledNet:
         **kwargs: Any,
     ) -> dict[str, np.ndarray]:
         """Run forward (from layer ``start`` to ``end``) and return the outputs (and ``blobs``)."""
-        self._set_inputs(kwargs)
         if start is None:
+            self._feed_memory()
             self._fill_data()
+        self._set_inputs(kwargs)
         self._exec.run("forward", *self._step_range("forward", start, end))
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time

@@ -154,3 +154,13 @@ def test_shape_flag_must_name_a_data_top() -> None:
     with pytest.raises(UserError) as info:
         graph_from_text(INPUT, shapes={"dat": (1, 2)})
     assert "data tops in this net: data" in info.value.hint
+
+
+def test_a_bad_filler_is_reported_at_its_layer() -> None:
+    with pytest.raises(UserError) as info:
+        graph_from_text(
+            INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "y" '
+            'inner_product_param { num_output: 2 weight_filler { type: "xavierr" } } }'
+        )
+    assert info.value.layer == "ip" and info.value.span.line == 2
+    assert "xavierr" in info.value.message and "xavier" in info.value.hint

@@ -200,3 +200,20 @@ def test_user_errors(tmp_path: Path, lenet_net: caffec.Net) -> None:
         lenet_net.forward(image=np.zeros((64, 1, 28, 28)))
     with pytest.raises(UserError, match="built without a backward pass"):
         lenet_net.backward()
+
+
+def test_memory_data_takes_batches_in_turn(tmp_path: Path) -> None:
+    path = tmp_path / "memory.prototxt"
+    path.write_text(
+        'layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+        "memory_data_param { batch_size: 2 channels: 1 height: 1 width: 3 } }\n"
+    )
+    net = caffec.Net(str(path), caffec.TEST)
+    data = np.arange(12, dtype=np.float32).reshape(4, 1, 1, 3)
+    net.set_input_arrays(data, np.array([0, 1, 2, 3]))
+    first = net.forward(blobs=["data", "label"])
+    np.testing.assert_array_equal(first["data"], data[:2])
+    np.testing.assert_array_equal(net.forward(blobs=["label"])["label"], [2, 3])
+    np.testing.assert_array_equal(net.forward(blobs=["label"])["label"], [0, 1])
+    with pytest.raises(UserError, match="not a multiple of the batch size 2"):
+        net.set_input_arrays(data[:3], np.zeros(3))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import (
     BlobBinding,
@@ -22,17 +20,9 @@ from caffec.compiler.kernels import (
     Shape,
     Step,
 )
+from caffec.compiler.passes.params import filler_dict
 from caffec.compiler.registry import lookup
 from caffec.errors import InternalError, UserError
-
-
-def filler_dict(filler: Any) -> dict[str, Any] | None:
-    """A FillerParameter as the plain dict the runtime's fillers take (Caffe's field names)."""
-    if filler is None:
-        return None
-    spec = json_format.MessageToDict(filler, preserving_proto_field_name=True)
-    spec.setdefault("type", filler.type)
-    return spec
 
 
 class Lowering:
@@ -200,6 +190,9 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
         seeds=[],
         loss_tops=[],
         fills=lowering.fills,
-        layers=[{"name": op.name, "type": op.type} for op in graph.ops],
+        layers=[
+            {"name": op.name, "type": op.type, "tops": [v.blob for v in op.tops]}
+            for op in graph.ops
+        ],
     )
     return kgraph, lowering

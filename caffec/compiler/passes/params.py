@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
+
 from caffec.compiler.ir import LayerGraph, Op
 from caffec.compiler.layers.common import count, fmt
-from caffec.compiler.registry import lookup
+from caffec.compiler.registry import ShapeError, lookup
 from caffec.errors import UserError
+from caffec.runtime import fillers
+
+
+def filler_dict(filler: Any) -> dict[str, Any] | None:
+    """A FillerParameter as the plain dict the runtime's fillers take (Caffe's field names)."""
+    if filler is None:
+        return None
+    spec = json_format.MessageToDict(filler, preserving_proto_field_name=True)
+    spec.setdefault("type", filler.type)
+    return spec
 
 
 def create_params(graph: LayerGraph) -> LayerGraph:
@@ -16,7 +28,13 @@ def create_params(graph: LayerGraph) -> LayerGraph:
     for op in graph.ops:
         spec = lookup(op.type)
         assert spec is not None, "verify runs first"
-        op.params = spec.params(op.param, [v.shape for v in op.bottoms])
+        try:
+            op.params = spec.params(op.param, [v.shape for v in op.bottoms])
+            for blob in op.params:
+                if blob.filler is not None:
+                    fillers.check(filler_dict(blob.filler), blob.shape)
+        except (ShapeError, UserError) as err:
+            raise UserError(err.message, span=op.span, layer=op.name, hint=err.hint) from None
         specs: Any = op.param.param
         if len(specs) > len(op.params):
             raise UserError(

@@ -1,0 +1,62 @@
+"""The build cache: one compile per source, atomic entries, compiler failures named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caffec.codegen.build import build_library, c_flags
+from caffec.errors import InternalError
+
+SOURCE = "static void k0_relu_map(void** buf, long n) { (void)buf; (void)n; }\nint f(void) { return 1; }\n"
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CAFFEC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_second_build_comes_from_the_cache(private_cache: Path) -> None:
+    flags = c_flags(debug=True)
+    first = build_library(SOURCE + "/* 1 */\n", flags)
+    stamp = first.stat().st_mtime_ns
+    assert build_library(SOURCE + "/* 1 */\n", flags) == first
+    assert first.stat().st_mtime_ns == stamp
+    assert build_library(SOURCE + "/* 2 */\n", flags) != first
+    assert not [p for p in private_cache.rglob("*") if p.name.startswith("tmp")]
+
+
+def test_concurrent_builds_of_the_same_source_both_succeed(private_cache: Path) -> None:
+    code = (
+        "from caffec.codegen.build import build_library, c_flags\n"
+        f"print(build_library({SOURCE + '/* race */'!r}, c_flags(debug=True)))\n"
+    )
+    env = {**os.environ, "CAFFEC_CACHE_DIR": str(private_cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]  # fmt: skip
+    paths = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    (library,) = paths
+    assert Path(library).stat().st_size > 0
+
+
+def test_a_rejected_kernel_is_named_as_a_caffec_bug(private_cache: Path) -> None:
+    broken = "static void k7_convolution_gemm(void** buf, long n) {\n    this is not C;\n}\n"
+    with pytest.raises(InternalError) as info:
+        build_library(broken, c_flags(debug=True))
+    assert "in kernel k7_convolution_gemm" in info.value.message
+    assert "caffec bug" in info.value.message
+    assert info.value.exit_status == 1
+
+
+def test_target_cpu_is_checked() -> None:
+    from caffec.errors import UserError
+
+    with pytest.raises(UserError, match="not a CPU name"):
+        c_flags("native; rm -rf /")
+    assert "-march=x86-64" in c_flags("x86-64")
