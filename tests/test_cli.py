@@ -178,7 +178,9 @@ def test_run_errors(capsys, tmp_path: Path) -> None:
     import numpy as np
 
     out = tmp_path / "lenet.caffec"
-    assert run(capsys, "compile", str(REPO / "examples/mnist/lenet.prototxt"), "-o", str(out))[0] == 0
+    assert (
+        run(capsys, "compile", str(REPO / "examples/mnist/lenet.prototxt"), "-o", str(out))[0] == 0
+    )
     np.save(tmp_path / "small.npy", np.zeros((2, 1, 28, 28), np.float32))
     status, _, err = run(capsys, "run", str(out), "--input", f"data={tmp_path / 'small.npy'}")
     assert status == 2 and "has shape 2x1x28x28, the net expects 64x1x28x28" in err
