@@ -99,6 +99,8 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "seeds": [[slot(b), w] for b, w in kgraph.seeds],
         "loss_tops": [[name, w] for name, w in kgraph.loss_tops],
         "fills": [[slot(b), spec, refill] for b, spec, refill in kgraph.fills],
+        "feeders": kgraph.feeders,
+        "net_dir": kgraph.net_dir,
     }
 
 

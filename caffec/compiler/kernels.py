@@ -148,6 +148,8 @@ class KernelGraph:
     fills: list[tuple[Buffer, dict[str, Any], bool]]  # DummyData: buffer, filler, refill each run
     layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, tops for net.layers
     output_diffs: dict[str, Buffer] = field(default_factory=dict)  # where backward starts from
+    feeders: list[dict[str, Any]] = field(default_factory=list)  # data layers the runtime reads
+    net_dir: str = "."  # the prototxt's folder: relative data sources are looked for there too
 
     def number_buffers(self) -> None:
         """Give every buffer its pointer-table index, in creation order."""

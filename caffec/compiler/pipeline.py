@@ -72,6 +72,7 @@ def build_kernel_graph(graph: LayerGraph, options: Options) -> KernelGraph:
     if backward:
         autodiff(kgraph, lowering)
     kgraph.prune()
+    kgraph.net_dir = str(options.base_dir.resolve())
     return kgraph
 
 

@@ -4,24 +4,135 @@ from __future__ import annotations
 
 from typing import Any
 
-from caffec.compiler.ir import ParamBlob, Shape
-from caffec.compiler.layers.common import SameShape, canonical_axis, fmt
+from caffec.compiler.ir import Op, ParamBlob, Shape
+from caffec.compiler.layers.common import SameShape, canonical_axis, count, fmt
+from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
 from caffec.frontend import caffe_pb2
+
+ROW: Shape = (1, 1, 1)  # a 1-element buffer broadcast over an (outer, mid, inner) view
 
 
 @register_layer("BatchNorm", in_place=True)
 class BatchNorm(SameShape):
+    """Caffe's BatchNorm: y = (x - mean) / sqrt(var + eps) per channel (axis 1), no affine.
+
+    With ``use_global_stats`` (the default in TEST) mean and var come from the
+    running blobs, divided by the factor blob; otherwise they are the batch's
+    (biased) statistics over the batch and spatial axes, and the forward pass
+    folds them into the running blobs as Caffe does.
+    """
+
+    BLOBS = ("mean", "variance", "factor")
+
     def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+        for i, spec in enumerate(layer.param[: len(self.BLOBS)]):
+            if spec.HasField("lr_mult") and spec.lr_mult != 0:
+                raise ShapeError(
+                    f"param {i} (the running {self.BLOBS[i]}) has lr_mult {spec.lr_mult:g}: "
+                    "BatchNorm's statistics are not learnable parameters",
+                    hint="remove the lr_mult, or set it to 0; the forward pass in TRAIN "
+                    "updates these blobs itself",
+                )
         channels = bottoms[0][1] if len(bottoms[0]) > 1 else 1
         zero = caffe_pb2.FillerParameter(type="constant", value=0.0)
         # Caffe's three blobs: running mean, running variance, and the factor
-        # that undoes the moving average's bias (mean = blob / factor).
+        # that undoes the moving average's bias (mean = blob / factor). None is
+        # learned: their lr_mult is 0, and Caffe rejects any other value.
         return [
-            ParamBlob((channels,), zero, "mean"),
-            ParamBlob((channels,), zero, "variance"),
-            ParamBlob((1,), zero, "factor"),
+            ParamBlob((channels,), zero, "mean", lr_mult=0.0),
+            ParamBlob((channels,), zero, "variance", lr_mult=0.0),
+            ParamBlob((1,), zero, "factor", lr_mult=0.0),
         ]
+
+    @staticmethod
+    def _view(op: Op) -> Shape:
+        """The bottom as (num, channels, spatial); a 1-D bottom is one channel."""
+        shape = op.bottoms[0].shape
+        if len(shape) == 1:
+            return (shape[0], 1, 1)
+        return (shape[0], shape[1], count(shape, 2))
+
+    @staticmethod
+    def _global(op: Op, ctx: Any) -> bool:
+        p = op.param.batch_norm_param
+        return p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == "TEST"
+
+    @staticmethod
+    def _inputs(ctx: Any, channel: Shape) -> dict[str, Any]:
+        """The running blobs, as the global-statistics expressions read them."""
+        return {"mb": (ctx.w(0), channel), "vb": (ctx.w(1), channel), "fb": (ctx.w(2), ROW)}
+
+    # the factor blob's reciprocal (0 while it is 0), as Caffe scales the running sums
+    _SCALE = ("f", "fb == 0 ? 0 : 1 / fb")
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        p = op.param.batch_norm_param
+        view = self._view(op)
+        num, channels, spatial = view
+        channel = (1, channels, 1)
+        eps = {"eps": p.eps}
+        if self._global(op, ctx):
+            inputs = {"x": ctx.x(0), **self._inputs(ctx, channel)}
+            ctx.emit(
+                pmap(view, [(ctx.y(0), "(x - mb * f) / sqrt(vb * f + eps)")], inputs, eps,
+                     lets=[self._SCALE])
+            )  # fmt: skip
+            return
+        m = num * spatial
+        mean = ctx.state("batch mean", (channels,))
+        inv = ctx.state("inverse std", (channels,))
+        var = ctx.workspace("batch variance", (channels,))
+        squares = ctx.workspace("centred squares", view)
+        stats = {"x": ctx.x(0), "u": (mean, channel), "s": (inv, channel)}
+        maf = p.moving_average_fraction
+        ctx.emit(
+            reduce(ctx.x(0), mean, view, [0, 2], scale=1.0 / m),
+            pmap(view, [(squares, "(x - u) * (x - u)")], stats),
+            reduce(squares, var, view, [0, 2], scale=1.0 / m),
+            pmap((channels,), [(inv, "1 / sqrt(v + eps)")], {"v": var}, eps),
+            pmap(view, [(ctx.y(0), "(x - u) * s")], stats),
+            # the running sums, as Caffe keeps them (m/(m-1): the unbiased variance)
+            pmap((channels,), [(ctx.w(0), "u + maf * mb"), (ctx.w(1), "corr * v + maf * vb")],
+                 {"u": mean, "v": var, "mb": ctx.w(0), "vb": ctx.w(1)},
+                 {"maf": maf, "corr": m / (m - 1) if m > 1 else 1.0}),
+            pmap((1,), [(ctx.w(2), "fb * maf + 1")], {"fb": ctx.w(2)}, {"maf": maf}),
+        )  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        view = self._view(op)
+        num, channels, spatial = view
+        channel = (1, channels, 1)
+        if self._global(op, ctx):
+            inputs = {"dy": ctx.dy(0), **self._inputs(ctx, channel)}
+            ctx.emit(
+                pmap(view, [(dx, "dy / sqrt(vb * f + eps)")], inputs,
+                     {"eps": op.param.batch_norm_param.eps}, lets=[self._SCALE],
+                     accumulate=accumulate)
+            )  # fmt: skip
+            return
+        # dx = (dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps), means per channel
+        m = num * spatial
+        mean_dy = ctx.workspace("mean of dy", (channels,))
+        mean_dyy = ctx.workspace("mean of dy*y", (channels,))
+        products = ctx.workspace("dy*y", view)
+        inputs = {
+            "dy": ctx.dy(0),
+            "y": ctx.y(0),
+            "a": (mean_dy, channel),
+            "b": (mean_dyy, channel),
+            "s": (ctx.state("inverse std", (channels,)), channel),
+        }
+        ctx.emit(
+            reduce(ctx.dy(0), mean_dy, view, [0, 2], scale=1.0 / m),
+            pmap(view, [(products, "dy * y")], inputs),
+            reduce(products, mean_dyy, view, [0, 2], scale=1.0 / m),
+            pmap(view, [(dx, "(dy - a - b * y) * s")], inputs, accumulate=accumulate),
+        )
 
 
 def affine_shape(p: Any, bottoms: list[Shape]) -> tuple[int, Shape]:
@@ -51,8 +162,26 @@ def affine_shape(p: Any, bottoms: list[Shape]) -> tuple[int, Shape]:
     return axis, tuple(operand)
 
 
+def affine_view(p: Any, op: Op) -> tuple[Shape, Shape]:
+    """The bottom as (outer, operand, inner) and the operand's broadcast shape in that view."""
+    bottom = op.bottoms[0].shape
+    axis, operand = affine_shape(p, [v.shape for v in op.bottoms])
+    mid = count(operand)
+    view = (count(bottom, 0, axis), mid, count(bottom, axis + len(operand)))
+    return view, (1, mid, 1)
+
+
+def emit_operand_grad(ctx: Any, terms: Any, view: Shape, target: tuple[Any, bool] | None) -> None:
+    """An operand's gradient: ``terms`` summed over the outer and inner axes of ``view``."""
+    if target is not None:
+        out, accumulate = target
+        ctx.emit(reduce(terms, out, view, [0, 2], accumulate=accumulate))
+
+
 @register_layer("Scale", bottoms=(1, 2), in_place=True)
 class Scale(SameShape):
+    """y = x * s (+ b): s is the second bottom or a learned blob, b a learned blob."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         affine_shape(layer.scale_param, bottoms)
         return [bottoms[0]]
@@ -70,9 +199,49 @@ class Scale(SameShape):
             blobs.append(ParamBlob(shape, p.bias_filler, "bias"))
         return blobs
 
+    @staticmethod
+    def _operands(op: Op, ctx: Any) -> tuple[Any, Any]:
+        """The scale's buffer and the bias's (or None)."""
+        two = len(op.bottoms) == 2
+        scale = ctx.x(1) if two else ctx.w(0)
+        bias = ctx.w(0 if two else 1) if op.param.scale_param.bias_term else None
+        return scale, bias
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        view, operand = affine_view(op.param.scale_param, op)
+        scale, bias = self._operands(op, ctx)
+        inputs = {"x": ctx.x(0), "s": (scale, operand)}
+        expr = "x * s"
+        if bias is not None:
+            inputs["b"] = (bias, operand)
+            expr = "x * s + b"
+        ctx.emit(pmap(view, [(ctx.y(0), expr)], inputs))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        view, operand = affine_view(op.param.scale_param, op)
+        scale, bias = self._operands(op, ctx)
+        two = len(op.bottoms) == 2
+        inputs = {"x": ctx.x(0), "dy": ctx.dy(0), "s": (scale, operand)}
+        if bias is not None:
+            dbias = ctx.dw(0 if two else 1)
+            if dbias is not None:
+                ctx.emit(reduce(ctx.dy(0), dbias, view, [0, 2], accumulate=True))
+        dscale = ctx.dx(1) if two else ctx.dw(0)
+        if dscale is not None:
+            target = dscale if two else (dscale, True)
+            terms = ctx.workspace("dy*x", view)
+            ctx.emit(pmap(view, [(terms, "dy * x")], inputs))
+            emit_operand_grad(ctx, terms, view, target)
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(pmap(view, [(dx, "dy * s")], inputs, accumulate=accumulate))
+
 
 @register_layer("Bias", bottoms=(1, 2), in_place=True)
 class Bias(SameShape):
+    """y = x + b: b is the second bottom or a learned blob."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         affine_shape(layer.bias_param, bottoms)
         return [bottoms[0]]
@@ -83,3 +252,20 @@ class Bias(SameShape):
         p = layer.bias_param
         _, shape = affine_shape(p, bottoms)
         return [ParamBlob(shape, p.filler, "bias")]
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        view, operand = affine_view(op.param.bias_param, op)
+        bias = ctx.x(1) if len(op.bottoms) == 2 else ctx.w(0)
+        ctx.emit(pmap(view, [(ctx.y(0), "x + b")], {"x": ctx.x(0), "b": (bias, operand)}))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        view, _ = affine_view(op.param.bias_param, op)
+        if len(op.bottoms) == 2:
+            emit_operand_grad(ctx, ctx.dy(0), view, ctx.dx(1))
+        else:
+            dbias = ctx.dw(0)
+            emit_operand_grad(ctx, ctx.dy(0), view, (dbias, True) if dbias is not None else None)
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(pmap(view, [(dx, "dy")], {"dy": ctx.dy(0)}, accumulate=accumulate))

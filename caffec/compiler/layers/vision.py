@@ -18,7 +18,9 @@ from caffec.compiler.layers.common import (
 )
 from caffec.compiler.primitives import (
     col2im,
+    contiguous_strides,
     conv_attrs,
+    fill,
     gemm,
     im2col,
     pmap,
@@ -26,6 +28,7 @@ from caffec.compiler.primitives import (
     pool_attrs,
     pool_grad,
     reduce,
+    strided_copy,
 )
 from caffec.compiler.registry import ShapeError, register_layer
 from caffec.errors import UserError
@@ -398,6 +401,17 @@ class Pooling:
 
 @register_layer("LRN")
 class LRN(SameShape):
+    """Local response normalization, y = x * scale^-beta, with Caffe's two regions.
+
+    ACROSS_CHANNELS: scale = k + alpha/n * (sum of x^2 over the n channels
+    centred on c, zero beyond the ends): a SUM pooling of x^2 over each image
+    viewed as a (channels, height*width) plane, window (n, 1), pad ((n-1)/2, 0),
+    whose clipped window is exactly that channel range.
+    WITHIN_CHANNEL: Caffe composes square, AVE pooling (kernel n, pad (n-1)/2,
+    stride 1; its divisor is always n*n there), Power(1 + alpha*avg, -beta)
+    and a product: scale = 1 + alpha * avg, and ``k`` is not used.
+    """
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         require_axes(bottoms[0], 4, "LRN")
         size = layer.lrn_param.local_size
@@ -405,9 +419,61 @@ class LRN(SameShape):
             raise ShapeError(f"local_size must be odd, got {size}")
         return [bottoms[0]]
 
+    @staticmethod
+    def _plan(op: Op) -> tuple[dict[str, Any], dict[str, float], float]:
+        """The pooling that sums (or averages) each window, the constants, and the
+        factor of x * (windowed sum of the pooled ratios) in the gradient."""
+        p = op.param.lrn_param
+        num, channels, height, width = op.bottoms[0].shape
+        n, pre = p.local_size, (p.local_size - 1) // 2
+        if p.NormRegion.Name(p.norm_region) == "ACROSS_CHANNELS":
+            attrs = pool_attrs(num, (channels, height * width), (channels, height * width),
+                               (n, 1), (1, 1), (pre, 0), "SUM")  # fmt: skip
+            consts = {"k": p.k, "a": p.alpha / n, "beta": p.beta}
+            return attrs, consts, 2.0 * p.alpha * p.beta / n
+        attrs = pool_attrs(num * channels, (height, width), (height, width), (n, n), (1, 1),
+                           (pre, pre), "AVE")  # fmt: skip
+        # the adjoint of the AVE pooling already divides by n*n
+        return attrs, {"k": 1.0, "a": p.alpha, "beta": p.beta}, 2.0 * p.alpha * p.beta
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        shape = op.bottoms[0].shape
+        attrs, consts, _ = self._plan(op)
+        squares = ctx.workspace("squares", shape)
+        scale = ctx.state("scale", shape)
+        ctx.emit(
+            pmap(shape, [(squares, "x * x")], {"x": ctx.x(0)}),
+            pool(Operand(squares), Operand(scale), None, attrs),
+            pmap(shape, [(scale, "k + a * s")], {"s": scale}, consts),
+            pmap(shape, [(ctx.y(0), "x * pow(s, -beta)")], {"x": ctx.x(0), "s": scale}, consts),
+        )
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        shape = op.bottoms[0].shape
+        attrs, consts, factor = self._plan(op)
+        ratios = ctx.workspace("dy*y/scale", shape)
+        windows = ctx.workspace("windowed ratios", shape)
+        inputs = {
+            "x": ctx.x(0), "y": ctx.y(0), "dy": ctx.dy(0), "s": ctx.state("scale", shape),
+            "r": windows,
+        }  # fmt: skip
+        ctx.emit(
+            pmap(shape, [(ratios, "dy * y / s")], inputs),
+            # the adjoint of the window sum: each ratio goes back to every x in its window
+            pool_grad(Operand(ratios), None, Operand(windows), attrs, accumulate=False),
+            pmap(shape, [(dx, "dy * pow(s, -beta) - c * x * r")], inputs,
+                 {**consts, "c": factor}, accumulate=accumulate),
+        )  # fmt: skip
+
 
 @register_layer("Crop", bottoms=2)
 class Crop:
+    """The second bottom's extent of the first, from ``axis`` on, at the given offsets."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         p = layer.crop_param
         big, like = bottoms
@@ -432,3 +498,35 @@ class Crop:
                 )
             top[i] = like[i]
         return [tuple(top)]
+
+    @staticmethod
+    def _layout(op: Op) -> tuple[Shape, list[int], int]:
+        """The top's shape, the first bottom's strides, and the crop's start in it."""
+        p = op.param.crop_param
+        big, top = op.bottoms[0].shape, op.tops[0].shape
+        axis = canonical_axis(p.axis, len(big))
+        offsets = list(p.offset)
+        strides = contiguous_strides(big)
+        start = 0
+        for i in range(axis, len(big)):
+            offset = offsets[0] if len(offsets) == 1 else (offsets[i - axis] if offsets else 0)
+            start += offset * strides[i]
+        return top, strides, start
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        top, strides, start = self._layout(op)
+        ctx.emit(strided_copy(Operand(ctx.x(0), start), Operand(ctx.y(0)), top, strides,
+                              contiguous_strides(top)))  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            top, strides, start = self._layout(op)
+            if not accumulate:  # what was cropped away gets no gradient
+                ctx.emit(fill(dx, 0.0))
+            ctx.emit(strided_copy(Operand(ctx.dy(0)), Operand(dx, start), top,
+                                  contiguous_strides(top), strides, accumulate))  # fmt: skip
+        shape_only = ctx.dx(1)  # the second bottom gives only a shape: its gradient is 0
+        if shape_only is not None and not shape_only[1]:
+            ctx.emit(fill(shape_only[0], 0.0))

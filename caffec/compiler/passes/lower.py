@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
+
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import (
     BlobBinding,
@@ -147,6 +149,7 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
     lowering = Lowering(graph, dtype)
     owners: dict[str, ParamBinding] = {}
     inputs: dict[str, Buffer] = {}
+    feeders: list[dict[str, Any]] = []
     forward: list[Step] = []
     for op in graph.ops:
         spec = lookup(op.type)
@@ -165,6 +168,15 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
             lowering.data[value] = lowering.new(value.name, value.shape, kind)
             if fed:
                 inputs[value.blob] = lowering.data[value]
+        if fed and op.type not in ("Input", "MemoryData"):  # the runtime reads their sources
+            feeders.append(
+                {
+                    "layer": op.name,
+                    "type": op.type,
+                    "tops": [v.blob for v in op.tops],
+                    "param": json_format.MessageToDict(op.param, preserving_proto_field_name=True),
+                }
+            )
         _param_bindings(lowering, op, owners)
         ctx = LowerContext(lowering, op, graph.phase)
         spec.rules.lower(op, ctx)
@@ -190,6 +202,7 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
         seeds=[],
         loss_tops=[],
         fills=lowering.fills,
+        feeders=feeders,
         layers=[
             {"name": op.name, "type": op.type, "tops": [v.blob for v in op.tops]}
             for op in graph.ops
