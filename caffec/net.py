@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,24 @@ def phase_name(phase: Any) -> str:
     return PHASES[phase]
 
 
-def compile_cached(network_file: str | Path, options: Any, target_cpu: str = "native") -> Path:
-    """The artifact directory of the net with ``options``, compiling it on first use."""
+def compile_cached(graph: Any, source: bytes, options: Any, target_cpu: str = "native") -> Path:
+    """The artifact directory of ``graph`` (a layer graph built from ``source``), cached.
+
+    The key covers caffec's own code, the net's text, every value's shape (data
+    sources decide some), the options and the solver, so a change to any of
+    them compiles anew and an unchanged net compiles once.
+    """
     from caffec.codegen.artifact import write_artifact
     from caffec.codegen.build import cache_dir, compiler_fingerprint
-    from caffec.compiler.pipeline import build_kernel_graph, load_layer_graph
+    from caffec.compiler.pipeline import build_kernel_graph
 
-    graph = load_layer_graph(network_file, options)
-    text = Path(network_file).read_bytes()
     shapes = {v.name: v.shape for v in graph.values.values()}
+    solver = options.solver.SerializeToString().hex() if options.solver is not None else ""
     key = hashlib.sha256(
         json.dumps(
-            [compiler_fingerprint(), text.hex(), sorted(shapes.items()), options.phase,
-             list(options.stages), options.level, options.dtype, options.backward, target_cpu],
+            [compiler_fingerprint(), source.hex(), sorted(shapes.items()), options.phase,
+             list(options.stages), options.level, options.dtype, options.backward, solver,
+             str(options.base_dir.resolve()), target_cpu],
             default=str,
         ).encode()
     ).hexdigest()  # fmt: skip
@@ -40,6 +46,15 @@ def compile_cached(network_file: str | Path, options: Any, target_cpu: str = "na
     if not (out / "manifest.json").exists():
         write_artifact(build_kernel_graph(graph, options), out, target_cpu)
     return out
+
+
+def compile_file(network_file: str | Path, options: Any, target_cpu: str = "native") -> Path:
+    """:func:`compile_cached` for a prototxt file."""
+    from caffec.compiler.pipeline import load_layer_graph
+
+    graph = load_layer_graph(network_file, options)
+    options = replace(options, base_dir=Path(network_file).parent)
+    return compile_cached(graph, Path(network_file).read_bytes(), options, target_cpu)
 
 
 class Net(CompiledNet):
@@ -83,13 +98,11 @@ class Net(CompiledNet):
         )  # fmt: skip
         self._target_cpu = target_cpu
         self._seed = seed
-        artifact = compile_cached(self._network_file, self._options, target_cpu)
+        artifact = compile_file(self._network_file, self._options, target_cpu)
         super().__init__(artifact, weights, seed=seed)
 
     def reshape(self) -> None:
         """Apply ``blob.reshape(...)`` calls: a rebuild for the new shapes (cached), same params."""
-        from dataclasses import replace
-
         pending = {name: b.pending_shape for name, b in self.blobs.items() if b.pending_shape}
         if not pending:
             return
@@ -103,7 +116,7 @@ class Net(CompiledNet):
             shapes[name] = shape
         self._options = replace(self._options, shapes=shapes)
         params = self.param_arrays()
-        artifact = compile_cached(self._network_file, self._options, self._target_cpu)
+        artifact = compile_file(self._network_file, self._options, self._target_cpu)
         counter = int(self._exec.counter[1])
         CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)
         self._exec.counter[1] = counter

@@ -24,7 +24,7 @@ from caffec.errors import UserError
 
 FORMAT_VERSION = 1
 ALIGN = 64  # bytes; every arena buffer starts on a cache line
-PERSISTENT = ("param", "param_grad", "counter")
+PERSISTENT = ("param", "param_grad", "counter", "history", "hyper")
 
 
 def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
@@ -77,6 +77,9 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "layers": kgraph.layers,
         "forward": steps(kgraph.forward),
         "backward": steps(kgraph.backward),
+        "update": steps(kgraph.update),
+        "histories": [[index, slot(b)] for index, b in kgraph.histories],
+        "solver": kgraph.solver,
         "blobs": {
             name: {"data": slot(b.data), "diff": slot(b.diff)} for name, b in kgraph.blobs.items()
         },

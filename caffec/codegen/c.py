@@ -18,7 +18,7 @@ import jinja2
 import caffec
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop, Operand, Step
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 TEMPLATES = Path(caffec.__file__).parent / "templates"
 _IDENT = re.compile(r"\buniform\(\)|[A-Za-z_][A-Za-z0-9_]*")
 _FUNCTIONS = {"exp", "log", "tanh", "fabs", "pow", "sqrt", "fmax", "fmin", "floor"}
@@ -71,7 +71,7 @@ def expression(expr: str, attrs: dict[str, Any]) -> str:
 def kernel_names(kgraph: KernelGraph) -> dict[int, str]:
     """Names from counters and registry type names only, never from user strings."""
     names: dict[int, str] = {}
-    for step in (*kgraph.forward, *kgraph.backward):
+    for step in (step for steps in kgraph.steps().values() for step in steps):
         for kernel in step.kernels():
             names[id(kernel)] = f"k{len(names)}_{step.layer_type.lower()}_{kernel.prim}"
     return names
@@ -84,14 +84,14 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
     layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
     helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
     kernels = []
-    for direction, steps in (("forward", kgraph.forward), ("backward", kgraph.backward)):
+    for direction, steps in kgraph.steps().items():
         for step in steps:
             for kernel in step.kernels():
                 body = env.get_template(f"{kernel.prim}.c.j2").render(kernel=kernel, **helpers)
-                comment = (
-                    f"{kernel.prim}, {direction} of layer #{layer_index[step.layer]} "
-                    f"({step.layer_type})"
+                where = (
+                    f"layer #{layer_index[step.layer]}" if step.layer in layer_index else "the net"
                 )
+                comment = f"{kernel.prim}, {direction} of {where} ({step.layer_type})"
                 kernels.append({"name": names[id(kernel)], "comment": comment, "body": body})
     prelude = env.get_template("prelude.c.j2").render(
         version=caffec.__version__, dtype=kgraph.dtype, n_kernels=len(kernels)
@@ -99,8 +99,10 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
     return env.get_template("net.c.j2").render(
         prelude=prelude,
         kernels=kernels,
-        forward=[_step_view(s, names, layer_index) for s in kgraph.forward],
-        backward=[_step_view(s, names, layer_index) for s in kgraph.backward],
+        directions={
+            direction: [_step_view(s, names, layer_index) for s in steps]
+            for direction, steps in kgraph.steps().items()
+        },
         abi=ABI_VERSION,
     )
 
@@ -116,7 +118,7 @@ def _step_view(step: Step, names: dict[int, str], layer_index: dict[str, int]) -
             assert isinstance(instr, Kernel)
             instrs.append({"loop": False, "names": [names[id(instr)]]})
     return {
-        "layer_index": layer_index[step.layer],
+        "layer_index": layer_index.get(step.layer, -1),
         "layer_type": step.layer_type,
         "instrs": instrs,
     }

@@ -30,6 +30,8 @@ KINDS = (
     "param_grad",  # its gradient, persistent, accumulated across backward passes
     "workspace",  # scratch inside one kernel or loop (im2col columns)
     "counter",  # int64 scalars the runtime updates: [0] = random seed, [1] = iteration
+    "history",  # solver state per parameter (momentum, squared gradients), persistent
+    "hyper",  # real scalars the runtime sets each iteration: [0] = the learning rate
 )
 
 
@@ -149,6 +151,9 @@ class KernelGraph:
     layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, tops for net.layers
     output_diffs: dict[str, Buffer] = field(default_factory=dict)  # where backward starts from
     feeders: list[dict[str, Any]] = field(default_factory=list)  # data layers the runtime reads
+    update: list[Step] = field(default_factory=list)  # the solver step, after backward
+    histories: list[tuple[int, Buffer]] = field(default_factory=list)  # (param index, history)
+    solver: dict[str, Any] = field(default_factory=dict)  # what the runtime needs of the solver
     net_dir: str = "."  # the prototxt's folder: relative data sources are looked for there too
 
     def number_buffers(self) -> None:
@@ -156,8 +161,12 @@ class KernelGraph:
         for i, buffer in enumerate(self.buffers):
             buffer.index = i
 
+    def steps(self) -> dict[str, list[Step]]:
+        """The entry points, in order: forward, backward, update."""
+        return {"forward": self.forward, "backward": self.backward, "update": self.update}
+
     def kernels(self) -> list[Kernel]:
-        return [k for step in (*self.forward, *self.backward) for k in step.kernels()]
+        return [k for steps in self.steps().values() for step in steps for k in step.kernels()]
 
     def prune(self) -> None:
         """Drop buffers nothing reads, writes or shows (gradients nobody computes)."""
@@ -171,7 +180,7 @@ class KernelGraph:
         keep = used | {id(b) for b, _ in self.seeds} | {id(b) for b, _, _ in self.fills}
         keep |= {id(b.data) for b in self.blobs.values()}
         keep |= {id(p.data) for p in self.params} | {id(b) for b in self.inputs.values()}
-        keep |= {id(b) for b in self.buffers if b.kind == "counter"}
+        keep |= {id(b) for b in self.buffers if b.kind in ("counter", "hyper")}
         self.output_diffs = {n: b for n, b in self.output_diffs.items() if id(b) in used | keep}
         self.buffers = [b for b in self.buffers if id(b) in keep]
         self.number_buffers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from caffec.compiler.build import build_layer_graph
 from caffec.compiler.ir import LayerGraph, Shape
@@ -13,6 +14,7 @@ from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.params import create_params
 from caffec.compiler.passes.shape_inference import infer_shapes
+from caffec.compiler.passes.solver_updates import add_solver_updates
 from caffec.compiler.passes.verify import verify
 from caffec.compiler.registry import InferContext
 from caffec.errors import UserError, did_you_mean
@@ -30,6 +32,7 @@ class Options:
     base_dir: Path = Path(".")
     dtype: str = "float32"
     backward: bool | None = None  # None: in TRAIN, or where the net sets force_backward
+    solver: Any = None  # a SolverParameter: add its update step after backward
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,17 @@ def build_kernel_graph(graph: LayerGraph, options: Options) -> KernelGraph:
         backward = graph.phase == "TRAIN" or graph.force_backward
     if backward:
         autodiff(kgraph, lowering)
+        if options.solver is not None:
+            add_solver_updates(kgraph, options.solver)
     kgraph.prune()
     kgraph.net_dir = str(options.base_dir.resolve())
     return kgraph
+
+
+def layer_graph_of(net: Any, spans: Any, options: Options, after: str | None = None) -> LayerGraph:
+    """Like :func:`load_layer_graph`, for a net already read and upgraded (an inline net)."""
+    net, spans = select_phase(net, spans, options.phase, options.stages, options.level)
+    return run_passes(build_layer_graph(net, spans, options.phase), options, after)
 
 
 def load_layer_graph(path: str | Path, options: Options, after: str | None = None) -> LayerGraph:
@@ -83,6 +94,4 @@ def load_layer_graph(path: str | Path, options: Options, after: str | None = Non
     """
     options = replace(options, base_dir=Path(path).parent)
     net, spans = read_net(path)
-    net, spans = select_phase(net, spans, options.phase, options.stages, options.level)
-    graph = build_layer_graph(net, spans, options.phase)
-    return run_passes(graph, options, after)
+    return layer_graph_of(net, spans, options, after)

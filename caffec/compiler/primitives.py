@@ -253,8 +253,8 @@ def reduce(
     scale: float = 1.0,
     accumulate: bool = False,
 ) -> Kernel:
-    """out[kept] (+)= scale * op over ``axes`` of source viewed as ``dims``."""
-    if op not in ("sum", "max"):
+    """out[kept] (+)= scale * op over ``axes`` of source viewed as ``dims`` (sum, max, sumsq)."""
+    if op not in ("sum", "max", "sumsq"):
         raise InternalError(f"unknown reduction {op}")
     dims = [int(d) for d in dims]
     strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]

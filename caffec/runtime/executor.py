@@ -53,24 +53,26 @@ class Executor:
                 array = self.arena[start : start + count * itemsize].view(self.dtype).reshape(shape)
             self.buffers.append(array)
         self._table = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
-        self._forward = artifact.entry("forward")
-        self._backward = artifact.entry("backward")
+        self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update")}
+
+    def of_kind(self, kind: str) -> np.ndarray:
+        """The one buffer of ``kind``: "counter" ([random seed, iteration]) or "hyper" ([rate])."""
+        return next(
+            a
+            for a, s in zip(self.buffers, self.manifest["buffers"], strict=True)
+            if s["kind"] == kind
+        )
 
     @property
     def counter(self) -> np.ndarray:
         """[random seed, iteration]: what the generated random numbers depend on."""
-        return next(
-            a
-            for a, s in zip(self.buffers, self.manifest["buffers"], strict=True)
-            if s["kind"] == "counter"
-        )
+        return self.of_kind("counter")
 
     def run(self, direction: str, begin: int, end: int) -> None:
         steps = self.manifest[direction]
         if not 0 <= begin <= end <= len(steps):
             raise UserError(f"{direction} steps {begin}..{end} are outside 0..{len(steps)}")
-        function = self._forward if direction == "forward" else self._backward
-        function(self._table, begin, end)
+        self._entries[direction](self._table, begin, end)
 
     def buffer(self, slot: int | None) -> Any:
         return None if slot is None else self.buffers[slot]

@@ -286,6 +286,8 @@ class CompiledNet:
         if start is None:
             self._feed_memory()
             self._fill_data()
+            for feeder in self._feeders():
+                self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
         self._exec.run("forward", *self._step_range("forward", start, end))
         if self.phase == TRAIN:
@@ -316,6 +318,43 @@ class CompiledNet:
         self._set_inputs(kwargs, "diff")
         self._exec.run("backward", *self._step_range("backward", start, end))
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
+
+    def _feeders(self) -> list[Any]:
+        """The readers of the net's data layers, opened on first use (a prefetch thread each)."""
+        if getattr(self, "_open_feeders", None) is None:
+            specs = self.artifact.manifest["feeders"]
+            self._open_feeders = []
+            if specs:
+                from caffec.runtime.data import make_feeder
+
+                m = self.artifact.manifest
+                for spec in specs:
+                    shapes = {t: self.blobs[t].data.shape for t in spec["tops"]}
+                    self._open_feeders.append(
+                        make_feeder(spec, shapes, self._exec.dtype, m["phase"], m["net_dir"],
+                                    int(self._exec.counter[0]))
+                    )  # fmt: skip
+        return self._open_feeders
+
+    def close(self) -> None:
+        """Stop the data readers' threads (also done when the net is collected)."""
+        for feeder in getattr(self, "_open_feeders", None) or []:
+            feeder.close()
+        self._open_feeders = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def forward_outputs(self) -> dict[str, np.ndarray]:
+        """The outputs as the last forward pass left them."""
+        return {name: self.blobs[name].data for name in self.outputs}
+
+    def skip_iterations(self, count: int) -> None:
+        """Stand where ``count`` forward passes would leave the data and the random numbers."""
+        self._exec.counter[1] = count
+        for feeder in self._feeders():
+            for _ in range(count):
+                feeder.next()
 
     def _blob(self, name: str) -> Blob:
         if name not in self.blobs:

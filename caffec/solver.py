@@ -1,0 +1,175 @@
+"""Solvers from a solver.prototxt, as pycaffe's ``caffe.get_solver`` and ``caffe.SGDSolver``.
+
+The train net is compiled with its backward pass and the solver's update
+step; each test net is compiled for the TEST phase with its ``test_state``
+and runs on the train net's parameter arrays (no copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from caffec.errors import UserError
+from caffec.runtime.net import CompiledNet
+from caffec.runtime.solver import SolverSettings, TrainingLoop, caffe_log
+
+
+def _settings(param: Any) -> SolverSettings:
+    values = {}
+    for f in fields(SolverSettings):
+        value = getattr(param, f.name)
+        if f.name == "snapshot_format":
+            value = param.SnapshotFormat.Name(value)
+        elif f.name in ("stepvalue", "test_iter"):
+            value = list(value)
+        values[f.name] = value
+    return SolverSettings(**values)
+
+
+def _net_sources(param: Any) -> tuple[Any, list[Any]]:
+    """(train net, test nets) as (kind, value) pairs, with Caffe's rules for which fields."""
+    given = [name for name in ("net", "net_param", "train_net", "train_net_param")
+             if param.HasField(name)]  # fmt: skip
+    if len(given) != 1:
+        raise UserError(
+            "a solver names its train net exactly once"
+            + (f"; this one gives {', '.join(given)}" if given else "; this one gives none"),
+            hint='set net: "train_test.prototxt" (or train_net / net_param)',
+        )
+    train = (given[0], getattr(param, given[0]))
+    tests = [("test_net_param", p) for p in param.test_net_param]
+    tests += [("test_net", p) for p in param.test_net]
+    generic = len(param.test_iter) - len(tests)
+    if given[0] in ("net", "net_param") and generic > 0:
+        tests += [train] * generic
+    if len(param.test_iter) != len(tests):
+        raise UserError(
+            f"{len(param.test_iter)} test_iter values for {len(tests)} test nets",
+            hint="give one test_iter per test net",
+        )
+    if param.test_state and len(param.test_state) != len(tests):
+        raise UserError(f"{len(param.test_state)} test_state entries for {len(tests)} test nets")
+    return train, tests
+
+
+class Solver:
+    """A solver.prototxt ready to train: ``solver.net``, ``solver.test_nets``, ``step``, ``solve``.
+
+    ``cpu_fallback`` allows running a solver that asks for ``solver_mode: GPU``
+    on the CPU; without it such a solver is refused, never silently moved.
+    """
+
+    def __init__(
+        self,
+        solver_file: str | Path,
+        *,
+        cpu_fallback: bool = False,
+        log: Any = caffe_log,
+        target_cpu: str = "native",
+        dtype: str = "float32",
+    ) -> None:
+        from caffec.frontend.loader import read_solver
+
+        self.path = Path(solver_file)
+        self.dtype = dtype
+        self.param, _ = read_solver(self.path)
+        p = self.param
+        if p.HasField("solver_mode") and p.solver_mode == p.GPU and not cpu_fallback:
+            raise UserError(
+                f"{self.path} asks for solver_mode: GPU, and caffec's CUDA target is not "
+                "available here",
+                hint="set solver_mode: CPU in the solver, or pass -cpu to train on the CPU",
+            )
+        self.settings = _settings(p)
+        seed = p.random_seed if p.random_seed >= 0 else 0
+        train, tests = _net_sources(p)
+        train_state = p.train_state if p.HasField("train_state") else None
+        self.net = self._compile(train, "TRAIN", train_state, seed, target_cpu, solver=p)
+        shared = self.net.param_arrays()
+        self.test_nets = [
+            self._compile(source, "TEST", p.test_state[i] if p.test_state else None, seed,
+                          target_cpu, params=shared)
+            for i, source in enumerate(tests)
+        ]  # fmt: skip
+        self.loop = TrainingLoop(self.settings, self.net, self.test_nets, log)
+
+    def _compile(self, source: Any, phase: str, state: Any, seed: int, target_cpu: str,
+                 solver: Any = None, params: Any = None) -> CompiledNet:  # fmt: skip
+        from caffec.compiler.pipeline import Options, layer_graph_of
+        from caffec.frontend.loader import read_net
+        from caffec.frontend.upgrade import upgrade_net
+        from caffec.net import compile_cached
+
+        kind, value = source
+        options = Options(
+            phase=phase,
+            stages=tuple(state.stage) if state is not None else (),
+            level=state.level if state is not None else 0,
+            backward=phase == "TRAIN",
+            solver=solver,
+            dtype=self.dtype,
+        )
+        if kind.endswith("_param"):
+            net, spans = upgrade_net(value)
+            options = replace(options, base_dir=self.path.parent)
+            text = value.SerializeToString()
+        else:
+            path = Path(value)
+            if not path.exists():
+                raise UserError(
+                    f"the solver's net file '{value}' does not exist",
+                    hint="Caffe resolves it from the working directory; run from there",
+                )
+            net, spans = read_net(path)
+            options = replace(options, base_dir=path.parent)
+            text = path.read_bytes()
+        graph = layer_graph_of(net, spans, options)
+        artifact = compile_cached(graph, text, options, target_cpu)
+        return CompiledNet(artifact, seed=seed, params=params)
+
+    @property
+    def iter(self) -> int:
+        return self.loop.iter
+
+    def step(self, iterations: int) -> None:
+        self.loop.step(iterations)
+
+    def solve(self, resume_file: str | Path | None = None) -> None:
+        if resume_file is not None:
+            self.restore(resume_file)
+        self.loop.solve()
+
+    def snapshot(self) -> tuple[Path, Path]:
+        return self.loop.snapshot()
+
+    def restore(self, path: str | Path) -> None:
+        self.loop.restore(path)
+
+
+def get_solver(solver_file: str | Path, **kwargs: Any) -> Solver:
+    """pycaffe's ``caffe.get_solver``: the solver its file's ``type`` names."""
+    return Solver(solver_file, **kwargs)
+
+
+def _typed(name: str) -> type[Solver]:
+    def init(self: Solver, solver_file: str | Path, **kwargs: Any) -> None:
+        Solver.__init__(self, solver_file, **kwargs)
+        if self.settings.type != name:
+            raise UserError(
+                f"{name}Solver was given a solver file of type {self.settings.type}",
+                hint="use caffec.get_solver, which follows the file's type",
+            )
+
+    return type(
+        f"{name}Solver", (Solver,), {"__init__": init, "__doc__": f"pycaffe's {name}Solver."}
+    )
+
+
+SGDSolver = _typed("SGD")
+NesterovSolver = _typed("Nesterov")
+AdaGradSolver = _typed("AdaGrad")
+RMSPropSolver = _typed("RMSProp")
+AdaDeltaSolver = _typed("AdaDelta")
+AdamSolver = _typed("Adam")

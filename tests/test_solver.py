@@ -1,0 +1,168 @@
+"""Solvers: each update rule and lr policy against a numpy transcription of Caffe's code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffec.errors import UserError
+from caffec.runtime.solver import SolverSettings, learning_rate
+from caffec.solver import SGDSolver, get_solver
+
+NET = """
+name: "tiny"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "a"
+        param { name: "shared" lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "b" type: "InnerProduct" bottom: "x" top: "b"
+        param { name: "shared" lr_mult: 1 decay_mult: 1 } param { lr_mult: 0.5 decay_mult: 3 }
+        inner_product_param { num_output: 5 bias_filler { type: "constant" value: 0.25 } } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+layer { name: "relu" type: "ReLU" bottom: "sum" top: "sum" }
+layer { name: "frozen" type: "InnerProduct" bottom: "sum" top: "c"
+        param { lr_mult: 0 } param { lr_mult: 0 }
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "c" bottom: "label" top: "loss" }
+"""
+
+
+def caffe_update(kind: str, s: dict, w, g, hist, rate, lr_mult, decay_mult, t, clip_scale):
+    """Caffe's SGDSolver family, transcribed: Normalize, Regularize, ComputeUpdateValue, Update."""
+    # the prototxt stores these as float32, and Caffe computes with what it stored
+    s = {k: float(np.float32(v)) if isinstance(v, float) else v for k, v in s.items()}
+    g = g * clip_scale / s.get("iter_size", 1)
+    decay = s.get("weight_decay", 0) * decay_mult
+    g = g + decay * (np.sign(w) if s.get("regularization_type") == "L1" else w)
+    lr = rate * lr_mult
+    m, d = s.get("momentum", 0), s.get("delta", 1e-8)
+    if kind == "SGD":
+        hist[0] = m * hist[0] + lr * g
+        step = hist[0]
+    elif kind == "Nesterov":
+        previous = hist[0].copy()
+        hist[0] = m * hist[0] + lr * g
+        step = (1 + m) * hist[0] - m * previous
+    elif kind == "AdaGrad":
+        hist[0] = hist[0] + g * g
+        step = lr * g / (np.sqrt(hist[0]) + d)
+    elif kind == "RMSProp":
+        rd = s.get("rms_decay", 0.99)
+        hist[0] = rd * hist[0] + (1 - rd) * g * g
+        step = lr * g / (np.sqrt(hist[0]) + d)
+    elif kind == "AdaDelta":
+        hist[0] = m * hist[0] + (1 - m) * g * g
+        update = g * np.sqrt((hist[1] + d) / (hist[0] + d))
+        hist[1] = m * hist[1] + (1 - m) * update * update
+        step = lr * update
+    else:  # Adam
+        m2 = s.get("momentum2", 0.999)
+        hist[0] = m * hist[0] + (1 - m) * g
+        hist[1] = m2 * hist[1] + (1 - m2) * g * g
+        correction = math.sqrt(1 - m2**t) / (1 - m**t)
+        step = lr * correction * hist[0] / (np.sqrt(hist[1]) + d)
+    return w - step
+
+
+CASES = [
+    ("SGD", {"momentum": 0.9, "weight_decay": 0.0005}),
+    ("SGD", {"momentum": 0.5, "weight_decay": 0.01, "regularization_type": "L1", "iter_size": 3}),
+    ("SGD", {"momentum": 0.9, "weight_decay": 0.001, "clip_gradients": 0.05}),
+    ("Nesterov", {"momentum": 0.95, "weight_decay": 0.002}),
+    ("AdaGrad", {"weight_decay": 0.001, "delta": 1e-6}),
+    ("RMSProp", {"rms_decay": 0.98, "weight_decay": 0.0005}),
+    ("AdaDelta", {"momentum": 0.95, "delta": 1e-6, "weight_decay": 0.0005}),
+    ("Adam", {"momentum": 0.9, "momentum2": 0.999, "delta": 1e-8, "iter_size": 2}),
+]
+
+
+def solver_file(tmp_path: Path, kind: str, settings: dict, extra: str = "") -> Path:
+    (tmp_path / "net.prototxt").write_text(NET)
+    lines = [f'net: "{tmp_path / "net.prototxt"}"', f'type: "{kind}"', "base_lr: 0.1",
+             'lr_policy: "inv" gamma: 0.1 power: 0.75', "max_iter: 100", "random_seed: 3"]  # fmt: skip
+    lines += [f"{k}: {v!r}".replace("'", '"') for k, v in settings.items()]
+    path = tmp_path / "solver.prototxt"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def learnable(solver) -> list[tuple[str, int, float, float]]:
+    """(layer, index, lr_mult, decay_mult) of the parameters the solver updates (owners)."""
+    return [(p["layer"], p["index"], p["lr_mult"], p["decay_mult"])
+            for p in solver.net.artifact.manifest["params"]
+            if p["grad"] is not None and p["shared_with"] is None and p["lr_mult"] != 0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings"), CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CASES)]
+)
+def test_update_rules_match_caffe(tmp_path: Path, kind: str, settings: dict) -> None:
+    solver = get_solver(solver_file(tmp_path, kind, settings), dtype="float64", log=lambda m: None)
+    rng = np.random.default_rng(0)
+    net = solver.net
+    params = learnable(solver)
+    assert [(layer, i) for layer, i, _, _ in params] == [("a", 0), ("a", 1), ("b", 1)]
+    per = 2 if kind in ("AdaDelta", "Adam") else 1
+    history = {(layer, i): [np.zeros(net.params[layer][i].data.shape) for _ in range(per)]
+               for layer, i, _, _ in params}  # fmt: skip
+    frozen = net.params["frozen"][0].data.copy()
+    for it in range(4):
+        net.blobs["x"].data[...] = rng.standard_normal((4, 3))
+        net.blobs["label"].data[...] = rng.integers(0, 3, 4)
+        before = {(layer, i): net.params[layer][i].data.copy() for layer, i, _, _ in params}
+        solver.step(1)
+        grads = {(layer, i): net.params[layer][i].diff.copy() for layer, i, _, _ in params}
+        rate = learning_rate(solver.settings, it, 0)[0]
+        assert rate == pytest.approx(0.1 * (1 + 0.1 * it) ** -0.75)
+        clip = settings.get("clip_gradients", -1)
+        norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        scale = clip / norm if 0 <= clip < norm else 1.0
+        for layer, i, lr_mult, decay_mult in params:
+            expected = caffe_update(kind, settings, before[(layer, i)], grads[(layer, i)], history[(layer, i)],
+                                    rate, lr_mult, decay_mult, it + 1, scale)  # fmt: skip
+            np.testing.assert_allclose(net.params[layer][i].data, expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(net.params["frozen"][0].data, frozen)
+    np.testing.assert_array_equal(net.params["a"][0].data, net.params["b"][0].data)  # shared
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ({"lr_policy": "fixed"}, lambda it: 0.1),
+        ({"lr_policy": "step", "gamma": 0.5, "stepsize": 3}, lambda it: 0.1 * 0.5 ** (it // 3)),
+        ({"lr_policy": "exp", "gamma": 0.9}, lambda it: 0.1 * 0.9**it),
+        ({"lr_policy": "inv", "gamma": 0.1, "power": 0.75}, lambda it: 0.1 * (1 + 0.1 * it) ** -0.75),
+        ({"lr_policy": "multistep", "gamma": 0.1, "stepvalue": [2, 5]},
+         lambda it: 0.1 * 0.1 ** ((it >= 2) + (it >= 5))),
+        ({"lr_policy": "poly", "power": 2.0, "max_iter": 10}, lambda it: 0.1 * (1 - it / 10) ** 2),
+        ({"lr_policy": "sigmoid", "gamma": -0.5, "stepsize": 4},
+         lambda it: 0.1 / (1 + math.exp(0.5 * (it - 4)))),
+    ],
+)  # fmt: skip
+def test_lr_policies(policy: dict, expected) -> None:
+    settings = SolverSettings(base_lr=0.1, **policy)
+    step = 0
+    for it in range(9):
+        rate, step = learning_rate(settings, it, step)
+        assert rate == pytest.approx(expected(it), rel=1e-12)
+
+
+def test_solver_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown lr_policy 'invv'"):
+        learning_rate(SolverSettings(lr_policy="invv"), 0, 0)
+    with pytest.raises(UserError, match="unknown solver type 'Adamm'"):
+        get_solver(solver_file(tmp_path, "Adamm", {}), log=lambda m: None)
+    gpu = solver_file(tmp_path, "SGD", {}, "solver_mode: GPU\n")
+    with pytest.raises(UserError, match="solver_mode: GPU") as info:
+        get_solver(gpu)
+    assert "-cpu" in info.value.hint
+    assert get_solver(gpu, cpu_fallback=True, log=lambda m: None).iter == 0
+    with pytest.raises(UserError, match="AdamSolver was given a solver file of type SGD"):
+        from caffec.solver import AdamSolver
+
+        AdamSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None)
+    assert SGDSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None).iter == 0
