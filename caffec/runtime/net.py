@@ -286,7 +286,7 @@ class CompiledNet:
         if start is None:
             self._feed_memory()
             self._fill_data()
-            for feeder in self._feeders():
+            for feeder in self._feeders(kwargs):
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
         self._exec.run("forward", *self._step_range("forward", start, end))
@@ -319,26 +319,28 @@ class CompiledNet:
         self._exec.run("backward", *self._step_range("backward", start, end))
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
 
-    def _feeders(self) -> list[Any]:
-        """The readers of the net's data layers, opened on first use (a prefetch thread each)."""
+    def _feeder(self, spec: dict[str, Any]) -> Any:
+        """The reader of one data layer, opened on first use (with its prefetch thread)."""
         if getattr(self, "_open_feeders", None) is None:
-            specs = self.artifact.manifest["feeders"]
-            self._open_feeders = []
-            if specs:
-                from caffec.runtime.data import make_feeder
+            self._open_feeders: dict[str, Any] = {}
+        if spec["layer"] not in self._open_feeders:
+            from caffec.runtime.data import make_feeder
 
-                m = self.artifact.manifest
-                for spec in specs:
-                    shapes = {t: self.blobs[t].data.shape for t in spec["tops"]}
-                    self._open_feeders.append(
-                        make_feeder(spec, shapes, self._exec.dtype, m["phase"], m["net_dir"],
-                                    int(self._exec.counter[0]))
-                    )  # fmt: skip
-        return self._open_feeders
+            m = self.artifact.manifest
+            shapes = {t: self.blobs[t].data.shape for t in spec["tops"]}
+            self._open_feeders[spec["layer"]] = make_feeder(
+                spec, shapes, self._exec.dtype, m["phase"], m["net_dir"], int(self._exec.counter[0])
+            )
+        return self._open_feeders[spec["layer"]]
+
+    def _feeders(self, given: Mapping[str, Any] = {}) -> list[Any]:  # noqa: B006 - read only
+        """The readers of the data layers whose tops the caller did not give."""
+        specs = self.artifact.manifest["feeders"]
+        return [self._feeder(s) for s in specs if not all(t in given for t in s["tops"])]
 
     def close(self) -> None:
         """Stop the data readers' threads (also done when the net is collected)."""
-        for feeder in getattr(self, "_open_feeders", None) or []:
+        for feeder in (getattr(self, "_open_feeders", None) or {}).values():
             feeder.close()
         self._open_feeders = None
 
