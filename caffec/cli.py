@@ -142,6 +142,74 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from caffec.solver import Solver
+
+    if args.gpu is not None:
+        raise UserError(
+            "-gpu: caffec's CUDA target is not available in this build",
+            hint="drop -gpu to train on the CPU",
+        )
+    if args.snapshot and args.weights:
+        raise UserError("give -snapshot (resume) or -weights (finetune), not both")
+    solver = Solver(args.solver, cpu_fallback=args.cpu)
+    if args.weights:
+        for path in args.weights.split(","):
+            solver.net.copy_from(path)
+    effects = {"sigint": args.sigint_effect, "sighup": args.sighup_effect}
+
+    def handle(signum: int, _frame: object) -> None:
+        effect = effects["sigint" if signum == signal.SIGINT else "sighup"]
+        if effect == "stop":
+            solver.loop.stop_requested = True
+        elif effect == "snapshot":
+            solver.loop.snapshot_requested = True
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, handle)
+    solver.solve(args.snapshot)
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from caffec.net import Net
+    from caffec.runtime.solver import caffe_log
+
+    if args.gpu is not None:
+        raise UserError("-gpu: caffec's CUDA target is not available in this build",
+                        hint="drop -gpu to test on the CPU")  # fmt: skip
+    net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
+              level=args.level)  # fmt: skip
+    weights = dict(net.artifact.manifest["loss_tops"])
+    sums: dict[str, np.ndarray] = {}
+    loss = 0.0
+    for i in range(args.iterations):
+        outputs = net.forward()
+        for name, value in outputs.items():
+            sums[name] = sums.get(name, 0) + np.asarray(value, dtype=np.float64)
+            loss += weights.get(name, 0) * float(np.sum(value))
+            for score in np.asarray(value).reshape(-1):
+                caffe_log(f"Batch {i}, {name} = {score:g}", source="caffe.cpp:0")
+    caffe_log(f"Loss: {loss / args.iterations:g}", source="caffe.cpp:0")
+    for name, total in sums.items():
+        for score in (total / args.iterations).reshape(-1):
+            line = f"{name} = {score:g}"
+            if weights.get(name):
+                line += f" (* {weights[name]:g} = {weights[name] * score:g} loss)"
+            caffe_log(line, source="caffe.cpp:0")
+    return 0
+
+
+def caffec_phase(name: str) -> int:
+    from caffec.runtime.net import TEST, TRAIN
+
+    return TRAIN if name == "TRAIN" else TEST
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from caffec.frontend.binaryproto import describe_file
 
@@ -218,6 +286,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write the outputs to a .npy (one output) or .npz file")
     run.add_argument("--seed", type=int, default=0, help="seed of the fillers of missing weights")
     run.set_defaults(run=_cmd_run)
+
+    train = sub.add_parser("train", help="train a net with a solver, as `caffe train`")
+    train.add_argument("-solver", "--solver", required=True, help="the solver .prototxt")
+    train.add_argument("-snapshot", "--snapshot", help="a .solverstate to resume from")
+    train.add_argument("-weights", "--weights", help="caffemodels to finetune from (commas)")
+    train.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    train.add_argument("-cpu", "--cpu", action="store_true",
+                       help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
+    for name, default in (("sigint", "stop"), ("sighup", "snapshot")):
+        train.add_argument(f"-{name}_effect", f"--{name}_effect", default=default,
+                           choices=["stop", "snapshot", "none"],
+                           help=f"what {name.upper()} does (default {default})")  # fmt: skip
+    train.set_defaults(run=_cmd_train)
+
+    test = sub.add_parser("test", help="score a trained net, as `caffe test`")
+    test.add_argument("-model", "--model", required=True, help="the net .prototxt")
+    test.add_argument("-weights", "--weights", help="the trained .caffemodel")
+    test.add_argument("-iterations", "--iterations", type=int, default=50)
+    test.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    test.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TEST",
+                      type=str.upper)  # fmt: skip
+    test.add_argument("-stage", "--stage", action="append", default=[])
+    test.add_argument("-level", "--level", type=int, default=0)
+    test.set_defaults(run=_cmd_test)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
     inspect.add_argument("file")

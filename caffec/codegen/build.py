@@ -74,7 +74,8 @@ def c_flags(target_cpu: str = "native", debug: bool = False) -> list[str]:
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", target_cpu):
         raise UserError(f"--target-cpu '{target_cpu}' is not a CPU name", hint="e.g. x86-64-v3")
     compiler = c_compiler()
-    flags = ["-O1" if debug else "-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno"]
+    flags = ["-O1" if debug else "-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno",
+             "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]  # fmt: skip
     flags.append(f"-march={target_cpu}")
     if _supports(compiler, "-fopenmp"):
         flags.append("-fopenmp")

@@ -84,6 +84,13 @@ class LayerSpec:
         rule = getattr(self.rules, "params", None)
         return rule(layer, bottoms) if rule else []
 
+    def allows_force_backward(self, bottom: int) -> bool:
+        """Whether ``force_backward`` sends a gradient to ``bottom`` (Caffe: not to labels)."""
+        rule = getattr(self.rules, "allow_force_backward", None)
+        if rule is not None:
+            return rule(bottom)
+        return not (self.loss and bottom == 1)
+
     @property
     def can_lower(self) -> bool:
         return hasattr(self.rules, "lower")

@@ -185,11 +185,11 @@ class TrainingLoop:
         s = self.settings
         self.log("Solving " + (self.net.artifact.manifest["name"] or "net"))
         self.step(s.max_iter - self.iter)
+        if s.snapshot_after_train and (not s.snapshot or self.iter % s.snapshot != 0):
+            self.snapshot()
         if self.stop_requested:
             self.log("Optimization stopped early.")
             return
-        if s.snapshot_after_train and (not s.snapshot or self.iter % s.snapshot != 0):
-            self.snapshot()
         if s.display and self.iter % s.display == 0:
             outputs = self.net.forward()
             self.log(f"Iteration {self.iter}, loss = {self._weighted_loss(self.net, outputs):g}")

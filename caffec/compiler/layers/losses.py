@@ -173,8 +173,20 @@ class SoftmaxWithLoss:
                       accumulate=accumulate))  # fmt: skip
 
 
-@register_layer("SigmoidCrossEntropyLoss", bottoms=2, tops=(1, 2), loss=True)
+def loss_seed(ctx: Any, rank: int) -> tuple[Any, Shape]:
+    """The loss top's gradient (its loss_weight) as a map input of a rank-``rank`` view."""
+    return (ctx.dy(0), (1,) * rank)
+
+
+@register_layer("SigmoidCrossEntropyLoss", bottoms=2, loss=True)
 class SigmoidCrossEntropyLoss:
+    """Caffe's stable logistic loss: max(x, 0) - x*t + log(1 + exp(-|x|)) per element.
+
+    Elements whose int(target) is ``ignore_label`` do not count; the sum is
+    divided by Caffe's normalizer, whose default here is BATCH_SIZE (not
+    VALID as for SoftmaxWithLoss).
+    """
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         _same_batch(bottoms)
         if count(bottoms[0]) != count(bottoms[1]):
@@ -182,11 +194,62 @@ class SigmoidCrossEntropyLoss:
                 f"the scores {fmt(bottoms[0])} and the targets {fmt(bottoms[1])} "
                 "must have the same number of elements"
             )
-        return [SCALAR, bottoms[0]][: len(layer.top)]
+        return [SCALAR]
+
+    @staticmethod
+    def _mode(layer: Any) -> str:
+        p = layer.loss_param
+        if p.HasField("normalization"):
+            return p.NormalizationMode.Name(p.normalization)
+        if p.HasField("normalize"):
+            return "VALID" if p.normalize else "BATCH_SIZE"
+        return "BATCH_SIZE"
+
+    @staticmethod
+    def _ignored(op: Op, expr: str) -> tuple[str, dict[str, float]]:
+        """``expr``, or 0 where the target is the ignore label."""
+        ignore = ignore_label(op.param)
+        if ignore is None:
+            return expr, {}
+        return f"(long)t == ignore ? 0 : ({expr})", {"ignore": ignore}
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        shape = op.bottoms[0].shape
+        total = count(shape)
+        terms = ctx.workspace("log terms", (total,))
+        valid = ctx.workspace("valid", (total,))
+        loss, consts = self._ignored(op, "(x >= 0 ? x : 0) - x * t + log(1 + exp(-fabs(x)))")
+        counted, _ = self._ignored(op, "1")
+        ctx.emit(
+            pmap((total,), [(terms, loss), (valid, counted)], {"x": ctx.x(0), "t": ctx.x(1)},
+                 consts)
+        )  # fmt: skip
+        view = (shape[0], 1, total // shape[0])
+        emit_normalized_sum(ctx, terms, valid, ctx.y(0), view, self._mode(op.param))
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        target = ctx.dx(0)  # the targets get no gradient (Caffe refuses to compute one)
+        if target is None:
+            return
+        dx, accumulate = target
+        total = count(op.bottoms[0].shape)
+        inputs = {
+            "x": ctx.x(0),
+            "t": ctx.x(1),
+            "dy": loss_seed(ctx, 1),
+            "n": (ctx.state("normalizer", (1,)), (1,)),
+        }
+        expr, consts = self._ignored(op, "(1 / (1 + exp(-x)) - t) * dy / n")
+        ctx.emit(pmap((total,), [(dx, expr)], inputs, consts, accumulate=accumulate))
 
 
 @register_layer("EuclideanLoss", bottoms=2, loss=True)
 class EuclideanLoss:
+    def allow_force_backward(self, bottom: int) -> bool:
+        return True  # both bottoms are predictions
+
+    """sum((a - b)^2) / (2 N); both bottoms get a gradient (b's with the sign flipped)."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         _same_batch(bottoms)
         if count(bottoms[0], 1) != count(bottoms[1], 1):
@@ -196,9 +259,38 @@ class EuclideanLoss:
             )
         return [SCALAR]
 
+    def lower(self, op: Op, ctx: Any) -> None:
+        shape = op.bottoms[0].shape
+        total = count(shape)
+        squares = ctx.workspace("squared differences", (total,))
+        ctx.emit(
+            pmap((total,), [(squares, "(a - b) * (a - b)")], {"a": ctx.x(0), "b": ctx.x(1)}),
+            reduce(squares, ctx.y(0), (total,), [0], scale=0.5 / shape[0]),
+        )
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        shape = op.bottoms[0].shape
+        total = count(shape)
+        inputs = {"a": ctx.x(0), "b": ctx.x(1), "dy": loss_seed(ctx, 1)}
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            target = ctx.dx(i)
+            if target is None:
+                continue
+            dx, accumulate = target
+            ctx.emit(pmap((total,), [(dx, "sign * dy * (a - b)")], inputs,
+                          {"sign": sign / shape[0]}, accumulate=accumulate))  # fmt: skip
+
 
 @register_layer("ContrastiveLoss", bottoms=3, loss=True)
 class ContrastiveLoss:
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # not the similarity label
+
+    """Over pairs (a_i, b_i) with d^2 = ||a_i - b_i||^2: similar pairs (int(sim) != 0) add
+    d^2, dissimilar ones max(margin - d, 0)^2 (``legacy_version``: max(margin - d^2, 0));
+    the total is divided by 2N. Caffe's backward, kept as it is: for a dissimilar pair it
+    divides by d + 1e-4, not d."""
+
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         _same_batch(bottoms)
         a, b, similar = bottoms
@@ -213,10 +305,62 @@ class ContrastiveLoss:
             )
         return [SCALAR]
 
+    @staticmethod
+    def _view(op: Op) -> Shape:
+        shape = op.bottoms[0].shape
+        return (shape[0], count(shape, 1))
+
+    def lower(self, op: Op, ctx: Any) -> None:
+        p = op.param.contrastive_loss_param
+        num, channels = self._view(op)
+        squares = ctx.workspace("squared differences", (num, channels))
+        dist2 = ctx.state("squared distances", (num,))
+        terms = ctx.workspace("pair terms", (num,))
+        if p.legacy_version:
+            dissimilar = "fmax(margin - d2, 0)"
+        else:
+            dissimilar = "pow(fmax(margin - sqrt(d2), 0), 2)"
+        ctx.emit(
+            pmap((num, channels), [(squares, "(a - b) * (a - b)")], {"a": ctx.x(0), "b": ctx.x(1)}),
+            reduce(squares, dist2, (num, channels), [1]),
+            pmap((num,), [(terms, f"(long)s != 0 ? d2 : {dissimilar}")],
+                 {"s": ctx.x(2), "d2": dist2}, {"margin": p.margin}),
+            reduce(terms, ctx.y(0), (num,), [0], scale=0.5 / num),
+        )  # fmt: skip
+
+    def grad(self, op: Op, ctx: Any) -> None:
+        p = op.param.contrastive_loss_param
+        num, channels = self._view(op)
+        row = (num, 1)
+        inputs = {
+            "a": ctx.x(0),
+            "b": ctx.x(1),
+            "s": (ctx.x(2), row),
+            "d2": (ctx.state("squared distances", (num,)), row),
+            "dy": loss_seed(ctx, 2),
+        }
+        if p.legacy_version:
+            lets = [("mdist", "margin - d2"), ("beta", "-1")]
+        else:
+            lets = [("dist", "sqrt(d2)"), ("mdist", "margin - dist"),
+                    ("beta", "-mdist / (dist + tiny)")]  # fmt: skip
+        expr = "alpha * dy * (a - b) * ((long)s != 0 ? 1 : (mdist > 0 ? beta : 0))"
+        for i, sign in ((0, 1.0), (1, -1.0)):  # the similarity bottom gets no gradient
+            target = ctx.dx(i)
+            if target is None:
+                continue
+            dx, accumulate = target
+            consts = {"margin": p.margin, "alpha": sign / num, "tiny": 1e-4}
+            ctx.emit(pmap((num, channels), [(dx, expr)], inputs, consts, lets=lets,
+                          accumulate=accumulate))  # fmt: skip
+
 
 @register_layer("Accuracy", bottoms=2, tops=(1, 2))
 class Accuracy:
     """The fraction of items whose label is among the top_k scores (ties count against it)."""
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return False  # no backward pass
 
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         p = layer.accuracy_param

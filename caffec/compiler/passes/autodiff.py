@@ -75,10 +75,8 @@ def _needs(graph: LayerGraph, lowering: Lowering) -> tuple[dict[Op, bool], dict[
     if graph.force_backward:
         for op in graph.ops:
             spec = lookup(op.type)
-            allowed = {i for i in range(len(op.bottoms)) if not (spec.loss and i == 1)}
-            if op.type == "Accuracy":
-                allowed = set()
-            layer_needs[op] = bool(op.bottoms) or layer_needs[op]
+            allowed = {i for i in range(len(op.bottoms)) if spec.allows_force_backward(i)}
+            layer_needs[op] = bool(allowed) or layer_needs[op]
             bottom_needs[op] |= allowed
     return layer_needs, bottom_needs
 
