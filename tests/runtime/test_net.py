@@ -217,3 +217,15 @@ def test_memory_data_takes_batches_in_turn(tmp_path: Path) -> None:
     np.testing.assert_array_equal(net.forward(blobs=["label"])["label"], [0, 1])
     with pytest.raises(UserError, match="not a multiple of the batch size 2"):
         net.set_input_arrays(data[:3], np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [("bvlc_reference_caffenet", (2, 3, 227, 227)), ("bvlc_googlenet", (2, 3, 224, 224))],
+)
+def test_big_deploy_nets_compile_and_run(corpus: Path, model: str, shape: tuple) -> None:
+    net = caffec.Net(str(corpus / f"bvlc/models/{model}/deploy.prototxt"), caffec.TEST,
+                     shapes={"data": shape})  # fmt: skip
+    prob = net.forward(data=np.random.default_rng(0).standard_normal(shape))["prob"]
+    assert prob.shape == (2, 1000) and np.isfinite(prob).all()
+    np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
