@@ -166,3 +166,69 @@ def test_solver_errors(tmp_path: Path) -> None:
 
         AdamSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None)
     assert SGDSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None).iter == 0
+
+
+RANDOM_NET = """
+name: "noisy"
+layer { name: "d" type: "DummyData" top: "x" top: "label" dummy_data_param {
+  shape { dim: 8 dim: 6 } shape { dim: 8 }
+  data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
+        inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }
+layer { name: "drop" type: "Dropout" bottom: "h" top: "h" dropout_param { dropout_ratio: 0.25 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "y"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+"""
+
+
+def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path: Path) -> None:
+    """Random data (DummyData) and random dropout masks: both must pick up where they were."""
+    (tmp_path / "net.prototxt").write_text(RANDOM_NET)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.05\nmomentum: 0.9\nweight_decay: 0.001\n'
+        f'lr_policy: "step" gamma: 0.5 stepsize: 7\nmax_iter: 20\nsnapshot: 10\n'
+        f'snapshot_prefix: "{tmp_path / "run"}"\nrandom_seed: 5\n'
+    )
+    straight = get_solver(solver, log=lambda m: None)
+    straight.solve()
+    resumed = get_solver(solver, log=lambda m: None)
+    resumed.solve(tmp_path / "run_iter_10.solverstate")
+    assert resumed.iter == straight.iter == 20
+    for name, blobs in straight.net.params.items():
+        for a, b in zip(blobs, resumed.net.params[name], strict=True):
+            np.testing.assert_array_equal(a.data, b.data)
+    assert (tmp_path / "run_iter_20.caffemodel").exists()
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
+
+
+def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    net = RANDOM_NET + (
+        'layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "label" top: "accuracy" '
+        "include { phase: TEST } }\n"
+    )
+    (tmp_path / "net.prototxt").write_text(net)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\ntest_iter: 3\ntest_interval: 4\nbase_lr: 0.01\n'
+        f'lr_policy: "fixed"\ndisplay: 2\nmax_iter: 4\nsnapshot_prefix: "{tmp_path / "s"}"\n'
+    )
+    get_solver(solver).solve()
+    lines = capsys.readouterr().out.splitlines()
+    glog = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] (.*)$")
+    messages = [glog.match(line).group(1) for line in lines]
+    assert "Iteration 0, Testing net (#0)" in messages
+    assert any(re.fullmatch(r"    Test net output #0: accuracy = [\d.e-]+", m) for m in messages)
+    assert any(re.fullmatch(r"    Test net output #1: loss = [\d.e-]+ \(\* 1 = [\d.e-]+ loss\)", m)
+               for m in messages)  # fmt: skip
+    assert any(re.fullmatch(r"Iteration 2 \([\d.e+-]+ iter/s, [\d.]+s/2 iters\), loss = [\d.e-]+", m)
+               for m in messages)  # fmt: skip
+    assert any(re.fullmatch(r"    Train net output #0: loss = [\d.e-]+ \(\* 1 = [\d.e-]+ loss\)", m)
+               for m in messages)  # fmt: skip
+    assert "Iteration 2, lr = 0.01" in messages
+    assert "Iteration 4, Testing net (#0)" in messages
+    assert f"Snapshotting to binary proto file {tmp_path / 's'}_iter_4.caffemodel" in messages
+    assert messages[-1] == "Optimization Done."

@@ -354,6 +354,8 @@ class CompiledNet:
     def skip_iterations(self, count: int) -> None:
         """Stand where ``count`` forward passes would leave the data and the random numbers."""
         self._exec.counter[1] = count
+        for _ in range(count):
+            self._fill_data()
         for feeder in self._feeders():
             for _ in range(count):
                 feeder.next()

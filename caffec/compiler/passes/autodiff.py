@@ -13,27 +13,10 @@ from __future__ import annotations
 
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import KernelGraph, Step
-from caffec.compiler.passes.lower import LowerContext, Lowering
+from caffec.compiler.passes.lower import LowerContext, Lowering, loss_weights
 from caffec.compiler.primitives import fill
 from caffec.compiler.registry import lookup
 from caffec.errors import UserError
-
-
-def loss_weights(op: Op) -> list[float]:
-    """Each top's weight in the objective, as Caffe's SetLossWeights gives them."""
-    given = list(op.param.loss_weight)
-    if given:
-        if len(given) != len(op.tops):
-            raise UserError(
-                f"{len(given)} loss_weight values for {len(op.tops)} tops",
-                span=op.span,
-                layer=op.name,
-                hint="give one loss_weight per top, or none",
-            )
-        return given
-    spec = lookup(op.type)
-    default = 1.0 if spec is not None and spec.loss else 0.0
-    return [default] + [0.0] * (len(op.tops) - 1)
 
 
 def _needs(graph: LayerGraph, lowering: Lowering) -> tuple[dict[Op, bool], dict[Op, set[int]]]:
@@ -93,7 +76,6 @@ def autodiff(kgraph: KernelGraph, lowering: Lowering) -> KernelGraph:
                 lowering.grads[value] = seed
                 lowering.grad_written.add(value)
                 kgraph.seeds.append((seed, float(weight)))
-                kgraph.loss_tops.append((value.blob, float(weight)))
 
     for value in graph.outputs():  # the user may set an output's gradient (pycaffe's diffs)
         if value not in lowering.grads:

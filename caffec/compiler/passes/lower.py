@@ -27,6 +27,23 @@ from caffec.compiler.registry import lookup
 from caffec.errors import InternalError, UserError
 
 
+def loss_weights(op: Op) -> list[float]:
+    """Each top's weight in the objective, as Caffe's SetLossWeights gives them."""
+    given = list(op.param.loss_weight)
+    if given:
+        if len(given) != len(op.tops):
+            raise UserError(
+                f"{len(given)} loss_weight values for {len(op.tops)} tops",
+                span=op.span,
+                layer=op.name,
+                hint="give one loss_weight per top, or none",
+            )
+        return given
+    spec = lookup(op.type)
+    default = 1.0 if spec is not None and spec.loss else 0.0
+    return ([default] + [0.0] * len(op.tops))[: len(op.tops)]
+
+
 class Lowering:
     """The buffers and bindings of a kernel graph while it is being built."""
 
@@ -198,9 +215,14 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
         blobs=blobs,
         params=[b for op in graph.ops for b in lowering.params[op]],
         inputs=inputs,
-        outputs=[v.blob for v in graph.outputs()],
+        outputs=sorted(v.blob for v in graph.outputs()),  # Caffe lists them by name
         seeds=[],
-        loss_tops=[],
+        loss_tops=[
+            (value.blob, float(weight))
+            for op in graph.ops
+            for value, weight in zip(op.tops, loss_weights(op), strict=True)
+            if weight != 0
+        ],
         fills=lowering.fills,
         feeders=feeders,
         layers=[
