@@ -32,12 +32,24 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _cmd_dump(args: argparse.Namespace) -> int:
-    from caffec.compiler.dump import FORMATS
-    from caffec.compiler.pipeline import Options, load_layer_graph
+    from caffec.compiler.dump import FORMATS, kernels_to_text
+    from caffec.compiler.pipeline import (
+        KERNEL_PASSES,
+        Options,
+        build_kernel_graph,
+        load_layer_graph,
+    )
 
     options = Options(
         phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape)
     )
+    if args.after in KERNEL_PASSES:
+        if args.format != "text":
+            raise UserError(f"--after {args.after} shows the kernel graph, as text only",
+                            hint="drop --format, or stop at a layer-graph pass")  # fmt: skip
+        graph = load_layer_graph(args.net, options)
+        sys.stdout.write(kernels_to_text(build_kernel_graph(graph, options, args.after)))
+        return 0
     graph = load_layer_graph(args.net, options, after=args.after)
     sys.stdout.write(FORMATS[args.format](graph))
     return 0

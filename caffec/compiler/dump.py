@@ -101,3 +101,46 @@ def to_dot(graph: LayerGraph) -> str:
 
 
 FORMATS = {"text": to_text, "json": to_json, "dot": to_dot}
+
+
+def _operand_text(operand: Any) -> str:
+    buffer = operand.buffer
+    where = f"+{operand.offset}" if operand.offset else ""
+    where += f"+n*{operand.step}" if operand.step else ""
+    return f"#{buffer.index} {buffer.name}{where}"
+
+
+def _kernel_text(kernel: Any) -> str:
+    reads = ", ".join(_operand_text(o) for o in kernel.reads)
+    writes = ", ".join(_operand_text(o) for o in kernel.writes)
+    arrow = "+=" if kernel.accumulate else "="
+    detail = ""
+    if kernel.prim == "map":
+        detail = "  " + "; ".join(kernel.attrs["exprs"])
+    elif kernel.prim == "gemm":
+        a = kernel.attrs
+        detail = f"  {a['M']}x{a['N']}x{a['K']}"
+        detail += " A^T" if a["trans_a"] else ""
+        detail += " B^T" if a["trans_b"] else ""
+        detail += f" batch {a['batch']}" if a["batch"] > 1 else ""
+    elif kernel.prim == "reduce":
+        a = kernel.attrs
+        detail = f"  {a['op']} over axes {a['axes_text']} of {a['dims_text']}"
+    return f"    {kernel.prim}: {writes} {arrow} f({reads}){detail}"
+
+
+def kernels_to_text(kgraph: Any) -> str:
+    """The kernel graph, step by step: each kernel with the buffers it reads and writes."""
+    kgraph.number_buffers()
+    lines = [f"net {kgraph.name or '(unnamed)'}  phase {kgraph.phase}  {kgraph.dtype}  "
+             f"{len(kgraph.kernels())} kernels  {len(kgraph.buffers)} buffers"]  # fmt: skip
+    for direction, steps in kgraph.steps().items():
+        for step in steps:
+            lines.append(f"{direction} {step.layer} ({step.layer_type})")
+            for instr in step.instrs:
+                if hasattr(instr, "body"):
+                    lines.append(f"  for n in 0..{instr.count}:")
+                    lines += ["  " + _kernel_text(k) for k in instr.body]
+                else:
+                    lines.append(_kernel_text(instr))
+    return "\n".join(lines) + "\n"

@@ -47,7 +47,9 @@ PIPELINE: list[Pass] = [
     Pass("params", lambda g, o: create_params(g)),
 ]
 
-PASS_NAMES = ["build"] + [p.name for p in PIPELINE]
+# after the layer-graph passes come the kernel-graph ones (build_kernel_graph runs them)
+KERNEL_PASSES = ["lower", "autodiff", "solver"]
+PASS_NAMES = ["build"] + [p.name for p in PIPELINE] + KERNEL_PASSES
 
 
 def run_passes(graph: LayerGraph, options: Options, after: str | None = None) -> LayerGraph:
@@ -59,22 +61,25 @@ def run_passes(graph: LayerGraph, options: Options, after: str | None = None) ->
         )
     if after == "build":
         return graph
-    for step in PIPELINE:
+    for step in PIPELINE:  # (the kernel passes come later, in build_kernel_graph)
         graph = step.run(graph, options)
         if step.name == after:
             break
     return graph
 
 
-def build_kernel_graph(graph: LayerGraph, options: Options) -> KernelGraph:
-    """Lower a layer graph (after every layer-graph pass) and differentiate it if asked."""
+def build_kernel_graph(
+    graph: LayerGraph, options: Options, after: str | None = None
+) -> KernelGraph:
+    """Lower a layer graph (after every layer-graph pass), differentiate it and add the solver
+    step as asked, stopping after the kernel pass named ``after``."""
     kgraph, lowering = lower(graph, options.dtype)
     backward = options.backward
     if backward is None:
         backward = graph.phase == "TRAIN" or graph.force_backward
-    if backward:
+    if backward and after != "lower":
         autodiff(kgraph, lowering)
-        if options.solver is not None:
+        if options.solver is not None and after != "autodiff":
             add_solver_updates(kgraph, options.solver)
     kgraph.prune()
     kgraph.net_dir = str(options.base_dir.resolve())
