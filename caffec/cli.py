@@ -222,6 +222,35 @@ def caffec_phase(name: str) -> int:
     return TRAIN if name == "TRAIN" else TEST
 
 
+def _cmd_convert_mnist(args: argparse.Namespace) -> int:
+    from caffec.tools import convert_mnist
+
+    count = convert_mnist(args.images, args.labels, args.db, backend=args.backend)
+    print(f"wrote {count} records to {args.db}")
+    return 0
+
+
+def _cmd_convert_imageset(args: argparse.Namespace) -> int:
+    from caffec.tools import convert_imageset
+
+    count = convert_imageset(
+        args.root, args.listfile, args.db, resize_height=args.resize_height,
+        resize_width=args.resize_width, gray=args.gray, shuffle=args.shuffle,
+        encoded=args.encoded, encode_type=args.encode_type, backend=args.backend,
+        seed=args.seed, check_size=args.check_size,
+    )  # fmt: skip
+    print(f"wrote {count} records to {args.db}")
+    return 0
+
+
+def _cmd_compute_mean(args: argparse.Namespace) -> int:
+    from caffec.tools import compute_mean
+
+    mean = compute_mean(args.db, args.output, backend=args.backend)
+    print(f"wrote the {'x'.join(map(str, mean.shape))} mean to {args.output}")
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from caffec.frontend.binaryproto import describe_file
 
@@ -322,6 +351,32 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("-stage", "--stage", action="append", default=[])
     test.add_argument("-level", "--level", type=int, default=0)
     test.set_defaults(run=_cmd_test)
+
+    backends = {"choices": ["lmdb", "leveldb"], "default": "lmdb", "type": str.lower}
+    mnist = sub.add_parser("convert-mnist", help="MNIST-format IDX files to a Datum database")
+    mnist.add_argument("images", help="the images IDX file (plain or .gz)")
+    mnist.add_argument("labels", help="the labels IDX file (plain or .gz)")
+    mnist.add_argument("db", help="the database to create")
+    mnist.add_argument("-backend", "--backend", **backends)
+    mnist.set_defaults(run=_cmd_convert_mnist)
+
+    imageset = sub.add_parser("convert-imageset", help="images listed with labels to a database")
+    imageset.add_argument("root", help="the folder the list's paths are relative to")
+    imageset.add_argument("listfile", help="lines of 'path label'")
+    imageset.add_argument("db", help="the database to create")
+    for flag in ("resize_height", "resize_width", "seed"):
+        imageset.add_argument(f"-{flag}", f"--{flag}", type=int, default=0)
+    for flag in ("gray", "shuffle", "encoded", "check_size"):
+        imageset.add_argument(f"-{flag}", f"--{flag}", action="store_true")
+    imageset.add_argument("-encode_type", "--encode_type", default="", help="png, jpg, ...")
+    imageset.add_argument("-backend", "--backend", **backends)
+    imageset.set_defaults(run=_cmd_convert_imageset)
+
+    mean = sub.add_parser("compute-mean", help="the mean image of a database, as .binaryproto")
+    mean.add_argument("db")
+    mean.add_argument("output", help="the .binaryproto to write")
+    mean.add_argument("-backend", "--backend", **backends)
+    mean.set_defaults(run=_cmd_compute_mean)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
     inspect.add_argument("file")

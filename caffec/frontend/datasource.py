@@ -37,22 +37,17 @@ def _optional(module: str, package: str) -> ModuleType:
 
 
 def first_datum(path: Path, backend: str) -> caffe_pb2.Datum:
-    """The first record of an LMDB or LevelDB database, as a Datum."""
-    if backend == "LMDB":
-        lmdb = _optional("lmdb", "lmdb")
-        with lmdb.open(str(path), readonly=True, lock=False, subdir=path.is_dir()) as env:
-            with env.begin() as txn:
-                item = next(iter(txn.cursor()), None)
-    else:
-        plyvel = _optional("plyvel", "plyvel")
-        db = plyvel.DB(str(path), create_if_missing=False)
-        try:
-            item = next(iter(db), None)
-        finally:
-            db.close()
+    """The first record of an LMDB or LevelDB database, as a Datum.
+
+    The database is opened through the runtime's shared handle: a process may
+    already be reading it (a net being rebuilt), and LMDB allows one open.
+    """
+    from caffec.runtime.data import first_record, parse_datum
+
+    item = first_record(path, backend)
     if item is None:
         raise UserError(f"the database {path} is empty")
-    return caffe_pb2.Datum.FromString(item[1])
+    return parse_datum(item[1], f"record {item[0]!r} of {path}")
 
 
 def datum_shape(datum: caffe_pb2.Datum) -> Shape:

@@ -1,0 +1,93 @@
+"""Training end to end as a user runs it: convert IDX files, `caffec train`, `caffec test`."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from caffec.cli import main
+from caffec.frontend.idx import read_idx
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (gzipped), MNIST's format: magic, dims, big-endian data."""
+    code = {np.dtype(np.uint8): 0x08}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+
+
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 2000 training and 500 test images of Fashion-MNIST as IDX files."""
+    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(
+            "Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)"
+        )
+    folder = tmp_path_factory.mktemp("fashion")
+    for name, count in (("train", 2000), ("t10k", 500)):
+        for kind in ("images-idx3", "labels-idx1"):
+            array = read_idx(FASHION / f"{name}-{kind}-ubyte.gz")[:count]
+            write_idx(folder / f"{name}-{kind}-ubyte.gz", np.ascontiguousarray(array))
+    return folder
+
+
+def test_convert_train_and_test(small_fashion: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, db in (("train", "mnist_train_lmdb"), ("t10k", "mnist_test_lmdb")):
+        status = main(["convert-mnist", str(small_fashion / f"{name}-images-idx3-ubyte.gz"),
+                       str(small_fashion / f"{name}-labels-idx1-ubyte.gz"), db])  # fmt: skip
+        assert status == 0
+    net = (REPO / "examples/mnist/lenet_train_test.prototxt").read_text()
+    net = net.replace("examples/mnist/", "").replace("batch_size: 100", "batch_size: 50")
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt"\ntest_iter: 10\ntest_interval: 300\nbase_lr: 0.01\nmomentum: 0.9\n'
+        'weight_decay: 0.0005\nlr_policy: "inv"\ngamma: 0.0001\npower: 0.75\ndisplay: 50\n'
+        'max_iter: 300\nsnapshot_prefix: "lenet"\nrandom_seed: 1701\nsolver_mode: CPU\n'
+    )
+    assert main(["train", "-solver", "solver.prototxt"]) == 0
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"Iteration \d+ \(.*\), loss = ([\d.e-]+)", out)]
+    assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0], losses
+    accuracy = float(re.findall(r"Test net output #0: accuracy = ([\d.]+)", out)[-1])
+    assert accuracy > 0.6
+    assert (tmp_path / "lenet_iter_300.caffemodel").exists()
+
+    status = main(["test", "-model", "net.prototxt", "-weights", "lenet_iter_300.caffemodel",
+                   "-iterations", "10"])  # fmt: skip
+    assert status == 0
+    scored = capsys.readouterr().out
+    assert float(re.findall(r"\] accuracy = ([\d.]+)", scored)[-1]) == pytest.approx(accuracy)
+
+    # resume from the snapshot for 100 more iterations
+    text = (tmp_path / "solver.prototxt").read_text().replace("max_iter: 300", "max_iter: 400")
+    (tmp_path / "solver.prototxt").write_text(text)
+    assert (
+        main(["train", "-solver", "solver.prototxt", "-snapshot", "lenet_iter_300.solverstate"])
+        == 0
+    )
+    resumed = capsys.readouterr().out
+    assert (
+        "Iteration 300, Testing net (#0)" in resumed
+        and (tmp_path / "lenet_iter_400.caffemodel").exists()
+    )
+
+
+def test_train_errors(tmp_path: Path, capsys) -> None:
+    (tmp_path / "solver.prototxt").write_text('net: "missing.prototxt"\nbase_lr: 0.1\n')
+    assert main(["train", "-solver", str(tmp_path / "solver.prototxt")]) == 2
+    assert "missing.prototxt' does not exist" in capsys.readouterr().err
+    assert main(["train", "-solver", str(tmp_path / "solver.prototxt"), "-gpu", "0"]) == 2
+    assert "drop -gpu" in capsys.readouterr().err
+    (tmp_path / "gpu.prototxt").write_text('net: "n.prototxt"\nsolver_mode: GPU\n')
+    assert main(["train", "-solver", str(tmp_path / "gpu.prototxt")]) == 2
+    assert "-cpu" in capsys.readouterr().err
