@@ -18,4 +18,9 @@ def __getattr__(name: str):  # the API loads on first use, so `import caffec` st
         from caffec.runtime import net
 
         return getattr(net, name)
+    if name == "get_solver" or name.endswith("Solver"):
+        from caffec import solver
+
+        if hasattr(solver, name):
+            return getattr(solver, name)
     raise AttributeError(f"module 'caffec' has no attribute {name!r}")
