@@ -232,3 +232,23 @@ def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "Iteration 4, Testing net (#0)" in messages
     assert f"Snapshotting to binary proto file {tmp_path / 's'}_iter_4.caffemodel" in messages
     assert messages[-1] == "Optimization Done."
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from caffec.runtime.solver import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    bar = Progress(terminal)
+    bar.show(5, 10)
+    assert terminal.getvalue() == "\r[" + "#" * 15 + "." * 15 + "] 5/10 iterations"
+    bar.erase()
+    assert terminal.getvalue().endswith("\r") and not bar.shown
+    piped = io.StringIO()
+    Progress(piped).show(5, 10)
+    assert piped.getvalue() == ""

@@ -8,12 +8,11 @@ plyvel, h5py, Pillow: the ``data`` extra) are imported only when needed.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 
 from caffec.errors import UserError
 from caffec.frontend import caffe_pb2
+from caffec.runtime.data import optional_module
 
 Shape = tuple[int, ...]
 
@@ -24,16 +23,6 @@ def resolve(source: str, base_dir: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-def _optional(module: str, package: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise UserError(
-            f"reading this data source needs the Python package '{package}'",
-            hint="pip install 'caffec[data]'",
-        ) from err
 
 
 def first_datum(path: Path, backend: str) -> caffe_pb2.Datum:
@@ -55,14 +44,14 @@ def datum_shape(datum: caffe_pb2.Datum) -> Shape:
     if datum.encoded:
         import io
 
-        image = _optional("PIL.Image", "Pillow").open(io.BytesIO(datum.data))
+        image = optional_module("PIL.Image", "Pillow").open(io.BytesIO(datum.data))
         return (len(image.getbands()), image.height, image.width)
     return (datum.channels, datum.height, datum.width)
 
 
 def image_shape(path: Path, is_color: bool) -> Shape:
     """(channels, height, width) of an image file as ImageData would load it."""
-    image_module = _optional("PIL.Image", "Pillow")
+    image_module = optional_module("PIL.Image", "Pillow")
     try:
         with image_module.open(path) as image:
             return (3 if is_color else 1, image.height, image.width)
@@ -80,7 +69,7 @@ def first_listed(list_file: Path) -> str:
 
 def hdf5_shapes(path: Path, names: list[str]) -> dict[str, Shape]:
     """The shapes of the named datasets in one HDF5 file."""
-    h5py = _optional("h5py", "h5py")
+    h5py = optional_module("h5py", "h5py")
     with h5py.File(path, "r") as f:
         missing = [n for n in names if n not in f]
         if missing:

@@ -79,7 +79,8 @@ _LOOKUP_HINT = (
 )
 
 
-def _optional(module: str, package: str) -> ModuleType:
+def optional_module(module: str, package: str) -> ModuleType:
+    """An optional library (the ``data`` extra), or a UserError saying what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -135,7 +136,7 @@ _HANDLES_LOCK = threading.Lock()
 
 
 def _open_lmdb(path: Path) -> Any:
-    lmdb = _optional("lmdb", "lmdb")
+    lmdb = optional_module("lmdb", "lmdb")
     try:
         return lmdb.open(
             str(path),
@@ -150,7 +151,7 @@ def _open_lmdb(path: Path) -> Any:
 
 
 def _open_leveldb(path: Path) -> Any:
-    plyvel = _optional("plyvel", "plyvel")
+    plyvel = optional_module("plyvel", "plyvel")
     try:
         return plyvel.DB(str(path), create_if_missing=False)
     except (plyvel.Error, OSError) as err:
@@ -603,7 +604,7 @@ class _HDF5Source(_Source):
     def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, rngs: list, **kw: Any):
         super().__init__(**kw)
         hp = p.hdf5_data_param
-        self.h5py = _optional("h5py", "h5py")
+        self.h5py = optional_module("h5py", "h5py")
         found = resolve(hp.source)
         if found is None:
             raise UserError(

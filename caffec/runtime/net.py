@@ -22,7 +22,21 @@ from caffec.runtime.fillers import fill
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
 
 
-class Blob:
+class LegacyAxes:
+    """Caffe's num/channels/height/width: axes 0-3 of ``shape``, 1 where the blob has fewer."""
+
+    shape: tuple[int, ...]
+
+    def _legacy(self, axis: int) -> int:
+        return self.shape[axis] if axis < len(self.shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+
+class Blob(LegacyAxes):
     """pycaffe's Blob: ``data`` and ``diff`` are numpy views of the net's own memory."""
 
     def __init__(self, data: np.ndarray, diff: np.ndarray | None) -> None:
@@ -54,14 +68,6 @@ class Blob:
     @property
     def count(self) -> int:
         return int(self._data.size)
-
-    def _legacy(self, axis: int) -> int:
-        return self.shape[axis] if axis < len(self.shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
 
 
 class Layer:

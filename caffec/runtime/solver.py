@@ -94,6 +94,35 @@ def caffe_log(message: str, stream: Any = None, source: str = "solver.cpp:0") ->
     print(f"{prefix} {message}", file=stream or sys.stdout, flush=True)
 
 
+class Progress:
+    """A one-line progress bar on an interactive terminal, erased before each log line."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.active = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.shown = False
+        self._last = 0.0
+
+    def show(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.active or total <= 0 or now - self._last < 0.2:
+            return
+        self._last = now
+        filled = self.WIDTH * done // total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {done}/{total} iterations")
+        self.stream.flush()
+        self.shown = True
+
+    def erase(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * (self.WIDTH + 40) + "\r")
+            self.stream.flush()
+            self.shown = False
+
+
 class TrainingLoop:
     """Caffe's Solver over a compiled train net and its test nets."""
 
@@ -107,7 +136,8 @@ class TrainingLoop:
         self.settings = settings
         self.net = net
         self.test_nets = test_nets
-        self.log = log
+        self.progress = Progress()
+        self._log = log
         self.iter = 0
         self.current_step = 0
         self._losses: deque[float] = deque(maxlen=max(1, settings.average_loss))
@@ -118,6 +148,10 @@ class TrainingLoop:
         self._histories = [net._exec.buffer(slot) for _, slot in m["histories"]]
         self.stop_requested = False
         self.snapshot_requested = False
+
+    def log(self, message: str) -> None:
+        self.progress.erase()
+        self._log(message)
 
     # --- one iteration ----------------------------------------------------------------------
     def _rate_for_step(self) -> float:
@@ -176,6 +210,7 @@ class TrainingLoop:
                 self.log(f"Iteration {self.iter}, lr = {rate:g}")
             self._apply_update(rate)
             self.iter += 1
+            self.progress.show(self.iter, max(s.max_iter, stop))
             if (s.snapshot and self.iter % s.snapshot == 0) or self.snapshot_requested:
                 self.snapshot()
                 self.snapshot_requested = False
@@ -195,6 +230,7 @@ class TrainingLoop:
             self.log(f"Iteration {self.iter}, loss = {self._weighted_loss(self.net, outputs):g}")
         if s.test_interval and self.iter % s.test_interval == 0:
             self.test_all()
+        self.progress.erase()
         self.log("Optimization Done.")
 
     # --- tests ------------------------------------------------------------------------------

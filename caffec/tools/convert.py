@@ -29,7 +29,7 @@ from caffec.errors import UserError
 from caffec.frontend import caffe_pb2
 from caffec.frontend.binaryproto import write_blobproto
 from caffec.frontend.idx import read_idx
-from caffec.runtime.data import _optional, datum_array, iter_db, parse_datum, parse_image_list
+from caffec.runtime.data import datum_array, iter_db, optional_module, parse_datum, parse_image_list
 from caffec.runtime.transform import fmt, read_image, resize_bilinear
 
 __all__ = ["compute_mean", "convert_imageset", "convert_mnist"]
@@ -79,7 +79,7 @@ class _DBWriter:
         self.pending: list[tuple[bytes, bytes]] = []
         self.count = 0
         if self.backend == "lmdb":
-            self.lmdb = _optional("lmdb", "lmdb")
+            self.lmdb = optional_module("lmdb", "lmdb")
             self.map_size = 64 << 20
             try:
                 self.env = self.lmdb.open(
@@ -88,7 +88,7 @@ class _DBWriter:
             except self.lmdb.Error as err:
                 raise UserError(f"cannot create the LMDB database {self.out}: {err}") from None
         else:
-            plyvel = _optional("plyvel", "plyvel")
+            plyvel = optional_module("plyvel", "plyvel")
             try:
                 self.db = plyvel.DB(
                     str(self.tmp),

@@ -11,32 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference as R
-from gradcheck import check_gradients, one_layer_net, randomize_params
+from gradcheck import check_gradients, params, run_case
 
 import caffec
-
-
-def run_case(
-    tmp_path: Path,
-    layer: str,
-    bottoms: dict,
-    tops: list[str],
-    seed: int = 0,
-    phase: int = caffec.TEST,
-    inputs: dict | None = None,
-) -> tuple:
-    rng = np.random.default_rng(seed)
-    net = one_layer_net(tmp_path, layer, bottoms, phase)
-    randomize_params(net, rng)
-    given = inputs or {}
-    feed = {n: given.get(n, rng.standard_normal(s)) for n, s in bottoms.items()}
-    out = net.forward(blobs=tops, **feed)
-    return net, feed, {t: np.array(out[t]) for t in tops}, rng
-
-
-def params(net: caffec.Net, layer: str = "x") -> list[np.ndarray]:
-    return [b.data for b in net.params.get(layer, [])]
-
 
 # (layer text, bottoms, reference(inputs, params) -> tops)
 ELEMENTWISE = [

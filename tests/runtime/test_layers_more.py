@@ -12,37 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference as R
-from gradcheck import check_gradients, one_layer_net, randomize_params
+from gradcheck import check_gradients, one_layer_net, params, run_case
 
 import caffec
 from caffec.errors import UserError
-
-
-def run_case(
-    tmp_path: Path,
-    layer: str,
-    bottoms: dict,
-    tops: list[str],
-    seed: int = 0,
-    phase: int = caffec.TEST,
-    inputs: dict | None = None,
-    blobs: list[np.ndarray] | None = None,
-) -> tuple:
-    """Build the one-layer net, randomize (or set) its params, run forward once."""
-    rng = np.random.default_rng(seed)
-    net = one_layer_net(tmp_path, layer, bottoms, phase)
-    randomize_params(net, rng)
-    for blob, value in zip(net.params.get("x", []), blobs or [], strict=False):
-        blob.data[...] = value
-    given = inputs or {}
-    feed = {n: given.get(n, rng.standard_normal(s)) for n, s in bottoms.items()}
-    out = net.forward(blobs=tops, **feed)
-    return net, feed, {t: np.array(out[t]) for t in tops}, rng
-
-
-def params(net: caffec.Net, layer: str = "x") -> list[np.ndarray]:
-    return [np.array(b.data) for b in net.params.get(layer, [])]
-
 
 # ----------------------------------------------------------------------------- LRN
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from caffec.compiler.ir import Shape
 from caffec.compiler.registry import ShapeError, register_layer
+from caffec.runtime.net import LegacyAxes
 
 
-class ShapeOnlyBlob:
+class ShapeOnlyBlob(LegacyAxes):
     """What a Python layer's ``setup``/``reshape`` sees of a blob: its shape, zero-filled data."""
 
     def __init__(self, shape: Shape) -> None:
@@ -31,14 +32,6 @@ class ShapeOnlyBlob:
     @property
     def count(self) -> int:
         return int(np.prod(self.shape))
-
-    def _legacy(self, axis: int) -> int:
-        return self.shape[axis] if axis < len(self.shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
 
 
 @register_layer("Python", bottoms=(0, None), tops=(0, None))
