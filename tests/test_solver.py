@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffec
 from caffec.errors import UserError
 from caffec.runtime.solver import SolverSettings, learning_rate
 from caffec.solver import SGDSolver, get_solver
@@ -182,25 +183,31 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "l
 """
 
 
-def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fmt", "suffix"), [("BINARYPROTO", ""), ("HDF5", ".h5")])
+def test_resume_continues_the_same_trajectory_bit_for_bit(
+    tmp_path: Path, fmt: str, suffix: str
+) -> None:
     """Random data (DummyData) and random dropout masks: both must pick up where they were."""
     (tmp_path / "net.prototxt").write_text(RANDOM_NET)
     solver = tmp_path / "solver.prototxt"
     solver.write_text(
         f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.05\nmomentum: 0.9\nweight_decay: 0.001\n'
         f'lr_policy: "step" gamma: 0.5 stepsize: 7\nmax_iter: 20\nsnapshot: 10\n'
-        f'snapshot_prefix: "{tmp_path / "run"}"\nrandom_seed: 5\n'
+        f'snapshot_prefix: "{tmp_path / "run"}"\nrandom_seed: 5\nsnapshot_format: {fmt}\n'
     )
     straight = get_solver(solver, log=lambda m: None)
     straight.solve()
     resumed = get_solver(solver, log=lambda m: None)
-    resumed.solve(tmp_path / "run_iter_10.solverstate")
+    resumed.solve(tmp_path / f"run_iter_10.solverstate{suffix}")
     assert resumed.iter == straight.iter == 20
     for name, blobs in straight.net.params.items():
         for a, b in zip(blobs, resumed.net.params[name], strict=True):
             np.testing.assert_array_equal(a.data, b.data)
-    assert (tmp_path / "run_iter_20.caffemodel").exists()
+    assert (tmp_path / f"run_iter_20.caffemodel{suffix}").exists()
     assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
+    loaded = caffec.Net(str(tmp_path / "net.prototxt"), caffec.TEST,
+                        weights=str(tmp_path / f"run_iter_20.caffemodel{suffix}"))  # fmt: skip
+    np.testing.assert_array_equal(loaded.params["ip2"][0].data, straight.net.params["ip2"][0].data)
 
 
 def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

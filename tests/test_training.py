@@ -91,3 +91,33 @@ def test_train_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "gpu.prototxt").write_text('net: "n.prototxt"\nsolver_mode: GPU\n')
     assert main(["train", "-solver", str(tmp_path / "gpu.prototxt")]) == 2
     assert "-cpu" in capsys.readouterr().err
+
+
+def test_signals_snapshot_and_stop(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from test_solver import RANDOM_NET
+
+    (tmp_path / "net.prototxt").write_text(RANDOM_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\ndisplay: 1\nmax_iter: 10000000\n'
+        'snapshot_prefix: "sig"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "caffec", "train", "-solver", "solver.prototxt"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if "Iteration 5, lr" in line:
+            proc.send_signal(signal.SIGHUP)  # default effect: snapshot
+        if "Snapshotting solver state" in line:
+            proc.send_signal(signal.SIGINT)  # default effect: stop
+    assert proc.wait(timeout=60) == 0
+    text = "".join(seen)
+    assert "Optimization stopped early." in text
+    # the snapshot SIGHUP asked for, and the one taken before stopping (maybe the same iteration)
+    assert text.count("Snapshotting to binary proto file") == 2
+    assert list(tmp_path.glob("sig_iter_*.solverstate"))

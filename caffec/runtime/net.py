@@ -173,10 +173,15 @@ class CompiledNet:
 
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
-        from caffec.frontend.weights import read_weights
+        if str(path).endswith(".h5"):
+            from caffec.frontend.hdf5_snapshot import read_hdf5_weights
 
-        model = read_weights(path)
-        for name, blobs in model.blobs_by_name().items():
+            by_name = read_hdf5_weights(path)
+        else:
+            from caffec.frontend.weights import read_weights
+
+            by_name = read_weights(path).blobs_by_name()
+        for name, blobs in by_name.items():
             if name not in self.params or not blobs:
                 continue  # Caffe ignores source layers the net does not have
             target = self.params[name]
@@ -197,7 +202,13 @@ class CompiledNet:
                 dest.data[...] = source.data.reshape(dest.shape)
 
     def save(self, path: str | Path) -> None:
-        """Write the weights as a .caffemodel (the layers with parameters, in order)."""
+        """Write the weights as a .caffemodel (or Caffe's HDF5 form, for a .h5 path)."""
+        if str(path).endswith(".h5"):
+            from caffec.frontend.hdf5_snapshot import write_hdf5_weights
+
+            write_hdf5_weights(path, [(layer.name, [b.data for b in layer.blobs])
+                                      for layer in self.layers])  # fmt: skip
+            return
         from caffec.frontend import caffe_pb2
         from caffec.frontend.binaryproto import write_caffemodel
 

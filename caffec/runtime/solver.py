@@ -264,24 +264,26 @@ class TrainingLoop:
     # --- snapshots --------------------------------------------------------------------------
     def snapshot_paths(self) -> tuple[Path, Path]:
         prefix = self.settings.snapshot_prefix or "snapshot"
-        return (Path(f"{prefix}_iter_{self.iter}.caffemodel"),
-                Path(f"{prefix}_iter_{self.iter}.solverstate"))  # fmt: skip
+        suffix = ".h5" if self.settings.snapshot_format == "HDF5" else ""
+        return (Path(f"{prefix}_iter_{self.iter}.caffemodel{suffix}"),
+                Path(f"{prefix}_iter_{self.iter}.solverstate{suffix}"))  # fmt: skip
 
     def snapshot(self) -> tuple[Path, Path]:
         """Write the weights and the solver state (both atomically), as Caffe names them."""
-        from caffec.frontend.binaryproto import write_solverstate
-
-        if self.settings.snapshot_format != "BINARYPROTO":
-            raise UserError(
-                f"snapshot_format {self.settings.snapshot_format} is not supported yet",
-                hint="use snapshot_format: BINARYPROTO",
-            )
         model, state = self.snapshot_paths()
-        self.log(f"Snapshotting to binary proto file {model}")
+        kind = "HDF5" if self.settings.snapshot_format == "HDF5" else "binary proto"
+        self.log(f"Snapshotting to {kind} file {model}")
         self.net.save(model)
-        self.log(f"Snapshotting solver state to binary proto file {state}")
-        write_solverstate(state, self.iter, str(model), self._ordered_histories(),
-                          self.current_step)  # fmt: skip
+        self.log(f"Snapshotting solver state to {kind} file {state}")
+        history = self._ordered_histories()
+        if kind == "HDF5":
+            from caffec.frontend.hdf5_snapshot import write_hdf5_solverstate
+
+            write_hdf5_solverstate(state, self.iter, str(model), history, self.current_step)
+        else:
+            from caffec.frontend.binaryproto import write_solverstate
+
+            write_solverstate(state, self.iter, str(model), history, self.current_step)
         return model, state
 
     def _ordered_histories(self) -> list[np.ndarray]:
@@ -292,9 +294,15 @@ class TrainingLoop:
 
     def restore(self, path: str | Path) -> None:
         """Continue from a .solverstate: its weights, histories, iteration and lr position."""
-        from caffec.frontend.binaryproto import read_solverstate
+        if str(path).endswith(".h5"):
+            from caffec.frontend.hdf5_snapshot import read_hdf5_solverstate
 
-        state, history = read_solverstate(path)
+            iteration, learned_net, current_step, history = read_hdf5_solverstate(path)
+        else:
+            from caffec.frontend.binaryproto import read_solverstate
+
+            state, history = read_solverstate(path)
+            iteration, learned_net, current_step = state.iter, state.learned_net, state.current_step
         mine = self._ordered_histories()
         if len(history) != len(mine):
             raise UserError(
@@ -307,8 +315,8 @@ class TrainingLoop:
                     f"{path}: history blob {i} has shape {blob.shape}, the net needs {target.shape}"
                 )
             target[...] = blob.data.reshape(target.shape)
-        if state.learned_net:
-            self.net.copy_from(state.learned_net)
-        self.iter = state.iter
-        self.current_step = state.current_step
+        if learned_net:
+            self.net.copy_from(learned_net)
+        self.iter = iteration
+        self.current_step = current_step
         self.net.skip_iterations(self.iter * self.settings.iter_size)
