@@ -216,6 +216,26 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_time(args: argparse.Namespace) -> int:
+    from caffec.net import Net
+    from caffec.runtime.solver import caffe_log
+    from caffec.runtime.timing import benchmark
+
+    if args.gpu is not None:
+        raise UserError("-gpu: caffec's CUDA target is not available in this build",
+                        hint="drop -gpu to time the CPU build")  # fmt: skip
+    if args.iterations < 1:
+        raise UserError("-iterations must be at least 1")
+    net = Net(args.model, caffec_phase(args.phase), stages=args.stage, level=args.level,
+              shapes=dict(args.shape), backward=True)  # fmt: skip
+
+    def log(message: str) -> None:
+        caffe_log(message, source="caffe.cpp:0")
+
+    benchmark(net, args.iterations, log, kernels=args.kernels)
+    return 0
+
+
 def caffec_phase(name: str) -> int:
     from caffec.runtime.net import TEST, TRAIN
 
@@ -377,6 +397,25 @@ def _parser() -> argparse.ArgumentParser:
     mean.add_argument("output", help="the .binaryproto to write")
     mean.add_argument("-backend", "--backend", **backends)
     mean.set_defaults(run=_cmd_compute_mean)
+
+    time_ = sub.add_parser("time", help="time a net layer by layer, as `caffe time`")
+    time_.add_argument("-model", "--model", required=True, help="the net .prototxt")
+    time_.add_argument("-iterations", "--iterations", type=int, default=50)
+    time_.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    time_.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TRAIN",
+                       type=str.upper)  # fmt: skip
+    time_.add_argument("-stage", "--stage", action="append", default=[])
+    time_.add_argument("-level", "--level", type=int, default=0)
+    time_.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        type=parse_shape,
+        metavar="NAME=N,C,H,W",
+        help="a data top's shape, when its source is absent",
+    )
+    time_.add_argument("--kernels", action="store_true", help="also time every kernel")
+    time_.set_defaults(run=_cmd_time)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
     inspect.add_argument("file")

@@ -202,3 +202,25 @@ def test_dump_after_kernel_passes(capsys) -> None:
     assert "im2col" in conv1 and "col2im" not in conv1  # the data needs no gradient
     status, _, err = run(capsys, "dump", train, "--after", "lower", "--format", "json")
     assert status == 2 and "as text only" in err
+
+
+def test_time_reports_caffes_table(capsys) -> None:
+    import re
+
+    status = main(["time", "-model", str(REPO / "examples/mnist/lenet_train_test.prototxt"),
+                   "--shape", "data=64,1,28,28", "-iterations", "3", "--kernels"])  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    messages = [line.split("] ", 1)[1] for line in out.splitlines()]
+    layers = re.findall(r"^\s*(\S+)\tforward: ([\d.e-]+) ms\.$", "\n".join(messages), re.M)
+    assert [name for name, _ in layers] == ["mnist", "conv1", "pool1", "conv2", "pool2", "ip1",
+                                            "relu1", "ip2", "loss"]  # fmt: skip
+    backward = re.findall(r"^\s*\S+\tbackward: ([\d.e-]+) ms\.$", "\n".join(messages), re.M)
+    totals = {k: float(v) for k, v in re.findall(r"^Average (Forward|Backward) pass: ([\d.e-]+) ms\.$",
+                                                  "\n".join(messages), re.M)}  # fmt: skip
+    assert sum(float(t) for _, t in layers) == pytest.approx(totals["Forward"], rel=0.1)
+    assert sum(float(t) for t in backward) == pytest.approx(totals["Backward"], rel=0.1)
+    assert re.search(r"^Average Forward-Backward: [\d.e-]+ ms\.$", "\n".join(messages), re.M)
+    assert "*** Benchmark ends ***" in messages
+    assert any(re.match(r"\s*k\d+_convolution_gemm\tforward of conv1: [\d.e-]+ ms\.", m)
+               for m in messages)  # fmt: skip

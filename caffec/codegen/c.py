@@ -18,7 +18,7 @@ import jinja2
 import caffec
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop, Operand, Step
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 TEMPLATES = Path(caffec.__file__).parent / "templates"
 _IDENT = re.compile(r"\buniform\(\)|[A-Za-z_][A-Za-z0-9_]*")
 _FUNCTIONS = {"exp", "log", "tanh", "fabs", "pow", "sqrt", "fmax", "fmin", "floor"}
@@ -84,6 +84,14 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
     layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
     helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
     kernels = []
+    loop_count = {
+        id(k): instr.count
+        for steps in kgraph.steps().values()
+        for step in steps
+        for instr in step.instrs
+        if isinstance(instr, Loop)
+        for k in instr.body
+    }
     for direction, steps in kgraph.steps().items():
         for step in steps:
             for kernel in step.kernels():
@@ -92,7 +100,8 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
                     f"layer #{layer_index[step.layer]}" if step.layer in layer_index else "the net"
                 )
                 comment = f"{kernel.prim}, {direction} of {where} ({step.layer_type})"
-                kernels.append({"name": names[id(kernel)], "comment": comment, "body": body})
+                kernels.append({"name": names[id(kernel)], "comment": comment, "body": body,
+                                "count": loop_count.get(id(kernel), 1)})  # fmt: skip
     prelude = env.get_template("prelude.c.j2").render(
         version=caffec.__version__, dtype=kgraph.dtype, n_kernels=len(kernels)
     )

@@ -15,7 +15,7 @@ from typing import Any
 from caffec.errors import UserError
 
 SUPPORTED_FORMAT = 1
-SUPPORTED_ABI = 2
+SUPPORTED_ABI = 3
 
 
 @dataclass

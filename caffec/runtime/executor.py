@@ -53,7 +53,7 @@ class Executor:
                 array = self.arena[start : start + count * itemsize].view(self.dtype).reshape(shape)
             self.buffers.append(array)
         self._table = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
-        self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update")}
+        self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update", "kernels")}
 
     def of_kind(self, kind: str) -> np.ndarray:
         """The one buffer of ``kind``: "counter" ([random seed, iteration]) or "hyper" ([rate])."""
@@ -69,7 +69,12 @@ class Executor:
         return self.of_kind("counter")
 
     def run(self, direction: str, begin: int, end: int) -> None:
-        steps = self.manifest[direction]
+        """Run steps [begin, end) of a pass ("forward", "backward", "update"), or kernels."""
+        steps = (
+            [k for d in ("forward", "backward", "update") for s in self.manifest[d]
+             for k in s["kernels"]]
+            if direction == "kernels" else self.manifest[direction]
+        )  # fmt: skip
         if not 0 <= begin <= end <= len(steps):
             raise UserError(f"{direction} steps {begin}..{end} are outside 0..{len(steps)}")
         self._entries[direction](self._table, begin, end)
