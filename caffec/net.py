@@ -118,5 +118,6 @@ class Net(CompiledNet):
         params = self.param_arrays()
         artifact = compile_file(self._network_file, self._options, self._target_cpu)
         counter = int(self._exec.counter[1])
+        self.close()  # the data readers were sized for the old shapes
         CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)
         self._exec.counter[1] = counter
