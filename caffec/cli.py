@@ -86,6 +86,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     options = Options(
         phase=phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
         dtype=args.dtype, backward=True if args.train else None,
+        plan_memory=args.O > 0, keep_blobs=not args.outputs_only,
     )  # fmt: skip
     graph = load_layer_graph(args.net, options)
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
@@ -100,7 +101,38 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels, "
         f"{'forward and backward' if kgraph.backward else 'forward only'}, {kgraph.dtype}"
     )
+    if args.report:
+        print(_report(out))
     return 0
+
+
+def _report(artifact: Path) -> str:
+    """Memory of an artifact: its arena against Caffe's allocation, and a run's peak RSS."""
+    import json
+    import math
+    import subprocess
+
+    m = json.loads((artifact / "manifest.json").read_text())
+    mib = 1 << 20
+    itemsize = 8 if m["dtype"] == "float64" else 4
+    persistent = itemsize * sum(math.prod(b["shape"]) for b in m["buffers"] if b["offset"] is None)
+    probe = (
+        "import resource, numpy as np\n"
+        "from caffec.runtime.net import CompiledNet\n"
+        f"net = CompiledNet({str(artifact)!r})\n"
+        "net.forward(**{n: np.zeros(net.blobs[n].data.shape) for n in net.inputs})\n"
+        "net.backward() if net.artifact.manifest['backward'] else None\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    rss = f"{int(result.stdout.split()[-1]) / 1024:.1f} MiB" if result.returncode == 0 else "n/a"
+    ratio = m["arena_bytes"] / max(1, m["naive_bytes"])
+    return (
+        f"arena {m['arena_bytes'] / mib:.1f} MiB (naive, as Caffe allocates: "
+        f"{m['naive_bytes'] / mib:.1f} MiB, ratio {ratio:.2f})"
+        f" · parameters and solver state {persistent / mib:.1f} MiB"
+        f" · peak RSS of a forward{'+backward' if m['backward'] else ''}: {rss}"
+    )
 
 
 def _read_inputs(specs: list[str]) -> dict[str, object]:
@@ -332,6 +364,21 @@ def _parser() -> argparse.ArgumentParser:
     _net_options(compile_)
     compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
     compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    compile_.add_argument(
+        "-O",
+        type=int,
+        choices=[0, 1, 2],
+        default=2,
+        help="0: the reference build (no memory sharing); 1, 2: planned",
+    )
+    compile_.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="share memory more: only the outputs stay readable after a run",
+    )
+    compile_.add_argument(
+        "--report", action="store_true", help="print the arena against Caffe's, and peak RSS"
+    )
     compile_.add_argument(
         "--target-cpu", default="native", help="the -march the C compiler builds for"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,17 @@ def compile_cached(graph: Any, source: bytes, options: Any, target_cpu: str = "n
     from caffec.compiler.pipeline import build_kernel_graph
 
     shapes = {v.name: v.shape for v in graph.values.values()}
-    solver = options.solver.SerializeToString().hex() if options.solver is not None else ""
+    chosen = {f.name: getattr(options, f.name) for f in fields(options)}
+    if options.solver is not None:
+        chosen["solver"] = options.solver.SerializeToString().hex()
+    chosen["base_dir"] = str(options.base_dir.resolve())
     key = hashlib.sha256(
         json.dumps(
-            [compiler_fingerprint(), source.hex(), sorted(shapes.items()), options.phase,
-             list(options.stages), options.level, options.dtype, options.backward, solver,
-             str(options.base_dir.resolve()), target_cpu],
+            [compiler_fingerprint(), source.hex(), sorted(shapes.items()), chosen, target_cpu],
             default=str,
+            sort_keys=True,
         ).encode()
-    ).hexdigest()  # fmt: skip
+    ).hexdigest()
     out = cache_dir() / "artifacts" / key[:2] / key
     if not (out / "manifest.json").exists():
         write_artifact(build_kernel_graph(graph, options), out, target_cpu)

@@ -224,3 +224,22 @@ def test_time_reports_caffes_table(capsys) -> None:
     assert "*** Benchmark ends ***" in messages
     assert any(re.match(r"\s*k\d+_convolution_gemm\tforward of conv1: [\d.e-]+ ms\.", m)
                for m in messages)  # fmt: skip
+
+
+def test_compile_report_and_optimisation_levels(capsys, tmp_path: Path) -> None:
+    import json
+    import re
+
+    train = str(REPO / "examples/mnist/lenet_train_test.prototxt")
+    common = ["--train", "--shape", "data=64,1,28,28"]
+    assert main(["compile", train, *common, "-o", str(tmp_path / "o2"), "--report"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"arena ([\d.]+) MiB \(naive, as Caffe allocates: ([\d.]+) MiB, ratio ([\d.]+)\)"
+                      r" · parameters and solver state [\d.]+ MiB · peak RSS of a forward\+backward: "
+                      r"[\d.]+ MiB", out)  # fmt: skip
+    assert match, out
+    assert main(["compile", train, *common, "-o", str(tmp_path / "o0"), "-O", "0"]) == 0
+    assert main(["compile", train, *common, "-o", str(tmp_path / "small"), "--outputs-only"]) == 0
+    arena = {n: json.loads((tmp_path / n / "manifest.json").read_text())["arena_bytes"]
+             for n in ("o0", "o2", "small")}  # fmt: skip
+    assert arena["small"] < arena["o2"] < arena["o0"]

@@ -20,32 +20,28 @@ from typing import Any
 from caffec.codegen.build import build_library, c_flags
 from caffec.codegen.c import ABI_VERSION, kernel_names, render
 from caffec.compiler.kernels import KernelGraph
+from caffec.compiler.passes.plan_memory import replan
 from caffec.errors import UserError
 
 FORMAT_VERSION = 1
-ALIGN = 64  # bytes; every arena buffer starts on a cache line
-PERSISTENT = ("param", "param_grad", "counter", "history", "hyper")
 
 
 def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
-    """Arena byte offsets for every non-persistent buffer: one after another, no sharing.
+    """Arena byte offsets by buffer slot for every non-persistent buffer, and the arena's size.
 
-    (Sharing memory between values whose lifetimes do not overlap is the
-    memory-planning pass's job; this is the reference layout it improves on.)
+    The layout is the memory-planning pass's (:mod:`caffec.compiler.passes.plan_memory`):
+    buffers whose lifetimes do not overlap share bytes. A graph built with
+    ``Options(plan_memory=False)``, or one the pass never saw, gets the reference layout:
+    every buffer its own bytes, one after another.
     """
-    offsets: dict[int, int] = {}
-    top = 0
-    for buffer in kgraph.buffers:
-        if buffer.kind in PERSISTENT:
-            continue
-        offsets[buffer.index] = top
-        top += -(-buffer.size * itemsize // ALIGN) * ALIGN
-    return offsets, top
+    plan = replan(kgraph, itemsize)
+    return {b.index: offset for b, offset in plan.offsets.items()}, plan.arena_bytes
 
 
 def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) -> dict[str, Any]:
     itemsize = 8 if kgraph.dtype == "float64" else 4
-    offsets, arena = plan_offsets(kgraph, itemsize)
+    plan = replan(kgraph, itemsize)
+    offsets = {b.index: offset for b, offset in plan.offsets.items()}
     names = kernel_names(kgraph)
 
     def steps(direction: list) -> list[dict[str, Any]]:
@@ -69,7 +65,9 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
         "library": "kernels.so",
         "compiler_flags": flags,
-        "arena_bytes": arena,
+        "arena_bytes": plan.arena_bytes,
+        "naive_bytes": plan.naive_bytes,  # what Caffe would allocate for the same blobs
+        "memory_plan": plan.summary(),
         "buffers": [
             {"name": b.name, "shape": list(b.shape), "kind": b.kind, "offset": offsets.get(b.index)}
             for b in kgraph.buffers

@@ -154,6 +154,7 @@ class KernelGraph:
     update: list[Step] = field(default_factory=list)  # the solver step, after backward
     histories: list[tuple[int, Buffer]] = field(default_factory=list)  # (param index, history)
     solver: dict[str, Any] = field(default_factory=dict)  # what the runtime needs of the solver
+    memory_plan: Any = None  # the arena layout, from the memory-planning pass
     net_dir: str = "."  # the prototxt's folder: relative data sources are looked for there too
 
     def number_buffers(self) -> None:

@@ -13,6 +13,7 @@ from caffec.compiler.kernels import KernelGraph
 from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.params import create_params
+from caffec.compiler.passes.plan_memory import plan_memory
 from caffec.compiler.passes.shape_inference import infer_shapes
 from caffec.compiler.passes.solver_updates import add_solver_updates
 from caffec.compiler.passes.verify import verify
@@ -33,6 +34,8 @@ class Options:
     dtype: str = "float32"
     backward: bool | None = None  # None: in TRAIN, or where the net sets force_backward
     solver: Any = None  # a SolverParameter: add its update step after backward
+    plan_memory: bool = True  # share arena bytes between buffers whose lifetimes do not overlap
+    keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ PIPELINE: list[Pass] = [
 ]
 
 # after the layer-graph passes come the kernel-graph ones (build_kernel_graph runs them)
-KERNEL_PASSES = ["lower", "autodiff", "solver"]
+KERNEL_PASSES = ["lower", "autodiff", "solver", "plan_memory"]
 PASS_NAMES = ["build"] + [p.name for p in PIPELINE] + KERNEL_PASSES
 
 
@@ -83,6 +86,10 @@ def build_kernel_graph(
             add_solver_updates(kgraph, options.solver)
     kgraph.prune()
     kgraph.net_dir = str(options.base_dir.resolve())
+    if after in (None, "plan_memory"):  # the artifact writer lays the arena out by this plan
+        kgraph.memory_plan = plan_memory(
+            kgraph, lowering, share=options.plan_memory, keep_blobs=options.keep_blobs
+        )
     return kgraph
 
 

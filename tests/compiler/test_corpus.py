@@ -168,9 +168,12 @@ def test_data_shapes_come_from_the_source_when_it_exists(corpus: Path, tmp_path:
     assert shapes_of(graph) == {"data": (4, 8, 6, 5), "label": (4, 1)}
 
 
-def test_missing_source_names_the_flag_to_give(corpus: Path) -> None:
+def test_missing_source_names_the_flag_to_give(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from caffec.errors import UserError
 
+    monkeypatch.chdir(tmp_path)  # Caffe looks for sources from the working directory first
     net, spans = read_net(corpus / "bvlc/examples/mnist/lenet_train_test.prototxt")
     with pytest.raises(UserError) as info:
         compile_net(net, spans, "TRAIN", {}, corpus)
