@@ -243,3 +243,11 @@ def test_compile_report_and_optimisation_levels(capsys, tmp_path: Path) -> None:
     arena = {n: json.loads((tmp_path / n / "manifest.json").read_text())["arena_bytes"]
              for n in ("o0", "o2", "small")}  # fmt: skip
     assert arena["small"] < arena["o2"] < arena["o0"]
+
+
+def test_dump_after_plan_memory_shows_the_arena(capsys) -> None:
+    train = str(REPO / "examples/mnist/lenet_train_test.prototxt")
+    status, out, _ = run(capsys, "dump", train, "--phase", "TRAIN", "--shape", "data=64,1,28,28",
+                         "--after", "plan_memory")  # fmt: skip
+    assert status == 0 and "arena " in out and "naive " in out
+    assert " pinned " in out and "conv2 columns" in out

@@ -143,4 +143,24 @@ def kernels_to_text(kgraph: Any) -> str:
                     lines += ["  " + _kernel_text(k) for k in instr.body]
                 else:
                     lines.append(_kernel_text(instr))
+    if kgraph.memory_plan is not None:
+        lines += _plan_text(kgraph.memory_plan)
     return "\n".join(lines) + "\n"
+
+
+def _plan_text(plan: Any) -> list[str]:
+    """The arena: each buffer's byte range, the positions it is live over, pinned or not."""
+    mib = 1 << 20
+    lines = [
+        f"arena {plan.arena_bytes / mib:.2f} MiB (naive {plan.naive_bytes / mib:.2f} MiB, "
+        f"no sharing {plan.unshared_bytes / mib:.2f} MiB)",
+        "  offset      bytes  live        buffer",
+    ]
+    for buffer, offset in sorted(plan.offsets.items(), key=lambda item: (item[1], item[0].index)):
+        interval = plan.intervals.get(buffer)
+        live = "pinned" if buffer in plan.pinned else (
+            f"{interval[0]}..{interval[1]}" if interval else "unused"
+        )  # fmt: skip
+        size = buffer.size * plan.itemsize
+        lines.append(f"  {offset:>10} {size:>10}  {live:<10}  #{buffer.index} {buffer.name}")
+    return lines
