@@ -186,7 +186,57 @@ def gemm(
     batch: int = 1,
     strides: tuple[int, int, int] = (0, 0, 0),
 ) -> Kernel:
-    """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides."""
+    """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides.
+
+    The shapes are static, so the plan the C template (templates/c/gemm.c.j2) follows is
+    chosen here, and the template emits the sizes as constants:
+
+    - ``path``: "direct" runs the register-blocked micro-kernel on A and B where they lie
+      (B is copied only when it is transposed, or for its last partial column strip), the
+      whole K in one pass: for operands that fit in the L2 cache, where packing would not
+      pay off. "packed" copies K-blocks of B panels and of A blocks into the micro-kernel's
+      order (BLIS-style), for everything larger. "dot", for A B' with a long K and at most
+      64 rows of A (inner products, their weight gradients, GEMV-like fully connected
+      layers at small batch): each element of C is a dot product of a row of A and a row
+      of B as they lie, nothing copied and no tile padding.
+    - ``swap``: compute C' = op(B)' op(A)' (C written transposed) where N leaves much of
+      the last column tiles empty and M does not (N = 49 for 7 x 7 feature maps).
+    - ``parallel``: an OpenMP region only for enough work (2 M N K batch flops) to pay for
+      it; the small GEMMs of per-image loops run on the calling thread.
+    - ``tiles``: the register tiles per instruction set, picked by the C preprocessor,
+      since the vector width is the C compiler's choice (--target-cpu).
+    - ``kc``, ``mc``, ``nc``: the packed path's cache blocking (a K-block of B's strip in
+      L1, A's block in L2, B's panel in L3), K split into even blocks.
+    """
+    # The register tiles, from the widest instruction set down; each serves the template's
+    # ISA numbers from its own up (3: AVX-512, 32 registers; 2: AVX and AVX2, 16; 1: other
+    # 16-byte vectors, and 0: plain C): MR rows by NV vectors of C for the outer-product
+    # kernel, DM rows of A by DN rows of B for the dot kernel.
+    tiles = [
+        {"isa": 3, "mr": 12, "nv": 2, "dm": 4, "dn": 6},
+        {"isa": 2, "mr": 6, "nv": 2, "dm": 2, "dn": 6},
+        {"isa": 0, "mr": 4, "nv": 2, "dm": 2, "dn": 6},
+    ]
+    work = 2 * m * n * k * batch
+
+    def padded(rows: int, cols: int) -> int:  # C's area in whole 6 x 16 tiles (AVX2, float)
+        return -(-rows // 6) * 6 * -(-cols // 16) * 16
+
+    if trans_b and not trans_a and k >= 256 and m <= 64:
+        path = "dot"
+    elif m * k + k * n <= 96 * 1024 and k <= 1024:
+        path = "direct"
+    else:
+        path = "packed"
+    plan = {
+        "path": path,
+        "parallel": work >= 2_000_000,
+        "swap": path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n),
+        "tiles": tiles,
+        "kc": k if k <= 320 else -(-k // -(-k // 256)),
+        "mc": 144,
+        "nc": 2048,
+    }
     return Kernel(
         "gemm",
         reads=[operand(a), operand(b)],
@@ -205,6 +255,7 @@ def gemm(
             "stride_a": strides[0],
             "stride_b": strides[1],
             "stride_c": strides[2],
+            "plan": plan,
         },  # fmt: skip
         accumulate=accumulate,
     )

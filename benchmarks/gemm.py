@@ -1,0 +1,215 @@
+"""caffec's generated GEMM against numpy's BLAS (float32), measured in the same run.
+
+Each shape is rendered from caffec's own GEMM template (the kernel a net would get) into a
+small library whose entry point runs the kernel `count` times in a C loop, the way a
+convolution runs its GEMM once per image inside a per-image loop; numpy does the same
+products as one stacked ``np.matmul`` (one BLAS call per image, from C). Compiling is not
+timed. Each side is timed in alternating rounds of some 20 ms, each after a pause (OpenBLAS and
+OpenMP threads spin for a while after a call, and would steal the other side's cores) and
+a call that wakes its own threads; the best round is kept.
+
+    python benchmarks/gemm.py [--threads N] [--only lenet,square,...] [--rounds 5]
+
+``--threads`` sets OMP_NUM_THREADS and OPENBLAS_NUM_THREADS (default: as the environment
+says). The columns are GFLOP/s (2 M N K per product), caffec / numpy, and the plan caffec
+chose for the shape (its path, whether threaded, and C' where it computes C transposed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Shape:
+    group: str
+    name: str
+    m: int
+    n: int
+    k: int
+    trans_a: bool = False
+    trans_b: bool = False
+    accumulate: bool = False
+    count: int = 1  # runs in a per-image loop
+    batch: int = 1  # the kernel's own batch (convolution groups)
+    step_b: bool = False  # B advances per image (1x1 convolutions read the image itself)
+
+
+def conv_forward(group: str, name: str, m: int, k: int, p: int, images: int, g: int = 1,
+                 pointwise: bool = False) -> Shape:  # fmt: skip
+    """A convolution's forward GEMM per image: W[m x k] cols[k x p], per group."""
+    return Shape(group, name, m, p, k, count=images, batch=g, step_b=pointwise)
+
+
+SHAPES = [
+    *(Shape("square", f"{s}^3", s, s, s) for s in (256, 512, 1024, 2048)),
+    # LeNet, batch 64 (examples/mnist/lenet_train_test.prototxt), forward then backward
+    conv_forward("lenet", "conv1", 20, 25, 576, 64),
+    conv_forward("lenet", "conv2", 50, 500, 64, 64),
+    Shape("lenet", "ip1", 64, 500, 800, trans_b=True),
+    Shape("lenet", "ip2", 64, 10, 500, trans_b=True),
+    Shape("lenet", "ip2 dW", 10, 500, 64, trans_a=True, accumulate=True),
+    Shape("lenet", "ip2 dx", 64, 500, 10),
+    Shape("lenet", "ip1 dW", 500, 800, 64, trans_a=True, accumulate=True),
+    Shape("lenet", "ip1 dx", 64, 800, 500),
+    Shape("lenet", "conv2 dW", 50, 500, 64, trans_b=True, accumulate=True, count=64),
+    Shape("lenet", "conv2 dcol", 500, 64, 50, trans_a=True, count=64),
+    Shape("lenet", "conv1 dW", 20, 25, 576, trans_b=True, accumulate=True, count=64),
+    # CaffeNet (bvlc_reference_caffenet), batch 10, forward
+    conv_forward("caffenet", "conv1", 96, 363, 3025, 10),
+    conv_forward("caffenet", "conv2", 128, 1200, 729, 10, g=2),
+    conv_forward("caffenet", "conv3", 384, 2304, 169, 10),
+    conv_forward("caffenet", "conv4", 192, 1728, 169, 10, g=2),
+    conv_forward("caffenet", "conv5", 128, 1728, 169, 10, g=2),
+    Shape("caffenet", "fc6", 10, 4096, 9216, trans_b=True),
+    Shape("caffenet", "fc7", 10, 4096, 4096, trans_b=True),
+    Shape("caffenet", "fc8", 10, 1000, 4096, trans_b=True),
+    # GoogLeNet (bvlc_googlenet), batch 32, a few inception shapes, forward
+    conv_forward("googlenet", "conv2/3x3", 192, 576, 3136, 32),
+    conv_forward("googlenet", "3a/1x1", 64, 192, 784, 32, pointwise=True),
+    conv_forward("googlenet", "3a/3x3", 128, 864, 784, 32),
+    conv_forward("googlenet", "3a/5x5", 32, 400, 784, 32),
+    conv_forward("googlenet", "4a/1x1", 192, 480, 196, 32, pointwise=True),
+    conv_forward("googlenet", "4a/3x3", 208, 864, 196, 32),
+    conv_forward("googlenet", "5b/1x1", 384, 832, 49, 32, pointwise=True),
+    conv_forward("googlenet", "5b/3x3", 384, 1728, 49, 32),
+    Shape("googlenet", "loss3/fc", 32, 1000, 1024, trans_b=True),
+]
+
+
+def blas_description(np: Any) -> str:
+    """Which BLAS numpy calls, and with how many threads."""
+    try:
+        import threadpoolctl  # type: ignore[import-not-found]
+
+        infos = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+        if infos:
+            i = infos[0]
+            return (f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}), "
+                    f"{i.get('num_threads')} threads")  # fmt: skip
+    except ImportError:
+        pass
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')} (from numpy.show_config)"
+    except Exception:  # older numpy: no dict mode
+        return "unknown (see numpy.show_config())"
+
+
+def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, Any]]:
+    """The generated GEMM of ``shape`` in a library with ``run(buf, count, reps)``, and its plan."""
+    import caffec
+    from caffec.codegen.build import build_library, c_flags
+    from caffec.codegen.c import aliased, environment, expression, pointer
+    from caffec.compiler.kernels import Buffer, Operand
+    from caffec.compiler.primitives import gemm
+
+    m, n, k, g = shape.m, shape.n, shape.k, shape.batch
+    strides = (m * k, k * n, m * n) if g > 1 else (0, 0, 0)
+    steps = (0, k * n * g if shape.step_b else 0, m * n * g)
+    buffers = [Buffer(name, (1,), "value", index=i) for i, name in enumerate("ABC")]
+    a, b, c = (Operand(x, 0, step) for x, step in zip(buffers, steps, strict=True))
+    kernel = gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b,
+                  accumulate=shape.accumulate, batch=g, strides=strides)  # fmt: skip
+    env = environment("c")
+    prelude = env.get_template("prelude.c.j2")
+    body = env.get_template("gemm.c.j2").render(
+        kernel=kernel, ptr=pointer, expr_c=expression, aliased=aliased
+    )
+    source = (
+        prelude.render(version=caffec.__version__, dtype=dtype, n_kernels=1)
+        + "\nstatic void k0_gemm(void** buf, long n) {\n    (void)n;\n"
+        + body
+        + "}\n\nvoid run(void** buf, long count, long reps) {\n"
+        "    for (long r = 0; r < reps; ++r)\n"
+        "        for (long n = 0; n < count; ++n) k0_gemm(buf, n);\n}\n"
+    )
+    library = ctypes.CDLL(str(build_library(source, c_flags())))
+    library.run.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
+    library.run.restype = None
+    return library, kernel.attrs["plan"]
+
+
+def measure(shape: Shape, rounds: int, np: Any) -> tuple[float, float, str]:
+    """(caffec GFLOP/s, numpy GFLOP/s, the plan caffec chose) for ``shape`` in float32."""
+    m, n, k, g, count = shape.m, shape.n, shape.k, shape.batch, shape.count
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((g, k, m) if shape.trans_a else (g, m, k)).astype(np.float32)
+    images = count if shape.step_b else 1
+    b = rng.standard_normal((images, g) + ((n, k) if shape.trans_b else (k, n)))
+    b = b.astype(np.float32)
+    c = np.zeros((count, g, m, n), np.float32)
+    library, plan = build(shape)
+    buf = (ctypes.c_void_p * 3)(a.ctypes.data, b.ctypes.data, c.ctypes.data)
+    # numpy: the same products as one stacked matmul (B broadcast where the kernel reuses it)
+    a_op = a.transpose(0, 2, 1) if shape.trans_a else a
+    b_op = np.broadcast_to(b.transpose(0, 1, 3, 2) if shape.trans_b else b, (count, g, k, n))
+    out = np.empty((count, g, m, n), np.float32)
+
+    def caffec_run(reps: int) -> None:
+        library.run(buf, count, reps)
+
+    def numpy_run(reps: int) -> None:
+        for _ in range(reps):
+            np.matmul(a_op, b_op, out=out)
+
+    flops = 2.0 * m * n * k * g * count
+    reps = max(1, int(2e9 / flops))  # some 20 ms a round
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for side, run in enumerate((caffec_run, numpy_run)):
+            time.sleep(0.15)  # the other side's threads stop spinning and go to sleep
+            run(1)  # and this side's wake up
+            start = time.perf_counter()
+            run(reps)
+            best[side] = min(best[side], (time.perf_counter() - start) / reps)
+    how = plan["path"] + (", threaded" if plan["parallel"] else "")
+    how += ", C'" if plan["swap"] else ""
+    return flops / best[0] / 1e9, flops / best[1] / 1e9, how
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS and OPENBLAS_NUM_THREADS")
+    parser.add_argument("--only", help="comma-separated groups: square, lenet, caffenet, googlenet")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    import numpy as np  # after the thread settings, which BLAS reads when it loads
+
+    print(f"numpy {np.__version__}, BLAS: {blas_description(np)}")
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {v: os.environ[v] for v in names if v in os.environ}
+    print(f"environment: {env or 'no thread or OpenBLAS settings'}; {os.cpu_count()} CPUs")
+    groups = set(args.only.split(",")) if args.only else None
+    print(f"{'shape':<22} {'M x N x K':>18} {'op':>4} {'times':>6}  {'caffec':>8} {'numpy':>8} "
+          f"{'ratio':>6}  plan")  # fmt: skip
+    ratios: dict[str, list[float]] = {}
+    for shape in SHAPES:
+        if groups and shape.group not in groups:
+            continue
+        mine, theirs, how = measure(shape, args.rounds, np)
+        ratio = mine / theirs
+        ratios.setdefault(shape.group, []).append(ratio)
+        op = ("T" if shape.trans_a else "N") + ("T" if shape.trans_b else "N")
+        times = shape.count * shape.batch
+        print(f"{shape.group + ' ' + shape.name:<22} {f'{shape.m}x{shape.n}x{shape.k}':>18} "
+              f"{op:>4} {times:>6}  {mine:8.1f} {theirs:8.1f} {ratio:6.2f}  {how}",
+              flush=True)  # fmt: skip
+    for group, values in ratios.items():
+        geo = float(np.exp(np.mean(np.log(values))))
+        print(f"{group}: geometric mean ratio {geo:.2f} (min {min(values):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
