@@ -346,6 +346,16 @@ def _effective_transform(p: Any, old: Any) -> caffe_pb2.TransformationParameter:
 class _Source:
     """Makes batches one after the other; used by one thread at a time."""
 
+    def find(self, resolve: Callable, source: str, what: str, field: str) -> Path:
+        """The layer's source file, or a UserError naming the layer, the file and the field."""
+        found = resolve(source)
+        if found is None:
+            raise UserError(
+                f"layer '{self.layer}': {what} '{source}' does not exist",
+                hint=f"check {field}; {_LOOKUP_HINT}",
+            )
+        return found
+
     def __init__(
         self,
         *,
@@ -409,12 +419,7 @@ class _DataSource(_Source):
         dp = p.data_param
         self.check_label_top()
         backend = caffe_pb2.DataParameter.DB.Name(dp.backend)
-        found = resolve(dp.source)
-        if found is None:
-            raise UserError(
-                f"layer '{self.layer}': the database '{dp.source}' does not exist",
-                hint=f"check data_param.source (and backend); {_LOOKUP_HINT}",
-            )
+        found = self.find(resolve, dp.source, "the database", "data_param.source (and backend)")
         self.name = dp.source
         self.transform = Transformer(
             _effective_transform(p, dp),
@@ -513,12 +518,7 @@ class _ImageDataSource(_Source):
         super().__init__(**kw)
         ip = p.image_data_param
         self.check_label_top()
-        found = resolve(ip.source)
-        if found is None:
-            raise UserError(
-                f"layer '{self.layer}': the image list '{ip.source}' does not exist",
-                hint=f"check image_data_param.source; {_LOOKUP_HINT}",
-            )
+        found = self.find(resolve, ip.source, "the image list", "image_data_param.source")
         self.list_file = found
         self.lines = parse_image_list(found, f"layer '{self.layer}'")
         if (ip.new_height > 0) != (ip.new_width > 0):
@@ -605,12 +605,7 @@ class _HDF5Source(_Source):
         super().__init__(**kw)
         hp = p.hdf5_data_param
         self.h5py = optional_module("h5py", "h5py")
-        found = resolve(hp.source)
-        if found is None:
-            raise UserError(
-                f"layer '{self.layer}': the HDF5 list file '{hp.source}' does not exist",
-                hint=f"check hdf5_data_param.source; {_LOOKUP_HINT}",
-            )
+        found = self.find(resolve, hp.source, "the HDF5 list file", "hdf5_data_param.source")
         self.list_file = found
         resolve_entry = _resolver(self.net_dir, found.parent)
         self.files: list[Path] = []
@@ -725,12 +720,7 @@ class _WindowDataSource(_Source):
         super().__init__(**kw)
         wp = p.window_data_param
         self.check_label_top()
-        found = resolve(wp.source)
-        if found is None:
-            raise UserError(
-                f"layer '{self.layer}': the window file '{wp.source}' does not exist",
-                hint=f"check window_data_param.source; {_LOOKUP_HINT}",
-            )
+        found = self.find(resolve, wp.source, "the window file", "window_data_param.source")
         self.window_file = found
         t = _effective_transform(p, wp)
         self.what = f"layer '{self.layer}'"
