@@ -80,13 +80,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     import shutil
 
     from caffec.codegen.artifact import write_artifact
-    from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+    from caffec.compiler.pipeline import (
+        Options,
+        build_kernel_graph,
+        load_layer_graph,
+        optimization_switches,
+    )
 
     phase = "TRAIN" if args.train else args.phase
     options = Options(
         phase=phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
         dtype=args.dtype, backward=True if args.train else None,
-        plan_memory=args.O > 0, keep_blobs=not args.outputs_only,
+        keep_blobs=not args.outputs_only, **optimization_switches(args.O),
     )  # fmt: skip
     graph = load_layer_graph(args.net, options)
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
@@ -198,7 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     if args.snapshot and args.weights:
         raise UserError("give -snapshot (resume) or -weights (finetune), not both")
-    solver = Solver(args.solver, cpu_fallback=args.cpu)
+    solver = Solver(args.solver, cpu_fallback=args.cpu, outputs_only=True)
     if args.weights:
         for path in args.weights.split(","):
             solver.net.copy_from(path)

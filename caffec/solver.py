@@ -59,6 +59,9 @@ class Solver:
 
     ``cpu_fallback`` allows running a solver that asks for ``solver_mode: GPU``
     on the CPU; without it such a solver is refused, never silently moved.
+    ``outputs_only`` builds the nets lean (as ``caffec train`` does): only their
+    outputs stay readable in ``net.blobs``, and the memory of every other value
+    is reused, as ``caffec compile --outputs-only`` reports.
     """
 
     def __init__(
@@ -69,11 +72,13 @@ class Solver:
         log: Any = caffe_log,
         target_cpu: str = "native",
         dtype: str = "float32",
+        outputs_only: bool = False,
     ) -> None:
         from caffec.frontend.loader import read_solver
 
         self.path = Path(solver_file)
         self.dtype = dtype
+        self.keep_blobs = not outputs_only
         self.param, _ = read_solver(self.path)
         p = self.param
         if p.HasField("solver_mode") and p.solver_mode == p.GPU and not cpu_fallback:
@@ -110,6 +115,7 @@ class Solver:
             backward=phase == "TRAIN",
             solver=solver,
             dtype=self.dtype,
+            keep_blobs=self.keep_blobs,
         )
         if kind.endswith("_param"):
             net, spans = upgrade_net(value)

@@ -13,7 +13,14 @@ from caffec.compiler.kernels import KernelGraph
 from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.params import create_params
-from caffec.compiler.passes.plan_memory import plan_memory
+from caffec.compiler.passes.plan_memory import (
+    ITEMSIZE,
+    blob_versions,
+    naive_bytes,
+    plan_memory,
+)
+from caffec.compiler.passes.recompute import recompute
+from caffec.compiler.passes.reorder import pool_before_relu
 from caffec.compiler.passes.shape_inference import infer_shapes
 from caffec.compiler.passes.solver_updates import add_solver_updates
 from caffec.compiler.passes.verify import verify
@@ -35,7 +42,15 @@ class Options:
     backward: bool | None = None  # None: in TRAIN, or where the net sets force_backward
     solver: Any = None  # a SolverParameter: add its update step after backward
     plan_memory: bool = True  # share arena bytes between buffers whose lifetimes do not overlap
+    recompute: bool = True  # find states again in backward where keeping them costs memory
     keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
+
+
+def optimization_switches(level: int) -> dict[str, bool]:
+    """The Options switches of ``-O level``: 0 is the reference build (every value its own
+    memory, no pass that changes what runs); 1 plans memory (sharing, in-place writes,
+    recomputation); 2 also fuses kernels."""
+    return {"plan_memory": level >= 1, "recompute": level >= 1}
 
 
 @dataclass(frozen=True)
@@ -48,10 +63,11 @@ PIPELINE: list[Pass] = [
     Pass("verify", lambda g, o: verify(g)),
     Pass("shape_inference", lambda g, o: infer_shapes(g, InferContext(o.shapes, o.base_dir))),
     Pass("params", lambda g, o: create_params(g)),
+    Pass("reorder", lambda g, o: pool_before_relu(g) if o.recompute and not o.keep_blobs else g),
 ]
 
 # after the layer-graph passes come the kernel-graph ones (build_kernel_graph runs them)
-KERNEL_PASSES = ["lower", "autodiff", "solver", "plan_memory"]
+KERNEL_PASSES = ["lower", "autodiff", "solver", "recompute", "plan_memory"]
 PASS_NAMES = ["build"] + [p.name for p in PIPELINE] + KERNEL_PASSES
 
 
@@ -86,10 +102,15 @@ def build_kernel_graph(
             add_solver_updates(kgraph, options.solver)
     kgraph.prune()
     kgraph.net_dir = str(options.base_dir.resolve())
+    blob_of = blob_versions(lowering)
+    naive = naive_bytes(kgraph, blob_of, ITEMSIZE[kgraph.dtype])  # before buffers are dropped
+    if options.recompute and after not in ("lower", "autodiff", "solver"):
+        recompute(kgraph, options.keep_blobs)
     if after in (None, "plan_memory"):  # the artifact writer lays the arena out by this plan
         kgraph.memory_plan = plan_memory(
-            kgraph, lowering, share=options.plan_memory, keep_blobs=options.keep_blobs
-        )
+            kgraph, share=options.plan_memory, keep_blobs=options.keep_blobs, blob_of=blob_of,
+            naive=naive,
+        )  # fmt: skip
     return kgraph
 
 

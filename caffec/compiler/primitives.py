@@ -344,7 +344,8 @@ def pool_attrs(
     pad: tuple[int, int],
     method: str,
 ) -> dict[str, Any]:
-    """Pooling over ``planes`` planes of size H x W; method MAX, AVE (Caffe's) or SUM."""
+    """Pooling over ``planes`` planes of size H x W; method MAX, AVE (Caffe's) or SUM.
+    (The forward of AVE and SUM may pool squares instead: ``square``, for LRN.)"""
     if method not in ("MAX", "AVE", "SUM"):
         raise InternalError(f"unknown pooling method {method}")
     return {

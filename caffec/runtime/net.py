@@ -100,6 +100,9 @@ class CompiledNet:
         if params is None:
             self._fill_params()
         self._layer_index = {layer["name"]: i for i, layer in enumerate(m["layers"])}
+        # a lean build (--outputs-only) frees forward's values as backward uses them
+        self._lean = not m["memory_plan"]["keep_blobs"]
+        self._forwarded = False
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
             (name, Blob(self._exec.buffer(b["data"]), self._exec.buffer(b["diff"])))
             for name, b in m["blobs"].items()
@@ -300,6 +303,7 @@ class CompiledNet:
         **kwargs: Any,
     ) -> dict[str, np.ndarray]:
         """Run forward (from layer ``start`` to ``end``) and return the outputs (and ``blobs``)."""
+        self._check_whole_pass("forward", start, end)
         if start is None:
             self._feed_memory()
             self._fill_data()
@@ -307,6 +311,7 @@ class CompiledNet:
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
         self._exec.run("forward", *self._step_range("forward", start, end))
+        self._forwarded = True
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time
         return {name: self._blob(name).data for name in list(self.outputs) + list(blobs or [])}
@@ -330,11 +335,27 @@ class CompiledNet:
                 "this net was built without a backward pass",
                 hint="build it in the TRAIN phase, or set force_backward: true in the prototxt",
             )
+        self._check_whole_pass("backward", start, end)
+        if self._lean and not self._forwarded:
+            raise UserError(
+                "this net was built with --outputs-only: its backward pass reuses the memory of "
+                "the values it has read, so each backward needs a forward before it",
+                hint="run forward() first, or build without --outputs-only",
+            )
         for slot, weight in m["seeds"]:
             self._exec.buffer(slot)[...] = weight
         self._set_inputs(kwargs, "diff")
         self._exec.run("backward", *self._step_range("backward", start, end))
+        self._forwarded = not self._lean
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
+
+    def _check_whole_pass(self, direction: str, start: str | None, end: str | None) -> None:
+        if self._lean and (start is not None or end is not None):
+            raise UserError(
+                f"this net was built with --outputs-only, which runs only whole passes: "
+                f"{direction}(start=..., end=...) needs the values of the layers it skips",
+                hint="build without --outputs-only for partial runs",
+            )
 
     def _feeder(self, spec: dict[str, Any]) -> Any:
         """The reader of one data layer, opened on first use (with its prefetch thread)."""

@@ -27,7 +27,12 @@ from caffec.compiler.kernels import (
     whole,
 )
 from caffec.compiler.passes.plan_memory import ALIGN, ARENA_KINDS, MemoryPlan, plan_memory
-from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+from caffec.compiler.pipeline import (
+    Options,
+    build_kernel_graph,
+    load_layer_graph,
+    optimization_switches,
+)
 from caffec.errors import UserError
 from caffec.frontend.loader import read_net
 from caffec.runtime.net import CompiledNet
@@ -39,10 +44,12 @@ LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.p
 # --- an independent check of a plan --------------------------------------------------------
 
 
-def expected_liveness(kgraph: KernelGraph) -> tuple[dict[Buffer, tuple[int, int]], set[Buffer]]:
+def expected_liveness(
+    kgraph: KernelGraph, repeat: bool = True
+) -> tuple[dict[Buffer, tuple[int, int]], set[Buffer]]:
     """[first, last] instruction position of every touched arena buffer (a loop is one
-    position; a buffer used by several passes lives to the end of the last of them), and the
-    buffers first touched by a read or an accumulating write."""
+    position; with ``repeat``, a buffer used by several passes lives to the end of the last
+    of them), and the buffers first touched by a read or an accumulating write."""
     spans: dict[Buffer, tuple[int, int]] = {}
     carried: set[Buffer] = set()
     last_pass: dict[Buffer, int] = {}
@@ -67,7 +74,7 @@ def expected_liveness(kgraph: KernelGraph) -> tuple[dict[Buffer, tuple[int, int]
                     last_pass[buffer] = pass_
         ends.append(position)
     for buffer, pass_ in last_pass.items():
-        if pass_ != first_pass[buffer]:
+        if repeat and pass_ != first_pass[buffer]:
             spans[buffer] = (spans[buffer][0], ends[pass_])
     return spans, carried
 
@@ -85,9 +92,49 @@ def expected_pinned(kgraph: KernelGraph, keep_blobs: bool) -> set[Buffer]:
     return pinned
 
 
+def in_place_chains(
+    kgraph: KernelGraph, spans: dict[Buffer, tuple[int, int]], pinned: set[Buffer]
+) -> tuple[set[frozenset[Buffer]], dict[Buffer, int]]:
+    """The (input, output) pairs of maps that may share bytes: the input is read element for
+    element and dies there, unpinned; the output is new there and not written by the runtime;
+    and which chain of such pairs each buffer belongs to."""
+    runtime = {b for b in kgraph.buffers if b.kind in ("input", "seed")}
+    runtime |= {b for b, _, _ in kgraph.fills} | {b for b, _ in kgraph.seeds}
+    runtime |= set(kgraph.inputs.values()) | set(kgraph.output_diffs.values())
+    instrs = [i for steps in (kgraph.forward, kgraph.backward, kgraph.update)
+              for s in steps for i in s.instrs]  # fmt: skip
+    pairs: set[frozenset[Buffer]] = set()
+    for position, k in enumerate(instrs, start=1):
+        if not isinstance(k, Kernel) or k.prim != "map" or k.accumulate or "loads" not in k.attrs:
+            continue
+        index = {slot: ix for _, slot, ix in k.attrs["loads"]}
+        for a in {o.buffer for o in k.reads}:
+            plain = all(index.get(slot) == "i" and not o.offset and not o.step
+                        for slot, o in enumerate(k.reads) if o.buffer is a)  # fmt: skip
+            if not plain or a in pinned or spans.get(a, (0, 0))[1] != position:
+                continue
+            for o in k.writes:
+                b = o.buffer
+                if (not o.offset and not o.step and a.size == b.size == k.attrs["size"]
+                        and b not in runtime and spans.get(b, (0, 0))[0] == position):  # fmt: skip
+                    pairs.add(frozenset((a, b)))
+    chain = {b: i for i, b in enumerate(kgraph.buffers)}
+
+    def root(b: Buffer) -> int:
+        while chain[b] != kgraph.buffers.index(b):
+            b = kgraph.buffers[chain[b]]
+        return chain[b]
+
+    for pair in pairs:
+        a, b = sorted(pair, key=lambda x: x.index)
+        chain[kgraph.buffers[root(b)]] = root(a)
+    return pairs, {b: root(b) for b in kgraph.buffers}
+
+
 def check_plan(kgraph: KernelGraph, plan: MemoryPlan, keep_blobs: bool = True) -> None:
-    spans, carried = expected_liveness(kgraph)
+    spans, carried = expected_liveness(kgraph, repeat=keep_blobs)
     pinned = expected_pinned(kgraph, keep_blobs) | carried
+    pairs, chain = in_place_chains(kgraph, spans, pinned)
     arena = [b for b in kgraph.buffers if b.kind in ARENA_KINDS]
     assert set(plan.offsets) == set(arena), "every arena buffer, and nothing persistent"
     assert plan.pinned == pinned
@@ -102,9 +149,11 @@ def check_plan(kgraph: KernelGraph, plan: MemoryPlan, keep_blobs: bool = True) -
         for other_start, _, b in ranges[i + 1 :]:
             if other_start >= end:
                 break
-            assert a not in pinned and b not in pinned, f"pinned {a} shares bytes with {b}"
+            same_chain = chain[a] == chain[b]
+            assert same_chain or (a not in pinned and b not in pinned), f"{a} with {b}, pinned"
             sa, sb = spans.get(a), spans.get(b)
-            assert sa is None or sb is None or sa[1] < sb[0] or sb[1] < sa[0], (a, sa, b, sb)
+            disjoint = sa is None or sb is None or sa[1] < sb[0] or sb[1] < sa[0]
+            assert disjoint or (same_chain and frozenset((a, b)) in pairs), (a, sa, b, sb)
     assert plan.arena_bytes <= plan.unshared_bytes
 
 
@@ -129,7 +178,10 @@ def test_corpus_plans_never_share_live_bytes(path: Path) -> None:
     assert loose.arena_bytes <= plan.arena_bytes
     reference = plan_memory(kgraph, share=False, blob_of=plan.blob_of)
     assert reference.arena_bytes == plan.unshared_bytes
-    assert plan.naive_bytes == reference.naive_bytes > 0
+    # the naive size is Caffe's, whatever caffec's passes drop
+    unoptimized = build_kernel_graph(graph, Options(phase="TRAIN", backward=True,
+                                                    **optimization_switches(0)))  # fmt: skip
+    assert plan.naive_bytes == unoptimized.memory_plan.naive_bytes > 0
 
 
 # --- random kernel graphs ------------------------------------------------------------------
@@ -140,7 +192,7 @@ def kernel_graphs(draw: st.DrawFn) -> KernelGraph:
     """A DAG-shaped forward pass over random buffers, a backward pass, an update step, and
     random bindings (blobs, inputs, outputs, seeds, DummyData fills)."""
     buffers: list[Buffer] = []
-    sizes = st.integers(1, 200)
+    sizes = st.sampled_from([1, 16, 16, 64, 200])  # alike sizes: maps may write in place
 
     def new(kind: str) -> Buffer:
         buffers.append(Buffer(f"b{len(buffers)}", (draw(sizes),), kind))
@@ -154,8 +206,11 @@ def kernel_graphs(draw: st.DrawFn) -> KernelGraph:
             if not writes or draw(st.integers(0, 3)) == 0:  # write an existing buffer again
                 writes.append(draw(st.sampled_from(writable)))
             accumulate = draw(st.integers(0, 5)) == 0
+            size = writes[0].size
+            loads = [(f"v{s}", s, "i" if r.size == size and draw(st.booleans()) else "0")
+                     for s, r in enumerate(reads)]  # fmt: skip
             kernels.append(Kernel("map", [whole(b) for b in reads], [whole(b) for b in writes],
-                                  accumulate=accumulate))  # fmt: skip
+                                  {"size": size, "loads": loads}, accumulate))  # fmt: skip
             readable.extend(w for w in writes if w not in readable)
             writable.extend(w for w in writes if w not in writable)
         if len(kernels) > 1 or draw(st.booleans()):
@@ -217,10 +272,12 @@ def test_random_graphs_never_share_live_or_pinned_bytes(
     check_plan(kgraph, plan, keep_blobs)
     again = plan_memory(kgraph, keep_blobs=keep_blobs)
     assert again.offsets == plan.offsets and again.arena_bytes == plan.arena_bytes
-    # no layout can be smaller than the most bytes live at one position
-    spans, _ = expected_liveness(kgraph)
+    # no layout can be smaller than the most bytes live at one position (an in-place output
+    # and its input count once where they meet)
+    spans, _ = expected_liveness(kgraph, repeat=keep_blobs)
     live: dict[int, int] = {}
     for b, (first, last) in spans.items():
+        first += b in plan.in_place
         for position in range(first, last + 1):
             live[position] = live.get(position, 0) + b.size * plan.itemsize
     assert plan.arena_bytes >= max(live.values(), default=0)
@@ -230,23 +287,43 @@ def test_random_graphs_never_share_live_or_pinned_bytes(
     assert reference.arena_bytes == plan.unshared_bytes
 
 
-def test_a_chain_reuses_bytes_and_pins_what_the_user_sees() -> None:
-    """x -> a -> b -> c -> y: a and c can share; x (input) and y (output blob) cannot."""
+def chain_graph(index: str) -> tuple[KernelGraph, list[Buffer]]:
+    """x -> a -> b -> c -> y by maps that read their input at ``index``."""
     x, a, b, c, y = (Buffer(n, (16,), "input" if n == "x" else "value") for n in "xabcy")
-    steps = [Step(n, "Test", [Kernel("map", [whole(i)], [whole(o)])])
-             for n, (i, o) in zip("abcy", [(x, a), (a, b), (b, c), (c, y)], strict=True)]  # fmt: skip
+    steps = [
+        Step(n, "Test", [Kernel("map", [whole(i)], [whole(o)],
+                                {"size": 16, "loads": [("v", 0, index)]})])
+        for n, (i, o) in zip("abcy", [(x, a), (a, b), (b, c), (c, y)], strict=True)
+    ]  # fmt: skip
     kgraph = KernelGraph(
         name="chain", phase="TEST", dtype="float32", buffers=[x, a, b, c, y], forward=steps,
         backward=[], blobs={"x": BlobBinding("x", x, None), "y": BlobBinding("y", y, None)},
         params=[], inputs={"x": x}, outputs=["y"], seeds=[], loss_tops=[], fills=[],
     )  # fmt: skip
     kgraph.number_buffers()
+    return kgraph, [x, a, b, c, y]
+
+
+def test_a_chain_reuses_bytes_and_pins_what_the_user_sees() -> None:
+    """Read through a gather, a and c can share; x (input) and y (output blob) cannot."""
+    kgraph, (x, a, b, c, y) = chain_graph("15 - i")
     plan = plan_memory(kgraph)
-    assert plan.pinned == {x, y}
+    assert plan.pinned == {x, y} and not plan.in_place
     assert plan.offsets[a] == plan.offsets[c] != plan.offsets[b]
     assert plan.arena_bytes == 4 * ALIGN and plan.unshared_bytes == 5 * ALIGN
     assert plan.naive_bytes == 2 * 16 * 4 + 3 * 16 * 4  # unbound buffers count as themselves
     check_plan(kgraph, plan)
+
+
+def test_elementwise_maps_write_in_place_but_never_over_an_input() -> None:
+    """Read element for element, a, b, c and y are one storage; x, fed by the runtime, is not."""
+    kgraph, (x, a, b, c, y) = chain_graph("i")
+    plan = plan_memory(kgraph)
+    assert plan.in_place == {b: a, c: b, y: c}
+    assert plan.offsets[a] == plan.offsets[b] == plan.offsets[c] == plan.offsets[y]
+    assert plan.offsets[x] != plan.offsets[a] and plan.arena_bytes == 2 * ALIGN
+    check_plan(kgraph, plan)
+    assert not plan_memory(kgraph, share=False).in_place
 
 
 # --- the pipeline and the artifact ---------------------------------------------------------
@@ -266,13 +343,14 @@ def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
 
     graph = load_layer_graph(LENET, lenet_options())
     planned = build_kernel_graph(graph, lenet_options())
-    reference = build_kernel_graph(graph, lenet_options(plan_memory=False))
+    reference = build_kernel_graph(graph, lenet_options(**optimization_switches(0)))
     offsets, arena = plan_offsets(planned, 4)
     ref_offsets, ref_arena = plan_offsets(reference, 4)
     assert arena == planned.memory_plan.arena_bytes < ref_arena
-    assert ref_arena == planned.memory_plan.unshared_bytes
+    assert ref_arena == reference.memory_plan.unshared_bytes >= planned.memory_plan.unshared_bytes
     slots = [b.index for b in reference.buffers if b.kind in ARENA_KINDS]
-    assert sorted(ref_offsets) == slots and sorted(offsets) == slots
+    assert sorted(ref_offsets) == slots
+    assert sorted(offsets) == [b.index for b in planned.buffers if b.kind in ARENA_KINDS]
     assert [ref_offsets[s] for s in slots] == sorted(ref_offsets.values())  # one after another
     naive = planned.memory_plan.naive_bytes
     blobs = {  # LeNet's blobs (data and diff each) and its layers' own buffers, in floats
@@ -283,7 +361,8 @@ def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
         "columns": 2 * (25 * 576 + 500 * 64), "column gradients": 500 * 64,
         "argmax": 64 * 20 * 144 + 64 * 800, "softmax": 64 * 10 + 4 * 64 + 1, "norm": 1,
     }  # fmt: skip
-    assert naive == 4 * (2 * sum(blobs.values()) + sum(own.values()))
+    diffs = sum(blobs.values()) - blobs["data"] - blobs["label"]  # nothing writes those two
+    assert naive == 4 * (sum(blobs.values()) + diffs + sum(own.values()))
     # stopping before the pass leaves the reference layout
     early = build_kernel_graph(graph, lenet_options(), after="solver")
     assert plan_offsets(early, 4) == (ref_offsets, ref_arena)
@@ -313,7 +392,7 @@ def test_lenet_trains_identically_with_and_without_planning(
     tmp_path: Path, keep_blobs: bool
 ) -> None:
     graph = load_layer_graph(LENET, lenet_options())
-    reference = _compiled(build_kernel_graph(graph, lenet_options(plan_memory=False)),
+    reference = _compiled(build_kernel_graph(graph, lenet_options(**optimization_switches(0))),
                           tmp_path / "reference")  # fmt: skip
     kgraph = build_kernel_graph(graph, lenet_options(keep_blobs=keep_blobs))
     planned = _compiled(kgraph, tmp_path / "planned", poison=True)
@@ -329,7 +408,7 @@ def test_lenet_trains_identically_with_and_without_planning(
         for net in (reference, planned):
             net.clear_param_diffs()
             outputs = net.forward(**feed)
-            for _ in range(1 + (iteration == 1)):  # a second backward reads forward's states
+            for _ in range(1 + (iteration == 1 and keep_blobs)):  # reads forward's states again
                 net.backward()
             net._exec.of_kind("hyper")[0] = 0.01
             net._exec.run("update", 0, len(net.artifact.manifest["update"]))
@@ -340,7 +419,12 @@ def test_lenet_trains_identically_with_and_without_planning(
             for a, b in zip(blobs, planned.params[name], strict=True):
                 np.testing.assert_array_equal(a.data, b.data, name)
                 np.testing.assert_array_equal(a.diff, b.diff, name)
-        if keep_blobs:
+        if not keep_blobs:  # the lean build freed forward's values as backward went
+            with pytest.raises(UserError, match="each backward needs a forward"):
+                planned.backward()
+            with pytest.raises(UserError, match="only whole passes"):
+                planned.forward(start="conv1")
+        else:
             for name, blob in reference.blobs.items():
                 np.testing.assert_array_equal(blob.data, planned.blobs[name].data, name)
                 np.testing.assert_array_equal(blob.diff, planned.blobs[name].diff, name)
@@ -352,7 +436,7 @@ def test_googlenet_forward_is_identical_with_and_without_planning(
     deploy = corpus / "bvlc/models/bvlc_googlenet/deploy.prototxt"
     options = Options(phase="TEST", shapes={"data": (2, 3, 224, 224)})
     graph = load_layer_graph(deploy, options)
-    reference = _compiled(build_kernel_graph(graph, replace(options, plan_memory=False)),
+    reference = _compiled(build_kernel_graph(graph, replace(options, **optimization_switches(0))),
                           tmp_path / "reference")  # fmt: skip
     nets = [
         _compiled(build_kernel_graph(graph, options), tmp_path / "planned", poison=True),

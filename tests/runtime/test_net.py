@@ -136,8 +136,8 @@ def test_partial_forward_and_backward(lenet_net: caffec.Net) -> None:
     x = np.random.default_rng(2).random((64, 1, 28, 28)).astype(np.float32)
     full = lenet_net.forward(data=x)["prob"].copy()
     lenet_net.blobs["ip2"].data[...] = 0
-    lenet_net.forward(data=x, end="ip1")
-    assert not lenet_net.blobs["ip2"].data.any(), "stopped after ip1"
+    lenet_net.forward(data=x, end="relu1")  # (relu1 writes ip1 in place, as in Caffe)
+    assert not lenet_net.blobs["ip2"].data.any(), "stopped after relu1"
     out = lenet_net.forward(start="ip2")
     np.testing.assert_array_equal(out["prob"], full)
 

@@ -24,6 +24,9 @@ class Elementwise(SameShape):
     def consts(self, layer: Any) -> dict[str, float]:
         return {}
 
+    def backward_expr(self, layer: Any) -> str:
+        return self.backward
+
     def lower(self, op: Op, ctx: Any) -> None:
         ctx.emit(
             pmap(op.tops[0].shape, [(ctx.y(0), self.forward)], {"x": ctx.x(0)},
@@ -37,8 +40,8 @@ class Elementwise(SameShape):
         dx, accumulate = target
         inputs = {"x": ctx.x(0), "y": ctx.y(0), "dy": ctx.dy(0)}
         ctx.emit(
-            pmap(op.tops[0].shape, [(dx, self.backward)], inputs, self.consts(op.param),
-                 accumulate=accumulate)
+            pmap(op.tops[0].shape, [(dx, self.backward_expr(op.param))], inputs,
+                 self.consts(op.param), accumulate=accumulate)
         )  # fmt: skip
 
 
@@ -49,6 +52,11 @@ class ReLU(Elementwise):
 
     def consts(self, layer: Any) -> dict[str, float]:
         return {"slope": layer.relu_param.negative_slope}
+
+    def backward_expr(self, layer: Any) -> str:
+        """With a slope of 0 or more, y > 0 exactly where x > 0: the gradient then reads the
+        top, so the bottom need not outlive the forward pass and the top can take its bytes."""
+        return "y > 0 ? dy : dy * slope" if layer.relu_param.negative_slope >= 0 else self.backward
 
 
 @register_layer("Sigmoid", in_place=True)

@@ -439,11 +439,9 @@ class LRN(SameShape):
     def lower(self, op: Op, ctx: Any) -> None:
         shape = op.bottoms[0].shape
         attrs, consts, _ = self._plan(op)
-        squares = ctx.workspace("squares", shape)
         scale = ctx.state("scale", shape)
         ctx.emit(
-            pmap(shape, [(squares, "x * x")], {"x": ctx.x(0)}),
-            pool(Operand(squares), Operand(scale), None, attrs),
+            pool(Operand(ctx.x(0)), Operand(scale), None, {**attrs, "square": True}),
             pmap(shape, [(scale, "k + a * s")], {"s": scale}, consts),
             pmap(shape, [(ctx.y(0), "x * pow(s, -beta)")], {"x": ctx.x(0), "s": scale}, consts),
         )
@@ -457,15 +455,14 @@ class LRN(SameShape):
         attrs, consts, factor = self._plan(op)
         ratios = ctx.workspace("dy*y/scale", shape)
         windows = ctx.workspace("windowed ratios", shape)
-        inputs = {
-            "x": ctx.x(0), "y": ctx.y(0), "dy": ctx.dy(0), "s": ctx.state("scale", shape),
-            "r": windows,
-        }  # fmt: skip
+        inputs = {"y": ctx.y(0), "dy": ctx.dy(0), "s": ctx.state("scale", shape), "r": windows}
         ctx.emit(
             pmap(shape, [(ratios, "dy * y / s")], inputs),
             # the adjoint of the window sum: each ratio goes back to every x in its window
             pool_grad(Operand(ratios), None, Operand(windows), attrs, accumulate=False),
-            pmap(shape, [(dx, "dy * pow(s, -beta) - c * x * r")], inputs,
+            # x is y * scale^beta: reading the top, not the bottom, lets the bottom die after
+            # forward (the top is kept anyway, for the next layer's gradient)
+            pmap(shape, [(dx, "dy * pow(s, -beta) - c * y * pow(s, beta) * r")], inputs,
                  {**consts, "c": factor}, accumulate=accumulate),
         )  # fmt: skip
 

@@ -18,6 +18,18 @@ may run one again without the one before (``backward()`` twice after one
 ``forward()`` accumulates the parameter gradients twice), so a buffer used
 in more than one pass lives to the end of the last pass that uses it: a
 pooling mask forward writes stays intact through the whole backward pass.
+Only with ``keep_blobs=False`` (the lean build ``caffec train`` uses, where
+every backward follows its own forward and the runtime refuses a second one)
+does such a buffer die at its last use.
+
+**In place.** A ``map`` kernel may write an output over the bytes of an
+input when that input dies there: the input is read only element for element
+(index ``i``, same size), nothing reads it later, nothing outside the
+kernels reads it, and the output is new at that kernel and is not a buffer
+the runtime writes. The two then form one *storage* whose interval is the
+union of theirs; a chain of such maps (a ReLU after a bias, a gradient
+scaled in place) is one storage. This is how a ReLU's top takes its
+bottom's bytes, as Caffe's in-place layers do.
 
 **Pinned buffers** live for the whole run (interval [0, last + 1]) and so
 never share bytes with anything. A buffer is pinned when something outside
@@ -39,17 +51,22 @@ the kernels reads or writes it:
 Everything else is shared: workspaces, the layer states no binding exposes
 (pooling masks, softmax probabilities, ...), the earlier versions of in-place
 blobs (``ip1`` before ReLU makes ``ip1'``) and gradients nobody binds. So a
-partial run reads what an earlier run left only in bound buffers: one that
-starts where a layer reads an earlier version of an in-place blob
-(``forward(start="relu1")`` reads ``ip1``, which no binding shows) reads
-bytes a later layer may have reused. (Caffe's in-place layers would read
-the later version there; the reference layout does not give that either.)
+partial run reads what an earlier run left only in bound buffers. An earlier
+version of an in-place blob (``ip1`` before ``relu1`` makes ``ip1'``) is
+usually written in place (below), in the bytes of the version the binding
+shows, so partial runs see what Caffe's in-place layers give:
+``forward(end="ip1")`` leaves the unrectified values in ``ip1``, and
+``forward(start="relu1")`` rectifies what is there. Where it is not written
+in place, a run starting at such a layer reads bytes a later layer may have
+reused.
 A buffer nothing touches and nothing pins may share bytes with anything
 unpinned.
 
-**Offsets.** Greedy by size with best fit: pinned buffers first, one after
-another in buffer order at the bottom of the arena; then the rest from the
-largest to the smallest (ties: the earlier first use, then buffer order).
+**Offsets.** Greedy by size with best fit, over storages (a buffer not
+written in place is a storage of its own, and a storage is pinned when one
+of its buffers is): pinned storages first, one after another in buffer order
+at the bottom of the arena; then the rest from the largest to the smallest
+(ties: the earlier first use, then buffer order).
 Each one goes into the smallest gap, between the buffers already placed
 whose intervals overlap its own, that holds it (ties: the lowest offset),
 or above the highest of them when no gap does. Every size is rounded up to
@@ -60,9 +77,10 @@ With ``share=False`` the layout is the reference one (every arena buffer its
 own bytes, in buffer order): what ``Options(plan_memory=False)`` builds.
 
 **The naive size** is what Caffe allocates for the same net: for every blob
-its data, and its diff when the net runs backward (Caffe allocates diffs on
-first touch, and a forward-only net touches none), with the in-place versions
-of a blob counted once at their largest; plus, once each, the workspaces and
+its data, and its diff where backward computes one (Caffe allocates memory
+on first touch: a forward-only net touches no diff, and nothing writes the
+data layer's diff), with the in-place versions of a blob counted once at
+their largest; plus, once each, the workspaces and
 the layer states (Caffe's ``col_buffer_``, ``max_idx_``, ``prob_``...). No
 alignment padding is counted there.
 """
@@ -102,6 +120,7 @@ class MemoryPlan:
     share: bool = True
     keep_blobs: bool = True
     blob_of: dict[Buffer, str] = field(default_factory=dict)  # blob versions and gradients
+    in_place: dict[Buffer, Buffer] = field(default_factory=dict)  # output -> input it overwrites
 
     def summary(self) -> dict[str, Any]:
         """What the artifact's manifest records about the plan."""
@@ -109,6 +128,7 @@ class MemoryPlan:
             "shared": self.share,
             "keep_blobs": self.keep_blobs,
             "unshared_bytes": self.unshared_bytes,
+            "in_place": len(self.in_place),
             "pinned_bytes": sum(aligned(b.size * self.itemsize) for b in self.pinned),
         }
 
@@ -135,13 +155,15 @@ def _kernels(instr: Instr) -> list[Kernel]:
     return instr.body if isinstance(instr, Loop) else [instr]
 
 
-def liveness(kgraph: KernelGraph) -> tuple[dict[Buffer, Interval], set[Buffer]]:
+def liveness(
+    kgraph: KernelGraph, repeat: bool = True
+) -> tuple[dict[Buffer, Interval], set[Buffer]]:
     """Each touched arena buffer's interval (the first instruction is position 1), and the
     buffers whose first access reads them (or accumulates into them): they carry state in.
 
-    A buffer used in more than one pass lives to the end of the last pass that uses it:
-    pycaffe may run that pass again (two backward passes after one forward accumulate
-    the parameter gradients twice), and the rerun reads it again.
+    With ``repeat``, a buffer used in more than one pass lives to the end of the last pass
+    that uses it: pycaffe may run that pass again (two backward passes after one forward
+    accumulate the parameter gradients twice), and the rerun reads it again.
     """
     intervals: dict[Buffer, Interval] = {}
     passes: dict[Buffer, set[int]] = {}
@@ -164,19 +186,25 @@ def liveness(kgraph: KernelGraph) -> tuple[dict[Buffer, Interval], set[Buffer]]:
                     intervals[buffer] = (position, position)
                     if read:
                         carried.add(buffer)
-    for buffer, used in passes.items():
+    for buffer, used in passes.items() if repeat else ():
         if len(used) > 1:
             intervals[buffer] = (intervals[buffer][0], pass_end[max(used)])
     return intervals, carried
 
 
+def runtime_written(kgraph: KernelGraph) -> set[Buffer]:
+    """The buffers the runtime writes before a pass: inputs, seeds, output diffs, fills."""
+    written = {b for b in kgraph.buffers if b.kind in ("input", "seed")}
+    written |= set(kgraph.inputs.values())
+    written |= {b for b, _ in kgraph.seeds}
+    written |= set(kgraph.output_diffs.values())
+    written |= {b for b, _, _ in kgraph.fills}
+    return written
+
+
 def pinned_buffers(kgraph: KernelGraph, keep_blobs: bool = True) -> set[Buffer]:
     """The buffers the user or the runtime reads or writes outside the kernels (see above)."""
-    pinned = {b for b in kgraph.buffers if b.kind in ("input", "seed")}
-    pinned |= set(kgraph.inputs.values())
-    pinned |= {b for b, _ in kgraph.seeds}
-    pinned |= set(kgraph.output_diffs.values())
-    pinned |= {b for b, _, _ in kgraph.fills}
+    pinned = runtime_written(kgraph)
     if keep_blobs:
         for blob in kgraph.blobs.values():
             pinned.add(blob.data)
@@ -189,6 +217,48 @@ def pinned_buffers(kgraph: KernelGraph, keep_blobs: bool = True) -> set[Buffer]:
             if diff is not None:
                 pinned.add(diff)
     return {b for b in pinned if b.kind in ARENA_KINDS}
+
+
+def in_place_links(
+    kgraph: KernelGraph, touched: dict[Buffer, Interval], pinned: set[Buffer], fixed: set[Buffer]
+) -> dict[Buffer, Buffer]:
+    """Output -> input pairs of ``map`` kernels where the output may take the input's bytes
+    (see the module docstring). ``fixed`` are the buffers an output must not be: the ones
+    the runtime writes, and the ones that carry state from one run to the next."""
+    links: dict[Buffer, Buffer] = {}
+    sources: set[Buffer] = set()
+    for position, (_, instr) in enumerate(_passes(kgraph), start=1):
+        if not isinstance(instr, Kernel) or instr.prim != "map" or instr.accumulate:
+            continue
+        size = instr.attrs["size"]
+        index_of = {slot: index for _, slot, index in instr.attrs["loads"]}
+        elementwise: dict[Buffer, bool] = {}
+        for slot, read in enumerate(instr.reads):
+            plain = index_of.get(slot) == "i" and read.offset == 0 and read.step == 0
+            elementwise[read.buffer] = elementwise.get(read.buffer, True) and plain
+        candidates = [
+            b for b, ok in elementwise.items()
+            if ok and b.size == size and b not in pinned and b not in sources
+            and b.kind in ARENA_KINDS and touched.get(b, (0, 0))[1] == position
+        ]  # fmt: skip
+        for write in instr.writes:
+            out = write.buffer
+            if not candidates:
+                break
+            if (
+                write.offset
+                or write.step
+                or out.size != size
+                or out in fixed
+                or out in links
+                or out.kind not in ARENA_KINDS
+                or touched.get(out, (0, 0))[0] != position
+            ):
+                continue  # fmt: skip
+            source = candidates.pop(0)
+            links[out] = source
+            sources.add(source)
+    return links
 
 
 # --- offsets -------------------------------------------------------------------------------
@@ -269,7 +339,8 @@ def naive_bytes(kgraph: KernelGraph, blob_of: dict[Buffer, str], itemsize: int) 
     if not blob_of:  # a kernel graph built by hand: each blob's bound buffers are its versions
         blob_of = {b.data: name for name, b in kgraph.blobs.items()}
         blob_of.update({b.diff: name for name, b in kgraph.blobs.items() if b.diff is not None})
-    blob_count: dict[str, int] = {}
+    data: dict[str, int] = {}
+    diff: dict[str, int] = {}
     other = 0
     for buffer in kgraph.buffers:
         if buffer.kind not in ARENA_KINDS:
@@ -277,10 +348,10 @@ def naive_bytes(kgraph: KernelGraph, blob_of: dict[Buffer, str], itemsize: int) 
         blob = blob_of.get(buffer)
         if blob is None:
             other += buffer.size  # a workspace or a layer's own state
-        elif buffer.kind in ("input", "value"):
-            blob_count[blob] = max(blob_count.get(blob, 0), buffer.size)
-    diffs = 2 if kgraph.backward else 1
-    return (sum(blob_count.values()) * diffs + other) * itemsize
+        else:
+            sizes = data if buffer.kind in ("input", "value") else diff
+            sizes[blob] = max(sizes.get(blob, 0), buffer.size)
+    return (sum(data.values()) + sum(diff.values()) + other) * itemsize
 
 
 def plan_memory(
@@ -291,17 +362,20 @@ def plan_memory(
     keep_blobs: bool = True,
     itemsize: int | None = None,
     blob_of: dict[Buffer, str] | None = None,
+    naive: int | None = None,
 ) -> MemoryPlan:
     """The arena layout of ``kgraph`` (see the module docstring).
 
     ``lowering`` (what :func:`~caffec.compiler.passes.lower.lower` returned) tells which
     buffers are versions of one blob, for the naive size; ``blob_of`` gives that directly.
+    ``naive`` is the naive size measured before passes that drop buffers Caffe allocates
+    (a pooling mask found again in backward); by default it is measured on ``kgraph``.
     """
     itemsize = itemsize or ITEMSIZE[kgraph.dtype]
     if blob_of is None:
         blob_of = blob_versions(lowering) if lowering is not None else {}
     arena = [b for b in kgraph.buffers if b.kind in ARENA_KINDS]
-    touched, carried = liveness(kgraph)
+    touched, carried = liveness(kgraph, repeat=keep_blobs)
     pinned = pinned_buffers(kgraph, keep_blobs) | carried
     end = len(schedule(kgraph)) + 1
     intervals: dict[Buffer, Interval | None] = {
@@ -309,26 +383,55 @@ def plan_memory(
     }
     sizes = [b.size * itemsize for b in arena]
     unshared = sum(aligned(s) for s in sizes)
+    links: dict[Buffer, Buffer] = {}
+    offsets: dict[Buffer, int] = {}
     if share:
-        spans = [intervals[b] for b in arena]
-        starts, top = assign_offsets(sizes, spans, [i for i, b in enumerate(arena) if b in pinned])
+        links = in_place_links(kgraph, touched, pinned, runtime_written(kgraph) | carried)
+        groups = storages(arena, links)
+        spans = [_hull([intervals[b] for b in group]) for group in groups]
+        starts, top = assign_offsets(
+            [max(b.size for b in group) * itemsize for group in groups],
+            spans,
+            [i for i, group in enumerate(groups) if any(b in pinned for b in group)],
+        )
+        offsets = {b: start for group, start in zip(groups, starts, strict=True) for b in group}
     else:
-        starts, top = [], 0
-        for size in sizes:
-            starts.append(top)
+        top = 0
+        for buffer, size in zip(arena, sizes, strict=True):
+            offsets[buffer] = top
             top += aligned(size)
     return MemoryPlan(
-        offsets=dict(zip(arena, starts, strict=True)),
+        offsets={b: offsets[b] for b in arena},
         intervals=intervals,
         pinned={b for b in arena if b in pinned},
         arena_bytes=top,
-        naive_bytes=naive_bytes(kgraph, blob_of, itemsize),
+        naive_bytes=naive if naive is not None else naive_bytes(kgraph, blob_of, itemsize),
         unshared_bytes=unshared,
         itemsize=itemsize,
         share=share,
         keep_blobs=keep_blobs,
         blob_of=blob_of,
+        in_place=links,
     )
+
+
+def storages(arena: list[Buffer], links: dict[Buffer, Buffer]) -> list[list[Buffer]]:
+    """The arena buffers grouped by in-place chains, in buffer order (by first member)."""
+
+    def root(buffer: Buffer) -> Buffer:
+        while buffer in links:
+            buffer = links[buffer]
+        return buffer
+
+    groups: dict[Buffer, list[Buffer]] = {}
+    for buffer in arena:
+        groups.setdefault(root(buffer), []).append(buffer)
+    return list(groups.values())
+
+
+def _hull(intervals: list[Interval | None]) -> Interval | None:
+    known = [i for i in intervals if i is not None]
+    return (min(i[0] for i in known), max(i[1] for i in known)) if known else None
 
 
 def replan(kgraph: KernelGraph, itemsize: int) -> MemoryPlan:
@@ -347,6 +450,7 @@ def replan(kgraph: KernelGraph, itemsize: int) -> MemoryPlan:
         keep_blobs=earlier.keep_blobs,
         itemsize=itemsize,
         blob_of=earlier.blob_of,
+        naive=earlier.naive_bytes * itemsize // earlier.itemsize,
     )
 
 
@@ -358,5 +462,7 @@ def conflicts(plan: MemoryPlan) -> Iterator[tuple[Buffer, Buffer]]:
         for b in by_offset[i + 1 :]:
             if plan.offsets[b] >= a_end:
                 break
+            if plan.in_place.get(a) is b or plan.in_place.get(b) is a:
+                continue
             if b.size and a.size and overlaps(plan.intervals[a], plan.intervals[b]):
                 yield a, b
