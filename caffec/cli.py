@@ -31,6 +31,17 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-O",
+        type=int,
+        choices=[0, 1, 2],
+        default=2,
+        help="0: the reference build (every value its own memory, no fusion); 1: memory "
+        "planning (sharing, in-place writes, recomputation); 2: also fuse kernels (default)",
+    )
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
     from caffec.compiler.dump import FORMATS, kernels_to_text
     from caffec.compiler.pipeline import (
@@ -38,11 +49,13 @@ def _cmd_dump(args: argparse.Namespace) -> int:
         Options,
         build_kernel_graph,
         load_layer_graph,
+        optimization_switches,
     )
 
     options = Options(
-        phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape)
-    )
+        phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
+        **optimization_switches(args.O),
+    )  # fmt: skip
     if args.after in KERNEL_PASSES:
         if args.format != "text":
             raise UserError(f"--after {args.after} shows the kernel graph, as text only",
@@ -355,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     _net_options(dump)
     dump.add_argument("--after", choices=PASS_NAMES, help="stop after this pass (default: all)")
     dump.add_argument("--format", choices=["text", "json", "dot"], default="text")
+    _level_option(dump)
     dump.set_defaults(run=_cmd_dump)
 
     upgrade = sub.add_parser("upgrade", help="rewrite a V0/V1 net or old solver in today's format")
@@ -369,13 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     _net_options(compile_)
     compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
     compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    compile_.add_argument(
-        "-O",
-        type=int,
-        choices=[0, 1, 2],
-        default=2,
-        help="0: the reference build (no memory sharing); 1, 2: planned",
-    )
+    _level_option(compile_)
     compile_.add_argument(
         "--outputs-only",
         action="store_true",

@@ -64,7 +64,10 @@ class Net(CompiledNet):
 
     Keywords beyond pycaffe's: ``shapes`` (data top shapes, as ``--shape``),
     ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout),
-    ``backward`` (force a backward pass on or off), ``target_cpu``.
+    ``backward`` (force a backward pass on or off), ``target_cpu``, and
+    ``opt_level`` (as ``caffec compile -O``: 2 fuses kernels across layers, so
+    partial runs may not start or stop between fused layers; 1 does not fuse;
+    0 is the reference build).
     """
 
     def __init__(
@@ -80,8 +83,9 @@ class Net(CompiledNet):
         seed: int = 0,
         backward: bool | None = None,
         target_cpu: str = "native",
+        opt_level: int = 2,
     ) -> None:
-        from caffec.compiler.pipeline import Options
+        from caffec.compiler.pipeline import Options, optimization_switches
 
         if len(args) == 2:
             weights, phase = args
@@ -93,10 +97,12 @@ class Net(CompiledNet):
             raise UserError("give the phase: caffec.Net(prototxt, caffec.TEST)")
         if weights is not None and not os.path.exists(weights):
             raise UserError(f"no such weights file: '{weights}'")
+        if opt_level not in (0, 1, 2):
+            raise UserError(f"opt_level is 0, 1 or 2, not {opt_level!r}")
         self._network_file = Path(network_file)
         self._options = Options(
             phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
-            dtype=dtype, backward=backward,
+            dtype=dtype, backward=backward, **optimization_switches(opt_level),
         )  # fmt: skip
         self._target_cpu = target_cpu
         self._seed = seed

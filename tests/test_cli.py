@@ -222,7 +222,7 @@ def test_time_reports_caffes_table(capsys) -> None:
     assert sum(float(t) for t in backward) == pytest.approx(totals["Backward"], rel=0.1)
     assert re.search(r"^Average Forward-Backward: [\d.e-]+ ms\.$", "\n".join(messages), re.M)
     assert "*** Benchmark ends ***" in messages
-    assert any(re.match(r"\s*k\d+_convolution_gemm\tforward of conv1: [\d.e-]+ ms\.", m)
+    assert any(re.match(r"\s*k\d+_convolution_fused\tforward of conv1: [\d.e-]+ ms\.", m)
                for m in messages)  # fmt: skip
 
 

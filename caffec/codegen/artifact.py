@@ -46,7 +46,12 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
 
     def steps(direction: list) -> list[dict[str, Any]]:
         return [
-            {"layer": s.layer, "type": s.layer_type, "kernels": [names[id(k)] for k in s.kernels()]}
+            {
+                "layer": s.layer,
+                "type": s.layer_type,
+                "kernels": [names[id(k)] for k in s.kernels()],
+                "joined": s.joined,
+            }
             for s in direction
         ]
 

@@ -82,7 +82,12 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
     env = environment(target)
     names = kernel_names(kgraph)
     layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
-    helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
+    helpers: dict[str, Any] = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
+
+    def body(kernel: Kernel) -> str:
+        return env.get_template(f"{kernel.prim}.c.j2").render(kernel=kernel, **helpers)
+
+    helpers["body"] = body  # a fused kernel renders its parts one after another
     kernels = []
     loop_count = {
         id(k): instr.count
@@ -95,12 +100,15 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
     for direction, steps in kgraph.steps().items():
         for step in steps:
             for kernel in step.kernels():
-                body = env.get_template(f"{kernel.prim}.c.j2").render(kernel=kernel, **helpers)
+                text = body(kernel)
                 where = (
                     f"layer #{layer_index[step.layer]}" if step.layer in layer_index else "the net"
                 )
-                comment = f"{kernel.prim}, {direction} of {where} ({step.layer_type})"
-                kernels.append({"name": names[id(kernel)], "comment": comment, "body": body,
+                what = kernel.prim
+                if kernel.prim == "fused":
+                    what += " " + " + ".join(part.prim for part in kernel.attrs["parts"])
+                comment = f"{what}, {direction} of {where} ({step.layer_type})"
+                kernels.append({"name": names[id(kernel)], "comment": comment, "body": text,
                                 "count": loop_count.get(id(kernel), 1)})  # fmt: skip
     prelude = env.get_template("prelude.c.j2").render(
         version=caffec.__version__, dtype=kgraph.dtype, n_kernels=len(kernels)

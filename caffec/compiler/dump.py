@@ -116,7 +116,8 @@ def _kernel_text(kernel: Any) -> str:
     arrow = "+=" if kernel.accumulate else "="
     detail = ""
     if kernel.prim == "map":
-        detail = "  " + "; ".join(kernel.attrs["exprs"])
+        lets = [f"{name} = {expr}" for name, expr in kernel.attrs["lets"]]
+        detail = "  " + "; ".join(lets + kernel.attrs["exprs"])
     elif kernel.prim == "gemm":
         a = kernel.attrs
         detail = f"  {a['M']}x{a['N']}x{a['K']}"
@@ -126,6 +127,8 @@ def _kernel_text(kernel: Any) -> str:
     elif kernel.prim == "reduce":
         a = kernel.attrs
         detail = f"  {a['op']} over axes {a['axes_text']} of {a['dims_text']}"
+    elif kernel.prim == "fused":
+        return "    fused:\n" + "\n".join("  " + _kernel_text(k) for k in kernel.attrs["parts"])
     return f"    {kernel.prim}: {writes} {arrow} f({reads}){detail}"
 
 
@@ -136,7 +139,8 @@ def kernels_to_text(kgraph: Any) -> str:
              f"{len(kgraph.kernels())} kernels  {len(kgraph.buffers)} buffers"]  # fmt: skip
     for direction, steps in kgraph.steps().items():
         for step in steps:
-            lines.append(f"{direction} {step.layer} ({step.layer_type})")
+            joined = "  (fused with the layer before)" if step.joined else ""
+            lines.append(f"{direction} {step.layer} ({step.layer_type}){joined}")
             for instr in step.instrs:
                 if hasattr(instr, "body"):
                     lines.append(f"  for n in 0..{instr.count}:")

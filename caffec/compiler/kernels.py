@@ -100,6 +100,8 @@ class Step:
     layer: str
     layer_type: str
     instrs: list[Instr]
+    joined: bool = False  # a fused kernel runs this layer with the one before: no partial
+    # run may begin here
 
     def kernels(self) -> list[Kernel]:
         out: list[Kernel] = []

@@ -288,6 +288,15 @@ class CompiledNet:
         else:  # backward steps run from the last layer down
             begin = 0 if first is None else sum(1 for i in layer_of if i > first)
             stop = len(steps) if last is None else sum(1 for i in layer_of if i >= last)
+        for cut in (begin, stop):
+            if 0 < cut < len(steps) and steps[cut].get("joined"):
+                raise UserError(
+                    f"layers '{steps[cut - 1]['layer']}' and '{steps[cut]['layer']}' run as one "
+                    f"fused kernel in this build, so a partial {direction} cannot stop or start "
+                    "between them",
+                    hint="start or end at another layer, or build without fusion "
+                    "(caffec.Net(..., opt_level=1), caffec compile -O1)",
+                )
         return begin, stop
 
     def _layer_position(self, name: str) -> int:

@@ -142,6 +142,30 @@ def test_partial_forward_and_backward(lenet_net: caffec.Net) -> None:
     np.testing.assert_array_equal(out["prob"], full)
 
 
+def test_partial_runs_never_split_a_fused_kernel() -> None:
+    """ip1's GEMM and relu1 run as one kernel at -O2; at -O1 each layer is its own step."""
+    x = np.random.default_rng(3).random((4, 1, 28, 28))
+    fused = caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST,
+                       shapes={"data": (4, 1, 28, 28)})  # fmt: skip
+    with pytest.raises(UserError, match="'ip1' and 'relu1' run as one fused kernel"):
+        fused.forward(data=x, end="ip1")
+    with pytest.raises(UserError, match="fused"):
+        fused.forward(start="relu1")
+    plain = caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST,
+                       shapes={"data": (4, 1, 28, 28)}, opt_level=1)  # fmt: skip
+    rng = np.random.default_rng(4)
+    for name, blobs in plain.params.items():
+        for mine, theirs in zip(blobs, fused.params[name], strict=True):
+            mine.data[...] = theirs.data[...] = rng.standard_normal(mine.data.shape) * 0.1
+    plain.forward(data=x, end="ip1")
+    unrectified = plain.blobs["ip1"].data.copy()
+    assert (unrectified < 0).any()  # relu1 has not run yet
+    out = plain.forward(start="relu1")["prob"]
+    np.testing.assert_allclose(out, fused.forward(data=x)["prob"], rtol=1e-5)
+    with pytest.raises(UserError, match="opt_level"):
+        caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST, opt_level=3)
+
+
 def test_train_net_backward_accumulates_param_gradients(tmp_path: Path) -> None:
     net = caffec.Net(str(REPO / "examples/mnist/lenet_train_test.prototxt"), caffec.TRAIN,
                      shapes={"data": (8, 1, 28, 28)})  # fmt: skip

@@ -1,0 +1,489 @@
+"""Fusion: fewer kernels, fewer trips through memory, over layer boundaries.
+
+The pass rewrites the forward and backward schedules in four steps, then
+groups the solver's updates:
+
+1. **Copies read through.** A ``copy`` whose destination only one ``map``
+   reads (Concat's and Slice's gradients, split into the branches) is
+   dropped: the map reads the copy's source at the strided position
+   instead, and the destination is never allocated.
+2. **Map chains.** Two adjacent ``map`` kernels where the second reads the
+   first's output element for element become one map: the first's result is
+   a temporary of the second's loop (a bias add and the ReLU after it). The
+   intermediate is still written where something else reads it.
+3. **Maps into loops.** A map right after a per-image loop (a convolution's
+   bias and ReLU after its im2col + GEMM per image) moves into the loop,
+   working on each image's slice right after the GEMM wrote it, while it is
+   still in cache.
+4. **Groups.** Adjacent kernels that form producer -> consumer chains become
+   one ``fused`` kernel that runs its parts in order: at most one *anchor*
+   (``gemm``, ``reduce``, ``pool``, ``pool_grad``, ``copy``), ``map`` s
+   before it whose outputs it reads (prologues) and after it that read what
+   the group wrote (epilogues), ``im2col`` before a GEMM that reads its
+   columns, ``col2im`` after the GEMM whose output it folds. Two anchors are
+   never fused: a GEMM after a GEMM is not fusion. Where an anchor writes a
+   value that only an epilogue map reads, element for element, into a
+   value of the same layout, the anchor writes the map's output directly
+   and the map works in place: the convolution's pre-ReLU output is never
+   stored.
+5. **Solver.** Every parameter's update (and the gradient-norm reduction of
+   ``clip_gradients``) is one kernel.
+
+Nothing here changes what is computed, only where and when: the fused and
+the reference (``-O0``) builds agree to rounding (tested on every corpus net).
+Fused kernels may span layers. Their steps are marked ``joined``: a partial
+run (``forward(start=...)``) may not begin between two layers one kernel runs
+together, and says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, Loop, Operand, Step
+from caffec.compiler.passes.plan_memory import pinned_buffers, runtime_written
+from caffec.compiler.primitives import contiguous_strides, coordinate
+from caffec.errors import InternalError
+
+ANCHORS = frozenset({"gemm", "reduce", "pool", "pool_grad", "copy"})
+_NAME = re.compile(r"(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_]*")
+_FLAT_INDEX = re.compile(r"(?<![A-Za-z0-9_.])i(?![A-Za-z0-9_])")
+
+
+@dataclass(eq=False)
+class Entry:
+    """An instruction of one pass, the step it runs in, and the steps (layers) its work
+    came from."""
+
+    instr: Instr
+    home: int
+    origins: set[int] = field(default_factory=set)
+
+
+def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
+    """Fuse the kernels of ``kgraph`` in place (see the module docstring)."""
+    pinned = pinned_buffers(kgraph, keep_blobs) | runtime_written(kgraph)
+    for direction in ("forward", "backward"):
+        steps: list[Step] = getattr(kgraph, direction)
+        scope = Scope(kgraph, direction, pinned)
+        scope.entries = [Entry(i, s, {s}) for s, step in enumerate(steps) for i in step.instrs]
+        for rewrite in (_read_through_copies, _compose_adjacent_maps, _sink_maps_into_loops):
+            rewrite(scope)
+        _rebuild(steps, _group(scope))
+    if kgraph.update and sum(len(s.instrs) for s in kgraph.update) > 1:
+        parts = [k for step in kgraph.update for k in step.kernels()]
+        kgraph.update = [Step(kgraph.update[0].layer, kgraph.update[0].layer_type, [fused(parts)])]
+    kgraph.prune()
+    return kgraph
+
+
+@dataclass(eq=False)
+class Scope:
+    """One pass being fused: its instructions so far, and the rest of the graph."""
+
+    kgraph: KernelGraph
+    direction: str
+    pinned: set[Buffer]
+    entries: list[Entry] = field(default_factory=list)
+
+    def kernels(self) -> list[Kernel]:
+        """Every kernel of every pass as things stand, fused kernels opened."""
+        instrs = [e.instr for e in self.entries]
+        for direction, steps in self.kgraph.steps().items():
+            if direction != self.direction:
+                instrs += [i for step in steps for i in step.instrs]
+        out: list[Kernel] = []
+        for instr in instrs:
+            for kernel in instr.body if isinstance(instr, Loop) else [instr]:
+                out += kernel.attrs["parts"] if kernel.prim == "fused" else [kernel]
+        return out
+
+    def users(self, buffer: Buffer) -> tuple[list[Kernel], list[Kernel]]:
+        """The kernels that read ``buffer`` and the ones that write it."""
+        kernels = self.kernels()
+        readers = [k for k in kernels if any(o.buffer is buffer for o in k.reads)]
+        writers = [k for k in kernels if any(o.buffer is buffer for o in k.writes)]
+        return readers, writers
+
+
+def fused(parts: list[Kernel]) -> Kernel:
+    """One kernel running ``parts`` in order. Its operands are the parts' (an accumulating
+    part's outputs count as read too), for liveness and pruning."""
+    flat = [p for part in parts for p in (part.attrs["parts"] if part.prim == "fused" else [part])]
+    reads: list[Operand] = []
+    writes: list[Operand] = []
+    for part in flat:
+        reads += [o for o in part.reads if o not in reads]
+        if part.accumulate:
+            reads += [o for o in part.writes if o not in reads]
+        writes += [o for o in part.writes if o not in writes]
+    return Kernel("fused", reads, writes, {"parts": flat})
+
+
+# --- who touches what ------------------------------------------------------------------------
+
+
+def _is(o: Operand, buffer: Buffer, offset: int = 0, step: int = 0) -> bool:
+    """Whether ``o`` is ``buffer`` from ``offset`` advancing ``step`` (operands compare by
+    identity)."""
+    return o.buffer is buffer and o.offset == offset and o.step == step
+
+
+def _kernels_of(entry: Entry) -> list[Kernel]:
+    return entry.instr.body if isinstance(entry.instr, Loop) else [entry.instr]
+
+
+def _is_map(instr: Instr, random_ok: bool = False) -> bool:
+    return (
+        isinstance(instr, Kernel)
+        and instr.prim == "map"
+        and not instr.accumulate
+        and (random_ok or not instr.attrs["random"])
+    )
+
+
+def _loads_of(kernel: Kernel, buffer: Buffer) -> list[tuple[str, int, str]]:
+    return [load for load in kernel.attrs["loads"] if kernel.reads[load[1]].buffer is buffer]
+
+
+def _elementwise_only(kernel: Kernel, buffer: Buffer) -> bool:
+    """Whether a map reads ``buffer`` (if at all) only at its own element, as a whole."""
+    return all(index == "i" for _, _, index in _loads_of(kernel, buffer)) and all(
+        o.buffer is not buffer or _is(o, buffer) for o in kernel.reads
+    )
+
+
+# --- 1. copies read through ------------------------------------------------------------------
+
+
+def _read_through_copies(scope: Scope) -> None:
+    entries = scope.entries
+    position = 0
+    while position < len(entries):
+        copy = entries[position].instr
+        if isinstance(copy, Kernel) and copy.prim == "copy" and not copy.accumulate:
+            target = _reader_through(scope, position)
+            if target is not None:
+                _read_through(copy, entries[target].instr)
+                entries[target].origins |= entries[position].origins
+                del entries[position]
+                continue
+        position += 1
+
+
+def _reader_through(scope: Scope, position: int) -> int | None:
+    """The position of the one map that may read through the copy at ``position``."""
+    entries = scope.entries
+    copy = entries[position].instr
+    assert isinstance(copy, Kernel)
+    a = copy.attrs
+    destination, source = copy.writes[0], copy.reads[0]
+    if not _is(destination, destination.buffer) or destination.buffer in scope.pinned:
+        return None
+    if destination.buffer.size != a["size"] or a["dst_strides"] != contiguous_strides(a["shape"]):
+        return None
+    readers, writers = scope.users(destination.buffer)
+    if writers != [copy] or len(readers) != 1 or source.step:
+        return None
+    reader = readers[0]
+    for later in range(position + 1, len(entries)):
+        instr = entries[later].instr
+        if instr is reader:
+            if not _is_map(reader, random_ok=True) or not _elementwise_only(
+                reader, destination.buffer
+            ):
+                return None
+            if any(o.buffer is source.buffer for o in reader.writes):
+                return None
+            return later
+        if any(o.buffer is source.buffer for k in _kernels_of(entries[later]) for o in k.writes):
+            return None  # the source changes before the reader would read it
+    return None
+
+
+def _read_through(copy: Kernel, reader: Kernel) -> None:
+    """Make ``reader`` load the copy's source where the copy would have put it."""
+    a = copy.attrs
+    shape, strides = a["shape"], a["src_strides"]
+    terms = [
+        f"{coordinate(tuple(shape), axis)} * {stride}"
+        for axis, stride in enumerate(strides)
+        if shape[axis] > 1 and stride
+    ]
+    index = " + ".join(terms) or "0"
+    destination = copy.writes[0].buffer
+    for number, (name, slot, _) in enumerate(reader.attrs["loads"]):
+        if reader.reads[slot].buffer is destination:
+            reader.reads[slot] = copy.reads[0]
+            reader.attrs["loads"][number] = (name, slot, index)
+
+
+# --- 2. map chains -------------------------------------------------------------------------
+
+
+def _compose_adjacent_maps(scope: Scope) -> None:
+    entries = scope.entries
+    position = 0
+    while position + 1 < len(entries):
+        first, second = entries[position].instr, entries[position + 1].instr
+        composed = _compose(scope, first, second)
+        if composed is not None:
+            first_entry, second_entry = entries[position : position + 2]
+            entries[position : position + 2] = [
+                Entry(composed, first_entry.home, first_entry.origins | second_entry.origins)
+            ]
+            continue
+        position += 1
+
+
+def _compose(scope: Scope, first: Instr, second: Instr) -> Kernel | None:
+    if not (_is_map(first) and _is_map(second)):
+        return None
+    assert isinstance(first, Kernel) and isinstance(second, Kernel)
+    if len(first.writes) != 1 or first.attrs["size"] != second.attrs["size"]:
+        return None
+    middle = first.writes[0]
+    if not _is(middle, middle.buffer) or not _loads_of(second, middle.buffer):
+        return None
+    if not _elementwise_only(second, middle.buffer):
+        return None
+    written = {o.buffer for o in second.writes}
+    if middle.buffer in written:
+        return None
+    for _, slot, index in first.attrs["loads"]:  # the second must not overwrite what the
+        if first.reads[slot].buffer in written and index != "i":  # first reads elsewhere
+            return None
+    readers, _ = scope.users(middle.buffer)
+    keep = middle.buffer in scope.pinned or any(k is not first and k is not second for k in readers)
+    return _merge_maps(first, second, middle.buffer, keep)
+
+
+def _renamed(text: str, names: set[str], prefix: str) -> str:
+    return _NAME.sub(lambda m: prefix + m.group(0) if m.group(0) in names else m.group(0), text)
+
+
+def _merge_maps(first: Kernel, second: Kernel, middle: Buffer, keep: bool) -> Kernel:
+    """``second`` with ``first``'s result (``middle``) as a temporary of its loop."""
+    a, b = first.attrs, second.attrs
+
+    def namespace(attrs: dict) -> set[str]:
+        names = {n for n, _, _ in attrs["loads"]} | set(attrs["consts"]) | set(attrs["coords"])
+        return names | {n for n, _ in attrs["lets"]}
+
+    names_a, names_b = namespace(a), namespace(b)
+
+    def ra(text: str) -> str:
+        return _renamed(text, names_a, "p_")
+
+    def rb(text: str) -> str:
+        return _renamed(text, names_b, "q_")
+
+    reads = list(first.reads)
+    loads = [(ra(n), slot, ra(index)) for n, slot, index in a["loads"]]
+    middle_names = []
+    for name, slot, index in b["loads"]:
+        if second.reads[slot].buffer is middle:
+            middle_names.append(rb(name))
+            continue
+        reads.append(second.reads[slot])
+        loads.append((rb(name), len(reads) - 1, rb(index)))
+    lets = [(ra(n), ra(e)) for n, e in a["lets"]]
+    lets.append(("t_" + "0", ra(a["exprs"][0])))
+    lets += [(n, "t_0") for n in middle_names]
+    lets += [(rb(n), rb(e)) for n, e in b["lets"]]
+    writes = list(second.writes)
+    exprs = [rb(e) for e in b["exprs"]]
+    if keep:
+        writes.append(first.writes[0])
+        exprs.append("t_0")
+    attrs = {
+        "size": b["size"],
+        "loads": loads,
+        "consts": {**{ra(k): v for k, v in a["consts"].items()},
+                   **{rb(k): v for k, v in b["consts"].items()}},
+        "coords": {**{ra(k): v for k, v in a["coords"].items()},
+                   **{rb(k): v for k, v in b["coords"].items()}},
+        "lets": lets,
+        "exprs": exprs,
+        "random": False,
+    }  # fmt: skip
+    return Kernel("map", reads, writes, attrs)
+
+
+# --- 3. maps into loops --------------------------------------------------------------------
+
+
+def _sink_maps_into_loops(scope: Scope) -> None:
+    entries = scope.entries
+    position = 0
+    while position + 1 < len(entries):
+        loop, kernel = entries[position].instr, entries[position + 1].instr
+        if isinstance(loop, Loop) and _is_map(kernel):
+            assert isinstance(kernel, Kernel)
+            sliced = _sliced(kernel, loop)
+            if sliced is not None:
+                loop.body.append(sliced)
+                entries[position].origins |= entries[position + 1].origins
+                del entries[position + 1]
+                continue
+        position += 1
+
+
+def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
+    """``kernel`` as one iteration's share of ``loop``: image n's slice, if each image's
+    elements depend only on what the loop has written for that image."""
+    a = kernel.attrs
+    if a["size"] % loop.count:
+        return None
+    step = a["size"] // loop.count
+    written: dict[Buffer, list[Operand]] = {}
+    read_in_loop: set[Buffer] = set()
+    for body in loop.body:
+        for o in body.writes:
+            written.setdefault(o.buffer, []).append(o)
+        read_in_loop |= {o.buffer for o in body.reads}
+    whole = {slot: index == "i" for _, slot, index in a["loads"]}
+    for slot, read in enumerate(kernel.reads):
+        if read.buffer in written:
+            if not whole.get(slot) or not _is(read, read.buffer):
+                return None
+            if any(not _is(o, read.buffer, 0, step) for o in written[read.buffer]):
+                return None
+    for write in kernel.writes:
+        if not _is(write, write.buffer) or write.buffer in read_in_loop:
+            return None
+        if any(not _is(o, write.buffer, 0, step) for o in written.get(write.buffer, [])):
+            return None
+
+    def shifted(index: str) -> str:
+        return _FLAT_INDEX.sub(f"(n * {step} + i)", index)
+
+    reads = [Operand(r.buffer, 0, step) if whole.get(s) else r for s, r in enumerate(kernel.reads)]
+    loads = [(n, s, "i" if whole[s] else shifted(index)) for n, s, index in a["loads"]]
+    attrs = {
+        **a,
+        "size": step,
+        "loads": loads,
+        "coords": {name: shifted(index) for name, index in a["coords"].items()},
+    }
+    writes = [Operand(w.buffer, 0, step) for w in kernel.writes]
+    return Kernel("map", reads, writes, attrs)
+
+
+# --- 4. groups -----------------------------------------------------------------------------
+
+
+def _joins(group: list[Kernel], kernel: Kernel) -> bool:
+    """Whether ``kernel`` may join ``group`` (the kernels just before it; see above)."""
+    anchors = [k for k in group if k.prim in ANCHORS]
+    written = {o.buffer for k in group for o in k.writes}
+    reads_group = any(o.buffer in written for o in kernel.reads)
+    if kernel.prim == "map":
+        return reads_group
+    if kernel.prim in ANCHORS:
+        return not anchors and reads_group and all(k.prim in ("map", "im2col") for k in group)
+    if kernel.prim == "col2im":
+        return len(anchors) == 1 and anchors[0].prim == "gemm" and reads_group
+    return False
+
+
+def _grouped(kernels: list[Kernel]) -> list[list[int]]:
+    """Runs of positions in ``kernels`` that form groups."""
+    runs: list[list[int]] = []
+    for position, kernel in enumerate(kernels):
+        if runs and _joins([kernels[i] for i in runs[-1]], kernel):
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    return runs
+
+
+def _group(scope: Scope) -> list[Entry]:
+    """The pass's instructions with each group (see above) one fused kernel."""
+    entries = scope.entries
+    for entry in entries:  # inside the per-image loops first
+        if isinstance(entry.instr, Loop):
+            body = entry.instr.body
+            entry.instr.body = [_fuse_run([body[i] for i in run], scope) for run in _grouped(body)]
+    out: list[Entry] = []
+    run: list[Entry] = []
+
+    def flush() -> None:
+        if run:
+            kernel = _fuse_run([e.instr for e in run], scope)  # type: ignore[misc]
+            out.append(Entry(kernel, run[0].home, set().union(*(e.origins for e in run))))
+            run.clear()
+
+    for entry in entries:
+        if isinstance(entry.instr, Loop):
+            flush()
+            out.append(entry)
+        elif run and _joins([e.instr for e in run], entry.instr):  # type: ignore[misc]
+            run.append(entry)
+        else:
+            flush()
+            run.append(entry)
+    flush()
+    return out
+
+
+def _fuse_run(kernels: list[Kernel], scope: Scope) -> Kernel:
+    if len(kernels) == 1:
+        return kernels[0]
+    _write_through(kernels, scope)
+    return fused(kernels)
+
+
+def _write_through(kernels: list[Kernel], scope: Scope) -> None:
+    """Where an anchor's output is read only by an epilogue map of the group, element for
+    element, into an output of the same slice and size, let the anchor write the map's
+    output and the map work there in place."""
+    for anchor in (k for k in kernels if k.prim in ANCHORS):
+        for write in anchor.writes:
+            middle = write.buffer
+            if middle in scope.pinned or anchor.accumulate:
+                continue
+            readers, writers = scope.users(middle)
+            epilogue = [k for k in readers if k.prim == "map"]
+            if writers != [anchor] or len(readers) != 1 or not epilogue:
+                continue
+            reader = epilogue[0]
+            if reader not in kernels or reader.accumulate:
+                continue
+            slots = [s for s, o in enumerate(reader.reads) if o.buffer is middle]
+            if any(not _is(reader.reads[s], middle, write.offset, write.step) for s in slots):
+                continue
+            if any(index != "i" for _, s, index in reader.attrs["loads"] if s in slots):
+                continue
+            target = next(
+                (o for o in reader.writes
+                 if o.buffer.size == middle.size and _is(o, o.buffer, write.offset, write.step)),
+                None,
+            )  # fmt: skip
+            if target is None or any(
+                o.buffer is target.buffer
+                for k in kernels
+                for o in (*k.reads, *(k.writes if k is not reader else ()))
+            ):
+                continue  # something in the group reads the map's output as it was before
+            anchor.writes[anchor.writes.index(write)] = target
+            for s in slots:
+                reader.reads[s] = target
+
+
+# --- rebuilding the steps ------------------------------------------------------------------
+
+
+def _rebuild(steps: list[Step], entries: list[Entry]) -> None:
+    """Put each instruction in its step, and mark the steps a fused instruction's work spans
+    as joined to the one before."""
+    for step in steps:
+        step.instrs = []
+    for before, entry in zip(entries, entries[1:], strict=False):
+        if entry.home < before.home:
+            raise InternalError("fusion moved an instruction ahead of one it follows")
+    for entry in entries:
+        steps[entry.home].instrs.append(entry.instr)
+        for s in range(min(entry.origins) + 1, max(entry.origins) + 1):
+            steps[s].joined = True

@@ -1,0 +1,138 @@
+"""-O2 (fusion, in-place writes, recomputation, shared memory) computes what -O0 computes.
+
+Every net of BVLC Caffe's examples and models in the corpus is built twice, as the
+reference (-O0) and fully optimised (-O2), with the same parameters and inputs:
+nets with a loss run forward, backward and an SGD update (TRAIN), the others
+forward (TEST). Outputs, parameter gradients and updated weights must agree
+within 1e-5 relative: fusion changes where sums are taken (the C compiler may
+reassociate), never what is summed. The kernel counts are checked too.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPUS
+from test_corpus import DATA_SHAPES, NETS, TEST_STAGES, pyloss_on_path  # noqa: F401
+
+from caffec.codegen.artifact import write_artifact
+from caffec.compiler.pipeline import (
+    Options,
+    build_kernel_graph,
+    layer_graph_of,
+    load_layer_graph,
+    optimization_switches,
+)
+from caffec.errors import UserError
+from caffec.frontend import caffe_pb2
+from caffec.frontend.loader import read_net
+from caffec.runtime.net import CompiledNet
+
+BVLC = [p for p in NETS if p.is_relative_to(CORPUS / "bvlc")]
+LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.prototxt"
+SOLVER = caffe_pb2.SolverParameter(type="SGD", base_lr=0.01, momentum=0.9, weight_decay=5e-4)
+BATCH = 2
+
+
+def _small(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {name: (BATCH, *shape[1:]) for name, shape in shapes.items()}
+
+
+def _compare(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    scale = float(np.max(np.abs(a), initial=0.0))
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
+
+
+def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int, int]:
+    """Build -O0 and -O2 from ``graph_of(options)``, run both, compare; the kernel counts."""
+    kgraphs = []
+    for level in (0, 2):
+        opts = replace(options, **optimization_switches(level))
+        kgraphs.append(build_kernel_graph(graph_of(opts), opts))  # type: ignore[operator]
+    with ThreadPoolExecutor(2) as pool:  # the two C compiles at once, on two cores
+        paths = list(pool.map(write_artifact, kgraphs, [out / "O0", out / "O2"]))
+    nets = [CompiledNet(path, seed=7) for path in paths]
+    counts = [len(k.kernels()) for k in kgraphs]
+    reference, optimised = nets
+    rng = np.random.default_rng(0)
+    for name, blobs in reference.params.items():  # scaled by fan-in: no overflow in deep nets
+        for a, b in zip(blobs, optimised.params[name], strict=True):
+            fan_in = max(1, int(np.prod(a.data.shape[1:])))
+            a.data[...] = b.data[...] = rng.standard_normal(a.data.shape) / np.sqrt(fan_in)
+    feed = {}
+    for name in reference.inputs:
+        shape = reference.blobs[name].data.shape
+        label = "label" in name or name == "sim"
+        feed[name] = rng.integers(0, 2, shape) if label else rng.standard_normal(shape)
+    training = options.backward and bool(reference.artifact.manifest["loss_tops"])
+    for iteration in range(2 if training else 1):
+        results = []
+        for net in nets:
+            outputs = {k: v.copy() for k, v in net.forward(**feed).items()}
+            if training:
+                net.clear_param_diffs()
+                net.backward()
+                grads = {f"{n} {i} diff": b.diff.copy() for n, bs in net.params.items()
+                         for i, b in enumerate(bs)}  # fmt: skip
+                net._exec.of_kind("hyper")[0] = 0.01
+                net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+                weights = {f"{n} {i}": b.data.copy() for n, bs in net.params.items()
+                           for i, b in enumerate(bs)}  # fmt: skip
+                outputs |= grads | weights
+            results.append(outputs)
+        assert results[0].keys() == results[1].keys()
+        for key, value in results[0].items():
+            assert np.isfinite(value).all(), key
+            _compare(value, results[1][key], f"{key} (iteration {iteration})")
+    return counts[0], counts[1]
+
+
+@pytest.mark.usefixtures("pyloss_on_path")
+@pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_net_optimised_equals_reference(path: Path, tmp_path: Path) -> None:
+    net, spans = read_net(path)
+    has_loss = any("Loss" in layer.type for layer in net.layer)
+    phase = "TRAIN" if has_loss else "TEST"
+    stages = TEST_STAGES.get(path.name, ()) if phase == "TEST" else ()
+    data_tops = {t for layer in net.layer if not layer.bottom for t in layer.top}
+    shapes = {k: v for k, v in DATA_SHAPES.get(path.parent.name, {}).items() if k in data_tops}
+    options = Options(phase=phase, stages=stages, shapes=shapes, base_dir=path.parent,
+                      backward=has_loss, solver=SOLVER if has_loss else None)  # fmt: skip
+    try:  # the data shapes (from the sources where the corpus has them), at a small batch
+        probe = layer_graph_of(net, spans, options)
+    except UserError as err:
+        pytest.skip(err.message)
+    given = {v.blob: v.shape for op in probe.ops if not op.bottoms for v in op.tops}
+    options = replace(options, shapes=_small({k: v for k, v in given.items() if len(v) > 1}))
+    try:
+        reference, optimised = check_equivalent(
+            lambda o: layer_graph_of(net, spans, o), options, tmp_path
+        )
+    except UserError as err:
+        if "cannot compile" not in err.message:
+            raise
+        pytest.skip(err.message)
+    assert optimised < reference
+
+
+def test_lenet_training_optimised_equals_reference_with_half_the_kernels(tmp_path: Path) -> None:
+    options = Options(phase="TRAIN", shapes={"data": (16, 1, 28, 28)}, backward=True,
+                      solver=SOLVER)  # fmt: skip
+    reference, optimised = check_equivalent(lambda o: load_layer_graph(LENET, o), options, tmp_path)
+    assert 2 * optimised <= reference
+
+
+def test_googlenet_training_has_half_the_kernels(corpus: Path) -> None:
+    path = corpus / "bvlc/models/bvlc_googlenet/train_val.prototxt"
+    options = Options(phase="TRAIN", shapes={"data": (BATCH, 3, 224, 224)}, backward=True,
+                      solver=SOLVER)  # fmt: skip
+    graph = load_layer_graph(path, options)
+    counts = [
+        len(build_kernel_graph(graph, replace(options, **optimization_switches(level))).kernels())
+        for level in (0, 2)
+    ]
+    assert 2 * counts[1] <= counts[0]
