@@ -31,6 +31,14 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _outputs_only_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="share memory more: only the outputs stay readable after a run",
+    )
+
+
 def _level_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-O",
@@ -54,7 +62,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
     options = Options(
         phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
-        **optimization_switches(args.O),
+        keep_blobs=not args.outputs_only, **optimization_switches(args.O),
     )  # fmt: skip
     if args.after in KERNEL_PASSES:
         if args.format != "text":
@@ -116,7 +124,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         CompiledNet(out, args.weights)  # refuse weights that do not fit, before embedding them
         shutil.copyfile(args.weights, out / "weights.caffemodel")
     print(
-        f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels, "
+        f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels "
+        f"(from {len(kgraph.primitives())} primitives), "
         f"{'forward and backward' if kgraph.backward else 'forward only'}, {kgraph.dtype}"
     )
     if args.report:
@@ -369,6 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--after", choices=PASS_NAMES, help="stop after this pass (default: all)")
     dump.add_argument("--format", choices=["text", "json", "dot"], default="text")
     _level_option(dump)
+    _outputs_only_option(dump)
     dump.set_defaults(run=_cmd_dump)
 
     upgrade = sub.add_parser("upgrade", help="rewrite a V0/V1 net or old solver in today's format")
@@ -384,11 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
     compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     _level_option(compile_)
-    compile_.add_argument(
-        "--outputs-only",
-        action="store_true",
-        help="share memory more: only the outputs stay readable after a run",
-    )
+    _outputs_only_option(compile_)
     compile_.add_argument(
         "--report", action="store_true", help="print the arena against Caffe's, and peak RSS"
     )

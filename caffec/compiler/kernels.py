@@ -171,6 +171,10 @@ class KernelGraph:
     def kernels(self) -> list[Kernel]:
         return [k for steps in self.steps().values() for step in steps for k in step.kernels()]
 
+    def primitives(self) -> list[Kernel]:
+        """The primitive instances: the kernels, with fused kernels opened into their parts."""
+        return [p for k in self.kernels() for p in (k.attrs["parts"] if k.prim == "fused" else [k])]
+
     def prune(self) -> None:
         """Drop buffers nothing reads, writes or shows (gradients nobody computes)."""
         used = {id(o.buffer) for k in self.kernels() for o in (*k.reads, *k.writes)}

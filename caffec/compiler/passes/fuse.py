@@ -108,15 +108,15 @@ class Scope:
 
 
 def fused(parts: list[Kernel]) -> Kernel:
-    """One kernel running ``parts`` in order. Its operands are the parts' (an accumulating
-    part's outputs count as read too), for liveness and pruning."""
+    """One kernel running ``parts`` in order. It reads what a part reads (or accumulates
+    into) before an earlier part wrote it, and writes what any part writes."""
     flat = [p for part in parts for p in (part.attrs["parts"] if part.prim == "fused" else [part])]
     reads: list[Operand] = []
     writes: list[Operand] = []
     for part in flat:
-        reads += [o for o in part.reads if o not in reads]
-        if part.accumulate:
-            reads += [o for o in part.writes if o not in reads]
+        written = {o.buffer for o in writes}
+        inputs = [*part.reads, *(part.writes if part.accumulate else [])]
+        reads += [o for o in inputs if o.buffer not in written and o not in reads]
         writes += [o for o in part.writes if o not in writes]
     return Kernel("fused", reads, writes, {"parts": flat})
 

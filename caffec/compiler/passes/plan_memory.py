@@ -22,8 +22,10 @@ Only with ``keep_blobs=False`` (the lean build ``caffec train`` uses, where
 every backward follows its own forward and the runtime refuses a second one)
 does such a buffer die at its last use.
 
-**In place.** A ``map`` kernel may write an output over the bytes of an
-input when that input dies there: the input is read only element for element
+**In place.** A ``map`` kernel (or a map part of a fused kernel: then the
+input is not touched by a later part, nor the output by an earlier one) may
+write an output over the bytes of an input when that input dies there: the
+input is read only element for element
 (index ``i``, same size), nothing reads it later, nothing outside the
 kernels reads it, and the output is new at that kernel and is not a buffer
 the runtime writes. The two then form one *storage* whose interval is the
@@ -228,36 +230,39 @@ def in_place_links(
     links: dict[Buffer, Buffer] = {}
     sources: set[Buffer] = set()
     for position, (_, instr) in enumerate(_passes(kgraph), start=1):
-        if not isinstance(instr, Kernel) or instr.prim != "map" or instr.accumulate:
+        if not isinstance(instr, Kernel):
             continue
-        size = instr.attrs["size"]
-        index_of = {slot: index for _, slot, index in instr.attrs["loads"]}
-        elementwise: dict[Buffer, bool] = {}
-        for slot, read in enumerate(instr.reads):
-            plain = index_of.get(slot) == "i" and read.offset == 0 and read.step == 0
-            elementwise[read.buffer] = elementwise.get(read.buffer, True) and plain
-        candidates = [
-            b for b, ok in elementwise.items()
-            if ok and b.size == size and b not in pinned and b not in sources
-            and b.kind in ARENA_KINDS and touched.get(b, (0, 0))[1] == position
-        ]  # fmt: skip
-        for write in instr.writes:
-            out = write.buffer
-            if not candidates:
-                break
-            if (
-                write.offset
-                or write.step
-                or out.size != size
-                or out in fixed
-                or out in links
-                or out.kind not in ARENA_KINDS
-                or touched.get(out, (0, 0))[0] != position
-            ):
-                continue  # fmt: skip
-            source = candidates.pop(0)
-            links[out] = source
-            sources.add(source)
+        parts = instr.attrs["parts"] if instr.prim == "fused" else [instr]
+        for number, kernel in enumerate(parts):
+            if kernel.prim != "map" or kernel.accumulate:
+                continue
+            # inside a fused kernel: the input is not touched after this part, nor the output
+            # before it
+            after = {o.buffer for k in parts[number + 1 :] for o in (*k.reads, *k.writes)}
+            before = {o.buffer for k in parts[:number] for o in (*k.reads, *k.writes)}
+            size = kernel.attrs["size"]
+            index_of = {slot: index for _, slot, index in kernel.attrs["loads"]}
+            elementwise: dict[Buffer, bool] = {}
+            for slot, read in enumerate(kernel.reads):
+                plain = index_of.get(slot) == "i" and read.offset == 0 and read.step == 0
+                elementwise[read.buffer] = elementwise.get(read.buffer, True) and plain
+            candidates = [
+                b for b, ok in elementwise.items()
+                if ok and b.size == size and b not in pinned and b not in sources
+                and b not in after and b.kind in ARENA_KINDS
+                and touched.get(b, (0, 0))[1] == position
+            ]  # fmt: skip
+            for write in kernel.writes:
+                out = write.buffer
+                if not candidates:
+                    break
+                if (write.offset or write.step or out.size != size or out in fixed
+                        or out in links or out in before or out.kind not in ARENA_KINDS
+                        or touched.get(out, (0, 0))[0] != position):  # fmt: skip
+                    continue
+                source = candidates.pop(0)
+                links[out] = source
+                sources.add(source)
     return links
 
 
