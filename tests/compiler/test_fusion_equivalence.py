@@ -136,3 +136,12 @@ def test_googlenet_training_has_half_the_kernels(corpus: Path) -> None:
         for level in (0, 2)
     ]
     assert 2 * counts[1] <= counts[0]
+
+
+def test_lean_caffenet_training_equals_reference(corpus: Path, tmp_path: Path) -> None:
+    """--outputs-only adds pooling before ReLU, copies written through and lean liveness."""
+    path = corpus / "bvlc/models/bvlc_reference_caffenet/train_val.prototxt"
+    options = Options(phase="TRAIN", shapes={"data": (BATCH, 3, 227, 227)}, backward=True,
+                      solver=SOLVER, keep_blobs=False)  # fmt: skip
+    reference, optimised = check_equivalent(lambda o: load_layer_graph(path, o), options, tmp_path)
+    assert 2 * optimised <= reference

@@ -109,3 +109,61 @@ def test_pooling_masks_are_found_again_only_where_the_input_is_kept(keep_blobs: 
         load_layer_graph(LENET, options), replace(options, **optimization_switches(0))
     )
     assert len([b for b in unoptimized.buffers if b.name.endswith("argmax")]) == 2
+
+
+# two branches (one convolution with padding, one 1x1 after a pooling) joined by a Concat
+# over channels, then a convolution over the joined blob, as in an inception block
+INCEPTION = """
+name: "inception"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 3 dim: 4 dim: 9 dim: 9 } shape { dim: 3 } } }
+layer { name: "a" type: "Convolution" bottom: "data" top: "a"
+        convolution_param { num_output: 5 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu_a" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "b" type: "Convolution" bottom: "pool" top: "b"
+        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu_b" type: "ReLU" bottom: "b" top: "b" }
+layer { name: "joined" type: "Concat" bottom: "a" bottom: "b" top: "joined" }
+layer { name: "c" type: "Convolution" bottom: "joined" top: "c"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "flat" type: "Flatten" bottom: "c" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_concat_branches_write_into_the_joined_blob_in_lean_builds(tmp_path: Path) -> None:
+    base = Options(phase="TRAIN", backward=True, solver=SOLVER)
+    net, spans = parse_net(INCEPTION, "inception.prototxt")
+    builds = []
+    for name, options in [("ref", replace(base, **optimization_switches(0))),
+                          ("lean", replace(base, keep_blobs=False))]:  # fmt: skip
+        kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
+        builds.append((kgraph, CompiledNet(write_artifact(kgraph, tmp_path / name), seed=1)))
+    (ref_graph, reference), (lean_graph, lean) = builds
+    copies = [k for k in lean_graph.primitives() if k.prim == "copy"]
+    assert not copies  # no Concat copies forward, Flatten's input written in place
+    assert len([k for k in ref_graph.primitives() if k.prim == "copy"]) >= 4
+    for name, blobs in reference.params.items():
+        for a, b in zip(blobs, lean.params[name], strict=True):
+            b.data[...] = a.data
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        feed = {"data": rng.standard_normal((3, 4, 9, 9)), "label": rng.integers(0, 3, 3)}
+        losses = []
+        for net_ in (reference, lean):
+            net_.clear_param_diffs()
+            losses.append(float(net_.forward(**feed)["loss"]))
+            net_.backward()
+            net_._exec.of_kind("hyper")[0] = 0.1
+            net_._exec.run("update", 0, len(net_.artifact.manifest["update"]))
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+        for name, blobs in reference.params.items():
+            for a, b in zip(blobs, lean.params[name], strict=True):
+                np.testing.assert_allclose(b.diff, a.diff, rtol=1e-5, atol=1e-6, err_msg=name)
+                np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-6, err_msg=name)

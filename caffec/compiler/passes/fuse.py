@@ -1,6 +1,6 @@
 """Fusion: fewer kernels, fewer trips through memory, over layer boundaries.
 
-The pass rewrites the forward and backward schedules in four steps, then
+The pass rewrites the forward and backward schedules in five steps, then
 groups the solver's updates:
 
 1. **Copies read through.** A ``copy`` whose destination only one ``map``
@@ -15,7 +15,14 @@ groups the solver's updates:
    bias and ReLU after its im2col + GEMM per image) moves into the loop,
    working on each image's slice right after the GEMM wrote it, while it is
    still in cache.
-4. **Groups.** Adjacent kernels that form producer -> consumer chains become
+4. **Copies written through.** A ``copy`` from a value nobody outside the
+   kernels sees (a Concat bottom, a Flatten's or Split's input, in a lean
+   build) is dropped: the kernels that write and read the value use the
+   copy's destination instead, in place (Concat without concatenating: each
+   branch's per-image GEMM writes its channels of the joined blob). Where
+   the destination is strided (Concat over channels with more than one
+   image), only per-image slices and element-for-element maps can be moved.
+5. **Groups.** Adjacent kernels that form producer -> consumer chains become
    one ``fused`` kernel that runs its parts in order: at most one *anchor*
    (``gemm``, ``reduce``, ``pool``, ``pool_grad``, ``copy``), ``map`` s
    before it whose outputs it reads (prologues) and after it that read what
@@ -26,7 +33,7 @@ groups the solver's updates:
    value of the same layout, the anchor writes the map's output directly
    and the map works in place: the convolution's pre-ReLU output is never
    stored.
-5. **Solver.** Every parameter's update (and the gradient-norm reduction of
+6. **Solver.** Every parameter's update (and the gradient-norm reduction of
    ``clip_gradients``) is one kernel.
 
 Nothing here changes what is computed, only where and when: the fused and
@@ -68,7 +75,9 @@ def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
         steps: list[Step] = getattr(kgraph, direction)
         scope = Scope(kgraph, direction, pinned)
         scope.entries = [Entry(i, s, {s}) for s, step in enumerate(steps) for i in step.instrs]
-        for rewrite in (_read_through_copies, _compose_adjacent_maps, _sink_maps_into_loops):
+        rewrites = (_read_through_copies, _compose_adjacent_maps, _sink_maps_into_loops,
+                    _write_into_copies)  # fmt: skip
+        for rewrite in rewrites:
             rewrite(scope)
         _rebuild(steps, _group(scope))
     if kgraph.update and sum(len(s.instrs) for s in kgraph.update) > 1:
@@ -86,6 +95,7 @@ class Scope:
     direction: str
     pinned: set[Buffer]
     entries: list[Entry] = field(default_factory=list)
+    moved: set[int] = field(default_factory=set)  # kernels now writing a copy's destination
 
     def kernels(self) -> list[Kernel]:
         """Every kernel of every pass as things stand, fused kernels opened."""
@@ -152,6 +162,78 @@ def _elementwise_only(kernel: Kernel, buffer: Buffer) -> bool:
     return all(index == "i" for _, _, index in _loads_of(kernel, buffer)) and all(
         o.buffer is not buffer or _is(o, buffer) for o in kernel.reads
     )
+
+
+# --- 4. copies written through ---------------------------------------------------------------
+
+
+def _write_into_copies(scope: Scope) -> None:
+    entries = scope.entries
+    position = 0
+    while position < len(entries):
+        copy = entries[position].instr
+        if isinstance(copy, Kernel) and copy.prim == "copy" and _moved_into(scope, copy):
+            del entries[position]
+            continue
+        position += 1
+
+
+def _moved_into(scope: Scope, copy: Kernel) -> bool:
+    """Retarget every access of the copy's source to its place in the destination, if the
+    source is a value only kernels see and every access can be moved (see above)."""
+    a = copy.attrs
+    source, destination = copy.reads[0], copy.writes[0]
+    value = source.buffer
+    if copy.accumulate or not _is(source, value) or value.size != a["size"]:
+        return False
+    if value in scope.pinned or value.kind not in ("value", "grad") or destination.step:
+        return False
+    if a["src_strides"] != contiguous_strides(a["shape"]):
+        return False
+    readers, writers = scope.users(value)
+    _, joined_writers = scope.users(destination.buffer)  # the other copies into it, or what
+    if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes their part
+           for k in joined_writers):  # fmt: skip
+        return False
+    flat = a["dst_strides"] == contiguous_strides(a["shape"])
+    accesses = [(k, o) for k in {*readers, *writers} - {copy}
+                for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
+    if not flat:
+        if len(a["shape"]) != 2 or a["dst_strides"][1] != 1:
+            return False
+        rows, row = a["shape"]
+        for kernel, o in accesses:
+            sliced = o.offset == 0 and o.step == row
+            whole = _is(o, value) and _is_map(kernel, random_ok=True)
+            if whole and o in kernel.writes:
+                return False  # a map writes element i: it cannot scatter
+            if whole and any(ix != "i" for _, sl, ix in kernel.attrs["loads"]
+                             if kernel.reads[sl] is o):  # fmt: skip
+                return False
+            if not (sliced or whole):
+                return False
+    for kernel, o in accesses:
+        _retarget(kernel, o, destination, a, flat)
+        scope.moved.add(id(kernel))
+    return True
+
+
+def _retarget(kernel: Kernel, old: Operand, destination: Operand, a: dict, flat: bool) -> None:
+    """Replace operand ``old`` of ``kernel`` by its place in the copy's destination."""
+    if flat:  # the same layout, from the destination's offset
+        new = Operand(destination.buffer, destination.offset + old.offset, old.step)
+    elif old.step:  # image n's slice: its row of the destination
+        new = Operand(destination.buffer, destination.offset, a["dst_strides"][0])
+    else:  # a whole-value map operand read element for element: gather from the rows
+        new = Operand(destination.buffer, destination.offset)
+        row, stride = a["shape"][1], a["dst_strides"][0]
+        for number, (name, slot, _) in enumerate(kernel.attrs["loads"]):
+            if kernel.reads[slot] is old:
+                kernel.attrs["loads"][number] = (name, slot, f"(i / {row}) * {stride} + i % {row}")
+    for operands in (kernel.reads, kernel.writes):
+        for number, o in enumerate(operands):
+            if o is old:
+                operands[number] = new
 
 
 # --- 1. copies read through ------------------------------------------------------------------
@@ -371,7 +453,7 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
     return Kernel("map", reads, writes, attrs)
 
 
-# --- 4. groups -----------------------------------------------------------------------------
+# --- 5. groups -----------------------------------------------------------------------------
 
 
 def _joins(group: list[Kernel], kernel: Kernel) -> bool:
@@ -437,8 +519,8 @@ def _fuse_run(kernels: list[Kernel], scope: Scope) -> Kernel:
 
 def _write_through(kernels: list[Kernel], scope: Scope) -> None:
     """Where an anchor's output is read only by an epilogue map of the group, element for
-    element, into an output of the same slice and size, let the anchor write the map's
-    output and the map work there in place."""
+    element over exactly what the anchor writes, let the anchor write the map's output and
+    the map work there in place."""
     for anchor in (k for k in kernels if k.prim in ANCHORS):
         for write in anchor.writes:
             middle = write.buffer
@@ -456,12 +538,10 @@ def _write_through(kernels: list[Kernel], scope: Scope) -> None:
                 continue
             if any(index != "i" for _, s, index in reader.attrs["loads"] if s in slots):
                 continue
-            target = next(
-                (o for o in reader.writes
-                 if o.buffer.size == middle.size and _is(o, o.buffer, write.offset, write.step)),
-                None,
-            )  # fmt: skip
-            if target is None or any(
+            if _extent(anchor) != reader.attrs["size"]:
+                continue  # the map does not cover exactly what the anchor writes, in order
+            target = reader.writes[0]
+            if any(
                 o.buffer is target.buffer
                 for k in kernels
                 for o in (*k.reads, *(k.writes if k is not reader else ()))
@@ -470,6 +550,19 @@ def _write_through(kernels: list[Kernel], scope: Scope) -> None:
             anchor.writes[anchor.writes.index(write)] = target
             for s in slots:
                 reader.reads[s] = target
+
+
+def _extent(anchor: Kernel) -> int | None:
+    """How many elements an anchor writes one after another from its output pointer (per
+    iteration), or None where they are not contiguous."""
+    a = anchor.attrs
+    if anchor.prim == "gemm" and (a["batch"] == 1 or a["stride_c"] == a["M"] * a["N"]):
+        return int(a["M"] * a["N"] * a["batch"])
+    if anchor.prim == "pool":
+        return int(a["P"] * a["OH"] * a["OW"])
+    if anchor.prim == "reduce":
+        return int(a["out_size"])
+    return None
 
 
 # --- rebuilding the steps ------------------------------------------------------------------

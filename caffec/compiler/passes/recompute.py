@@ -16,7 +16,8 @@ gradient its output). Then the mask is dropped and nothing is kept in its
 place. Where the input would die after forward (LeNet's first pooling reads
 a convolution's output that nothing else needs), the mask is smaller than the
 input and stays. A mask that is a top of the layer (the user asked for it)
-always stays.
+always stays; one that nothing reads (a build without backward) is not
+written at all.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def recompute(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
                     readers.setdefault(read.buffer, []).append((position, kernel))
     for mask, (forward, source) in masks.items():
         uses = readers.get(mask, [])
-        if not uses or any(k.prim != "pool_grad" for _, k in uses):
+        if not uses:  # no backward reads it (a TEST build): forward need not write it
+            forward.writes.pop()
+            continue
+        if any(k.prim != "pool_grad" for _, k in uses):
             continue
         last = max(position for position, _ in uses)
         if source.buffer not in pinned and touched.get(source.buffer, (0, 0))[1] < last:
