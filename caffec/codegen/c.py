@@ -38,6 +38,8 @@ def environment(target: str) -> jinja2.Environment:
 def pointer(op: Operand, ctype: str) -> str:
     """C for an operand's address: a slot of the pointer table, offset, stepped by n."""
     text = f"({ctype})buf[{op.buffer.index}]"
+    if op.buffer.copies > 1:  # this thread's copy of a loop's workspace
+        text += f" + caffec_thread() * {op.buffer.size}"
     if op.offset:
         text += f" + {op.offset}"
     if op.step:
@@ -129,8 +131,9 @@ def _step_view(step: Step, names: dict[int, str], layer_index: dict[str, int]) -
     for instr in step.instrs:
         if isinstance(instr, Loop):
             instrs.append(
-                {"loop": True, "count": instr.count, "names": [names[id(k)] for k in instr.body]}
-            )
+                {"loop": True, "count": instr.count, "threads": instr.threads,
+                 "names": [names[id(k)] for k in instr.body]}
+            )  # fmt: skip
         else:
             assert isinstance(instr, Kernel)
             instrs.append({"loop": False, "names": [names[id(instr)]]})

@@ -143,7 +143,8 @@ def kernels_to_text(kgraph: Any) -> str:
             lines.append(f"{direction} {step.layer} ({step.layer_type}){joined}")
             for instr in step.instrs:
                 if hasattr(instr, "body"):
-                    lines.append(f"  for n in 0..{instr.count}:")
+                    threads = f" on {instr.threads} threads" if instr.threads > 1 else ""
+                    lines.append(f"  for n in 0..{instr.count}{threads}:")
                     lines += ["  " + _kernel_text(k) for k in instr.body]
                 else:
                     lines.append(_kernel_text(instr))

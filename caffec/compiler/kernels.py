@@ -43,6 +43,7 @@ class Buffer:
     shape: Shape
     kind: str
     index: int = -1  # position in the pointer table, set by the kernel graph
+    copies: int = 1  # a workspace of a loop run across threads: one copy per thread
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
@@ -50,6 +51,11 @@ class Buffer:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def footprint(self) -> int:
+        """The elements it takes in memory: its size, once per copy."""
+        return self.size * self.copies
 
     def __repr__(self) -> str:
         return f"Buffer({self.name!r}, {self.shape}, {self.kind}, #{self.index})"
@@ -88,6 +94,7 @@ class Loop:
 
     count: int
     body: list[Kernel]
+    threads: int = 1  # iterations are independent: run them on this many threads
 
 
 Instr = Kernel | Loop

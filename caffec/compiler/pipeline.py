@@ -13,6 +13,7 @@ from caffec.compiler.kernels import KernelGraph
 from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.fuse import fuse
 from caffec.compiler.passes.lower import lower
+from caffec.compiler.passes.parallel_loops import parallelize_loops
 from caffec.compiler.passes.params import create_params
 from caffec.compiler.passes.plan_memory import (
     ITEMSIZE,
@@ -45,6 +46,7 @@ class Options:
     plan_memory: bool = True  # share arena bytes between buffers whose lifetimes do not overlap
     recompute: bool = True  # find states again in backward where keeping them costs memory
     fuse: bool = True  # fuse kernels across layers (partial runs only at unfused boundaries)
+    parallel_loops: bool = True  # run per-image loops across threads where images are independent
     keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
 
 
@@ -52,7 +54,12 @@ def optimization_switches(level: int) -> dict[str, bool]:
     """The Options switches of ``-O level``: 0 is the reference build (every value its own
     memory, no pass that changes what runs); 1 plans memory (sharing, in-place writes,
     recomputation); 2 also fuses kernels."""
-    return {"plan_memory": level >= 1, "recompute": level >= 1, "fuse": level >= 2}
+    return {
+        "plan_memory": level >= 1,
+        "recompute": level >= 1,
+        "fuse": level >= 2,
+        "parallel_loops": level >= 2,
+    }
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ PIPELINE: list[Pass] = [
 ]
 
 # after the layer-graph passes come the kernel-graph ones (build_kernel_graph runs them)
-KERNEL_PASSES = ["lower", "autodiff", "solver", "recompute", "fuse", "plan_memory"]
+KERNEL_PASSES = ["lower", "autodiff", "solver", "recompute", "fuse", "parallel_loops",
+                 "plan_memory"]  # fmt: skip
 PASS_NAMES = ["build"] + [p.name for p in PIPELINE] + KERNEL_PASSES
 
 
@@ -110,6 +118,8 @@ def build_kernel_graph(
         recompute(kgraph, options.keep_blobs)
     if options.fuse and after not in ("lower", "autodiff", "solver", "recompute"):
         fuse(kgraph, options.keep_blobs)
+    if options.parallel_loops and after in (None, "parallel_loops", "plan_memory"):
+        parallelize_loops(kgraph)
     if after in (None, "plan_memory"):  # the artifact writer lays the arena out by this plan
         kgraph.memory_plan = plan_memory(
             kgraph, share=options.plan_memory, keep_blobs=options.keep_blobs, blob_of=blob_of,

@@ -163,7 +163,7 @@ def check_plan(kgraph: KernelGraph, plan: MemoryPlan, keep_blobs: bool = True) -
     ranges = []
     for b in arena:
         start = plan.offsets[b]
-        end = start + b.size * plan.itemsize
+        end = start + b.footprint * plan.itemsize
         assert start % ALIGN == 0 and end <= plan.arena_bytes, b
         ranges.append((start, end, b))
     ranges.sort(key=lambda r: (r[0], r[1]))

@@ -131,7 +131,7 @@ class MemoryPlan:
             "keep_blobs": self.keep_blobs,
             "unshared_bytes": self.unshared_bytes,
             "in_place": len(self.in_place),
-            "pinned_bytes": sum(aligned(b.size * self.itemsize) for b in self.pinned),
+            "pinned_bytes": sum(aligned(b.footprint * self.itemsize) for b in self.pinned),
         }
 
 
@@ -386,7 +386,7 @@ def plan_memory(
     intervals: dict[Buffer, Interval | None] = {
         b: (0, end) if b in pinned else touched.get(b) for b in arena
     }
-    sizes = [b.size * itemsize for b in arena]
+    sizes = [b.footprint * itemsize for b in arena]
     unshared = sum(aligned(s) for s in sizes)
     links: dict[Buffer, Buffer] = {}
     offsets: dict[Buffer, int] = {}
@@ -395,7 +395,7 @@ def plan_memory(
         groups = storages(arena, links)
         spans = [_hull([intervals[b] for b in group]) for group in groups]
         starts, top = assign_offsets(
-            [max(b.size for b in group) * itemsize for group in groups],
+            [max(b.footprint for b in group) * itemsize for group in groups],
             spans,
             [i for i, group in enumerate(groups) if any(b in pinned for b in group)],
         )
@@ -463,7 +463,7 @@ def conflicts(plan: MemoryPlan) -> Iterator[tuple[Buffer, Buffer]]:
     """Pairs of buffers whose bytes and intervals both overlap (none, in a correct plan)."""
     by_offset = sorted(plan.offsets, key=lambda b: plan.offsets[b])
     for i, a in enumerate(by_offset):
-        a_end = plan.offsets[a] + a.size * plan.itemsize
+        a_end = plan.offsets[a] + a.footprint * plan.itemsize
         for b in by_offset[i + 1 :]:
             if plan.offsets[b] >= a_end:
                 break

@@ -1,0 +1,137 @@
+"""Per-image loops across threads: images of a batch are independent where the loop says so.
+
+A convolution runs its im2col, GEMM and epilogue once per image. Each of those
+kernels may be threaded inside, but for small images (LeNet, CIFAR-10, the
+7x7 maps of GoogLeNet) the work per image is too small for that to pay, and the
+fused epilogues run on one thread. Running the images themselves on the threads
+does pay, where iterations touch disjoint memory:
+
+* every output of a kernel in the loop is a per-image slice (it advances with
+  the image), or a *workspace of the loop* (im2col's columns: nothing outside
+  the loop touches it, and each iteration writes it before reading it), which
+  then gets one copy per thread;
+* nothing the loop writes is read from a slice other than the image's own.
+
+A loop that also accumulates into one buffer for every image (a convolution's
+weight gradient) is first split in two where its kernels do not depend on each
+other: the weight-gradient kernels stay one loop, run in order; the
+input-gradient kernels (GEMM, col2im) become a loop across threads.
+
+The number of threads is fixed at compile time (the machine's CPUs, at most
+:data:`MAX_THREADS`, and no more than images), so the arena holds each
+workspace that many times; the generated loop asks OpenMP for that many
+threads. Each image is computed exactly as before, so results do not change.
+"""
+
+from __future__ import annotations
+
+import os
+
+from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Loop, Operand, Step
+
+MAX_THREADS = 8
+
+
+def parallelize_loops(kgraph: KernelGraph, threads: int | None = None) -> KernelGraph:
+    """Split and mark the loops of ``kgraph`` that may run across threads (see above)."""
+    threads = threads or min(MAX_THREADS, os.cpu_count() or 1)
+    if threads < 2:
+        return kgraph
+    for step in (s for steps in kgraph.steps().values() for s in steps):
+        _split_and_mark(step, kgraph, threads)
+    return kgraph
+
+
+def _parts(kernel: Kernel) -> list[Kernel]:
+    return kernel.attrs["parts"] if kernel.prim == "fused" else [kernel]
+
+
+def _operands(kernel: Kernel) -> list[tuple[Operand, bool, bool]]:
+    """(operand, written, accumulated) for every operand of every part of ``kernel``."""
+    out = []
+    for part in _parts(kernel):
+        out += [(o, False, False) for o in part.reads]
+        out += [(o, True, part.accumulate) for o in part.writes]
+    return out
+
+
+def _local_workspaces(loop: Loop, kgraph: KernelGraph) -> set[Buffer]:
+    """Workspaces only this loop touches, each iteration writing before it reads."""
+    inside = {id(k) for k in loop.body}
+    touched_elsewhere = {
+        o.buffer for k in kgraph.kernels() if id(k) not in inside for o, _, _ in _operands(k)
+    }
+    local = set()
+    for kernel in loop.body:
+        for part in _parts(kernel):
+            for o in part.writes:
+                if o.buffer.kind == "workspace" and not part.accumulate and not o.step:
+                    local.add(o.buffer)
+    seen: set[Buffer] = set()
+    for kernel in loop.body:  # first access must be a write
+        for part in _parts(kernel):
+            for o in part.reads:
+                if o.buffer in local and o.buffer not in seen:
+                    local.discard(o.buffer)
+            seen |= {o.buffer for o in part.writes}
+    return local - touched_elsewhere
+
+
+def _independent(kernel: Kernel, written_in_loop: dict[Buffer, set[tuple[int, int]]],
+                 local: set[Buffer]) -> bool:  # fmt: skip
+    """Whether ``kernel``'s iterations touch disjoint memory (see the module docstring)."""
+    for o, written, _ in _operands(kernel):
+        if o.buffer in local:
+            continue
+        if written and not o.step:
+            return False  # one buffer for all images: a race
+        if not written and o.buffer in written_in_loop:
+            if written_in_loop[o.buffer] != {(o.offset, o.step)}:
+                return False  # reads another image's slice, or all of it
+    return True
+
+
+def _split_and_mark(step: Step, kgraph: KernelGraph, threads: int) -> None:
+    instrs = []
+    for instr in step.instrs:
+        if not isinstance(instr, Loop):
+            instrs.append(instr)
+            continue
+        local = _local_workspaces(instr, kgraph)
+        written: dict[Buffer, set[tuple[int, int]]] = {}
+        for kernel in instr.body:
+            for o, is_write, _ in _operands(kernel):
+                if is_write and o.buffer not in local:
+                    written.setdefault(o.buffer, set()).add((o.offset, o.step))
+        free = [k for k in instr.body if _independent(k, written, local)]
+        bound = [k for k in instr.body if not _independent(k, written, local)]
+        if free and bound and not _depends(free, bound) and not _depends(bound, free):
+            instrs.append(Loop(instr.count, bound))
+            instrs.append(_threaded(Loop(instr.count, free), local, threads))
+        elif not bound:
+            instrs.append(_threaded(instr, local, threads))
+        else:
+            instrs.append(instr)
+    step.instrs = instrs
+
+
+def _depends(later: list[Kernel], earlier: list[Kernel]) -> bool:
+    """Whether any kernel of ``later`` touches what a kernel of ``earlier`` writes, or writes
+    what it reads (then the two groups cannot be run as separate loops)."""
+    written = {o.buffer for k in earlier for o, w, _ in _operands(k) if w}
+    read = {o.buffer for k in earlier for o, w, _ in _operands(k) if not w}
+    for k in later:
+        for o, w, _ in _operands(k):
+            if o.buffer in written or (w and o.buffer in read):
+                return True
+    return False
+
+
+def _threaded(loop: Loop, local: set[Buffer], threads: int) -> Loop:
+    loop.threads = min(threads, loop.count)
+    if loop.threads > 1:
+        for kernel in loop.body:
+            for o, _, _ in _operands(kernel):
+                if o.buffer in local:
+                    o.buffer.copies = max(o.buffer.copies, loop.threads)
+    return loop
