@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nets import same_params, train_step
 
 from caffec.codegen.artifact import write_artifact
 from caffec.compiler.pipeline import (
@@ -69,19 +70,11 @@ def test_pooling_runs_before_relu_in_lean_builds_with_identical_training(tmp_pat
     assert lean_order == ["data", "conv1", "pool1", "relu1", "conv2", "pool2", "relu2",
                           "ip1", "relu3", "ip2", "loss"]  # fmt: skip
     for net in (lean, kept):
-        for name, blobs in reference.params.items():
-            for a, b in zip(blobs, net.params[name], strict=True):
-                b.data[...] = a.data
+        same_params(reference, net)
     rng = np.random.default_rng(5)
     for _ in range(3):
         feed = {"data": rng.standard_normal((4, 3, 13, 13)), "label": rng.integers(0, 3, 4)}
-        losses = []
-        for net in (reference, lean, kept):
-            net.clear_param_diffs()
-            losses.append(float(net.forward(**feed)["loss"]))
-            net.backward()
-            net._exec.of_kind("hyper")[0] = 0.1
-            net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+        losses = [float(train_step(net, feed, 0.1)["loss"]) for net in (reference, lean, kept)]
         assert losses[0] == losses[1] == losses[2]
         for name, blobs in reference.params.items():
             for net in (lean, kept):
@@ -149,19 +142,11 @@ def test_concat_branches_write_into_the_joined_blob_in_lean_builds(tmp_path: Pat
     copies = [k for k in lean_graph.primitives() if k.prim == "copy"]
     assert not copies  # no Concat copies forward, Flatten's input written in place
     assert len([k for k in ref_graph.primitives() if k.prim == "copy"]) >= 4
-    for name, blobs in reference.params.items():
-        for a, b in zip(blobs, lean.params[name], strict=True):
-            b.data[...] = a.data
+    same_params(reference, lean)
     rng = np.random.default_rng(2)
     for _ in range(3):
         feed = {"data": rng.standard_normal((3, 4, 9, 9)), "label": rng.integers(0, 3, 3)}
-        losses = []
-        for net_ in (reference, lean):
-            net_.clear_param_diffs()
-            losses.append(float(net_.forward(**feed)["loss"]))
-            net_.backward()
-            net_._exec.of_kind("hyper")[0] = 0.1
-            net_._exec.run("update", 0, len(net_.artifact.manifest["update"]))
+        losses = [float(train_step(net_, feed, 0.1)["loss"]) for net_ in (reference, lean)]
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
         for name, blobs in reference.params.items():
             for a, b in zip(blobs, lean.params[name], strict=True):

@@ -14,6 +14,7 @@ import pytest
 from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nets import same_params, train_step
 from test_corpus import DATA_SHAPES, NETS, compile_net, pyloss_on_path  # noqa: F401
 
 from caffec.codegen.artifact import write_artifact
@@ -410,12 +411,6 @@ def _compiled(kgraph: KernelGraph, out: Path, poison: bool = False) -> CompiledN
     return net
 
 
-def _same_params(source: CompiledNet, dest: CompiledNet) -> None:
-    for name, blobs in source.params.items():
-        for a, b in zip(blobs, dest.params[name], strict=True):
-            b.data[...] = a.data
-
-
 @pytest.mark.parametrize("keep_blobs", [True, False])
 def test_lenet_trains_identically_with_and_without_planning(
     tmp_path: Path, keep_blobs: bool
@@ -429,19 +424,12 @@ def test_lenet_trains_identically_with_and_without_planning(
     assert m["arena_bytes"] < reference.artifact.manifest["arena_bytes"]
     assert m["naive_bytes"] == reference.artifact.manifest["naive_bytes"]
     assert m["memory_plan"]["shared"] and m["memory_plan"]["keep_blobs"] == keep_blobs
-    _same_params(reference, planned)
+    same_params(reference, planned)
     rng = np.random.default_rng(0)
     for iteration in range(3):
         feed = {"data": rng.random((64, 1, 28, 28)), "label": rng.integers(0, 10, 64)}
-        results = []
-        for net in (reference, planned):
-            net.clear_param_diffs()
-            outputs = net.forward(**feed)
-            for _ in range(1 + (iteration == 1 and keep_blobs)):  # reads forward's states again
-                net.backward()
-            net._exec.of_kind("hyper")[0] = 0.01
-            net._exec.run("update", 0, len(net.artifact.manifest["update"]))
-            results.append({k: v.copy() for k, v in outputs.items()})
+        twice = 1 + (iteration == 1 and keep_blobs)  # a second backward reads forward's states
+        results = [train_step(net, feed, 0.01, twice) for net in (reference, planned)]
         assert results[0].keys() == results[1].keys() == {"loss"}
         np.testing.assert_array_equal(results[0]["loss"], results[1]["loss"], f"iter {iteration}")
         for name, blobs in reference.params.items():
@@ -478,7 +466,7 @@ def test_googlenet_forward_is_identical_with_and_without_planning(
     expected = reference.forward(data=x)["prob"].copy()
     assert np.isfinite(expected).all()
     for net in nets:
-        _same_params(reference, net)
+        same_params(reference, net)
         np.testing.assert_array_equal(net.forward(data=x)["prob"], expected)
     for name, blob in reference.blobs.items():  # keep_blobs: pycaffe's view is unchanged
         np.testing.assert_array_equal(nets[0].blobs[name].data, blob.data, name)

@@ -1,0 +1,24 @@
+"""Helpers for tests that run two builds of one net side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def same_params(source: Any, dest: Any) -> None:
+    """Give ``dest`` the parameter values of ``source`` (two builds of one net)."""
+    for name, blobs in source.params.items():
+        for a, b in zip(blobs, dest.params[name], strict=True):
+            b.data[...] = a.data
+
+
+def train_step(net: Any, feed: dict[str, Any], lr: float, backward_passes: int = 1) -> dict:
+    """One SGD step as the solver runs it (cleared gradients, forward, backward, the
+    generated update at learning rate ``lr``); the outputs of the forward pass, copied."""
+    net.clear_param_diffs()
+    outputs = {k: v.copy() for k, v in net.forward(**feed).items()}
+    for _ in range(backward_passes):
+        net.backward()
+    net._exec.of_kind("hyper")[0] = lr
+    net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+    return outputs
