@@ -341,12 +341,9 @@ def _compose(scope: Scope, first: Instr, second: Instr) -> Kernel | None:
     return _merge_maps(first, second, middle.buffer, keep)
 
 
-def _renamed(text: str, names: set[str], prefix: str) -> str:
-    return _NAME.sub(lambda m: prefix + m.group(0) if m.group(0) in names else m.group(0), text)
-
-
 def _merge_maps(first: Kernel, second: Kernel, middle: Buffer, keep: bool) -> Kernel:
-    """``second`` with ``first``'s result (``middle``) as a temporary of its loop."""
+    """``second`` with ``first``'s result (``middle``) as a temporary of its loop. Names
+    stay as the layers wrote them; only the first's names the second also uses are renamed."""
     a, b = first.attrs, second.attrs
 
     def namespace(attrs: dict) -> set[str]:
@@ -354,43 +351,51 @@ def _merge_maps(first: Kernel, second: Kernel, middle: Buffer, keep: bool) -> Ke
         return names | {n for n, _ in attrs["lets"]}
 
     names_a, names_b = namespace(a), namespace(b)
+    taken = names_a | names_b
+    temp = _fresh("t", taken)
+    renames = {n: _fresh(n, taken) for n in sorted(names_a & (names_b | {temp}))}
 
     def ra(text: str) -> str:
-        return _renamed(text, names_a, "p_")
-
-    def rb(text: str) -> str:
-        return _renamed(text, names_b, "q_")
+        return _NAME.sub(lambda m: renames.get(m.group(0), m.group(0)), text)
 
     reads = list(first.reads)
     loads = [(ra(n), slot, ra(index)) for n, slot, index in a["loads"]]
     middle_names = []
     for name, slot, index in b["loads"]:
         if second.reads[slot].buffer is middle:
-            middle_names.append(rb(name))
+            middle_names.append(name)
             continue
         reads.append(second.reads[slot])
-        loads.append((rb(name), len(reads) - 1, rb(index)))
+        loads.append((name, len(reads) - 1, index))
     lets = [(ra(n), ra(e)) for n, e in a["lets"]]
-    lets.append(("t_" + "0", ra(a["exprs"][0])))
-    lets += [(n, "t_0") for n in middle_names]
-    lets += [(rb(n), rb(e)) for n, e in b["lets"]]
+    lets.append((temp, ra(a["exprs"][0])))
+    lets += [(n, temp) for n in middle_names]
+    lets += list(b["lets"])
     writes = list(second.writes)
-    exprs = [rb(e) for e in b["exprs"]]
+    exprs = list(b["exprs"])
     if keep:
         writes.append(first.writes[0])
-        exprs.append("t_0")
+        exprs.append(temp)
     attrs = {
         "size": b["size"],
         "loads": loads,
-        "consts": {**{ra(k): v for k, v in a["consts"].items()},
-                   **{rb(k): v for k, v in b["consts"].items()}},
-        "coords": {**{ra(k): v for k, v in a["coords"].items()},
-                   **{rb(k): v for k, v in b["coords"].items()}},
+        "consts": {**{ra(k): v for k, v in a["consts"].items()}, **b["consts"]},
+        "coords": {**{ra(k): v for k, v in a["coords"].items()}, **b["coords"]},
         "lets": lets,
         "exprs": exprs,
         "random": False,
-    }  # fmt: skip
+    }
     return Kernel("map", reads, writes, attrs)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` with the smallest number after it that no one uses; taken now."""
+    fresh, number = name, 0
+    while fresh in taken:
+        number += 1
+        fresh = f"{name}{number}"
+    taken.add(fresh)
+    return fresh
 
 
 # --- 3. maps into loops --------------------------------------------------------------------
