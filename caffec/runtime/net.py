@@ -278,6 +278,19 @@ class CompiledNet:
             set_array(target, array, f"{what} '{name}'")
 
     def _step_range(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
+        begin, stop = self._steps_between(direction, start, end)
+        split = self._split_kernel(direction, begin, stop)
+        if split is not None:
+            raise UserError(
+                f"layers '{split[0]}' and '{split[1]}' run as one fused kernel in this build, "
+                f"so a partial {direction} cannot stop or start between them",
+                hint="start or end at another layer, or build without fusion "
+                "(caffec.Net(..., opt_level=1), caffec compile -O1)",
+            )
+        return begin, stop
+
+    def _steps_between(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
+        """The range of ``direction``'s steps from layer ``start`` to layer ``end``."""
         steps = self.artifact.manifest[direction]
         layer_of = [self._layer_index[s["layer"]] for s in steps]
         first = self._layer_position(start) if start is not None else None
@@ -288,16 +301,15 @@ class CompiledNet:
         else:  # backward steps run from the last layer down
             begin = 0 if first is None else sum(1 for i in layer_of if i > first)
             stop = len(steps) if last is None else sum(1 for i in layer_of if i >= last)
+        return begin, stop
+
+    def _split_kernel(self, direction: str, begin: int, stop: int) -> tuple[str, str] | None:
+        """The two layers a run of steps [begin, stop) would cut a fused kernel between."""
+        steps = self.artifact.manifest[direction]
         for cut in (begin, stop):
             if 0 < cut < len(steps) and steps[cut].get("joined"):
-                raise UserError(
-                    f"layers '{steps[cut - 1]['layer']}' and '{steps[cut]['layer']}' run as one "
-                    f"fused kernel in this build, so a partial {direction} cannot stop or start "
-                    "between them",
-                    hint="start or end at another layer, or build without fusion "
-                    "(caffec.Net(..., opt_level=1), caffec compile -O1)",
-                )
-        return begin, stop
+                return steps[cut - 1]["layer"], steps[cut]["layer"]
+        return None
 
     def _layer_position(self, name: str) -> int:
         if name not in self._layer_index:

@@ -142,28 +142,38 @@ def test_partial_forward_and_backward(lenet_net: caffec.Net) -> None:
     np.testing.assert_array_equal(out["prob"], full)
 
 
-def test_partial_runs_never_split_a_fused_kernel() -> None:
-    """ip1's GEMM and relu1 run as one kernel at -O2; at -O1 each layer is its own step."""
+def test_partial_runs_never_split_a_fused_kernel(tmp_path: Path) -> None:
+    """ip1's GEMM and relu1 run as one kernel at -O2: an artifact refuses to stop between
+    them; caffec.Net rebuilds itself once without fusion, keeping parameters and inputs."""
+    from caffec.codegen.artifact import write_artifact
+    from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+    from caffec.runtime.net import CompiledNet
+
+    lenet = REPO / "examples/mnist/lenet.prototxt"
+    options = Options(shapes={"data": (4, 1, 28, 28)})
+    kgraph = build_kernel_graph(load_layer_graph(lenet, options), options)
+    artifact = CompiledNet(write_artifact(kgraph, tmp_path / "lenet"))
     x = np.random.default_rng(3).random((4, 1, 28, 28))
-    fused = caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST,
-                       shapes={"data": (4, 1, 28, 28)})  # fmt: skip
     with pytest.raises(UserError, match="'ip1' and 'relu1' run as one fused kernel"):
-        fused.forward(data=x, end="ip1")
+        artifact.forward(data=x, end="ip1")
     with pytest.raises(UserError, match="fused"):
-        fused.forward(start="relu1")
-    plain = caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST,
-                       shapes={"data": (4, 1, 28, 28)}, opt_level=1)  # fmt: skip
+        artifact.forward(start="relu1")
+
+    net = caffec.Net(str(lenet), caffec.TEST, shapes={"data": (4, 1, 28, 28)})
     rng = np.random.default_rng(4)
-    for name, blobs in plain.params.items():
-        for mine, theirs in zip(blobs, fused.params[name], strict=True):
-            mine.data[...] = theirs.data[...] = rng.standard_normal(mine.data.shape) * 0.1
-    plain.forward(data=x, end="ip1")
-    unrectified = plain.blobs["ip1"].data.copy()
-    assert (unrectified < 0).any()  # relu1 has not run yet
-    out = plain.forward(start="relu1")["prob"]
-    np.testing.assert_allclose(out, fused.forward(data=x)["prob"], rtol=1e-5)
+    for blobs in net.params.values():
+        for blob in blobs:
+            blob.data[...] = rng.standard_normal(blob.data.shape) * 0.1
+    full = net.forward(data=x)["prob"].copy()
+    weights = net.params["ip1"][0].data.copy()
+    net.blobs["data"].data[...] = x
+    net.forward(end="ip1")  # rebuilds at -O1: relu1 has not run yet
+    assert not any(s.get("joined") for s in net.artifact.manifest["forward"])
+    np.testing.assert_array_equal(net.params["ip1"][0].data, weights)
+    assert (net.blobs["ip1"].data < 0).any()
+    np.testing.assert_allclose(net.forward(start="relu1")["prob"], full, rtol=1e-5)
     with pytest.raises(UserError, match="opt_level"):
-        caffec.Net(str(REPO / "examples/mnist/lenet.prototxt"), caffec.TEST, opt_level=3)
+        caffec.Net(str(lenet), caffec.TEST, opt_level=3)
 
 
 def test_train_net_backward_accumulates_param_gradients(tmp_path: Path) -> None:
