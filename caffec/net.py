@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from caffec.errors import UserError
 from caffec.runtime.net import TEST, TRAIN, CompiledNet
@@ -127,40 +124,16 @@ class Net(CompiledNet):
             shapes[name] = shape
         self._rebuild(replace(self._options, shapes=shapes))
 
-    def forward(
-        self,
-        blobs: Iterable[str] | None = None,
-        start: str | None = None,
-        end: str | None = None,
-        **kwargs: Any,
-    ) -> dict[str, np.ndarray]:
-        self._unfuse_for("forward", start, end)
-        return super().forward(blobs, start, end, **kwargs)
-
-    def backward(
-        self,
-        diffs: Iterable[str] | None = None,
-        start: str | None = None,
-        end: str | None = None,
-        **kwargs: Any,
-    ) -> dict[str, np.ndarray]:
-        self._unfuse_for("backward", start, end)
-        return super().backward(diffs, start, end, **kwargs)
-
-    def _unfuse_for(self, direction: str, start: str | None, end: str | None) -> None:
+    def _cut_fused_kernel(self, direction: str, before: str, after: str) -> None:
         """A partial run that would cut a fused kernel: rebuild once without fusion (-O1,
         cached), parameters and blobs carried over, as Caffe runs any layer range."""
-        if start is None and end is None:
-            return
-        begin, stop = self._steps_between(direction, start, end)
-        if self._split_kernel(direction, begin, stop) is not None:
-            from caffec.compiler.pipeline import optimization_switches
+        from caffec.compiler.pipeline import optimization_switches
 
-            blobs = {name: (b.data.copy(), b.diff.copy()) for name, b in self.blobs.items()}
-            self._rebuild(replace(self._options, **optimization_switches(1)))
-            for name, (data, diff) in blobs.items():
-                self.blobs[name].data[...] = data
-                self.blobs[name].diff[...] = diff
+        blobs = {name: (b.data.copy(), b.diff.copy()) for name, b in self.blobs.items()}
+        self._rebuild(replace(self._options, **optimization_switches(1)))
+        for name, (data, diff) in blobs.items():
+            self.blobs[name].data[...] = data
+            self.blobs[name].diff[...] = diff
 
     def _rebuild(self, options: Any) -> None:
         """Compile again with ``options`` (cached) and carry the parameters over."""

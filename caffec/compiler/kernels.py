@@ -87,6 +87,10 @@ class Kernel:
     def __repr__(self) -> str:
         return f"Kernel({self.prim}, {self.attrs})"
 
+    def parts(self) -> list[Kernel]:
+        """The primitives it runs: its parts if it is a fused kernel, else itself."""
+        return self.attrs["parts"] if self.prim == "fused" else [self]
+
 
 @dataclass(eq=False)
 class Loop:
@@ -180,7 +184,7 @@ class KernelGraph:
 
     def primitives(self) -> list[Kernel]:
         """The primitive instances: the kernels, with fused kernels opened into their parts."""
-        return [p for k in self.kernels() for p in (k.attrs["parts"] if k.prim == "fused" else [k])]
+        return [p for k in self.kernels() for p in k.parts()]
 
     def prune(self) -> None:
         """Drop buffers nothing reads, writes or shows (gradients nobody computes)."""

@@ -102,25 +102,30 @@ def build_kernel_graph(
 ) -> KernelGraph:
     """Lower a layer graph (after every layer-graph pass), differentiate it and add the solver
     step as asked, stopping after the kernel pass named ``after``."""
+    last = KERNEL_PASSES.index(after) if after is not None else len(KERNEL_PASSES)
+
+    def runs(name: str) -> bool:  # whether the pass ``name`` comes at or before ``after``
+        return KERNEL_PASSES.index(name) <= last
+
     kgraph, lowering = lower(graph, options.dtype)
     backward = options.backward
     if backward is None:
         backward = graph.phase == "TRAIN" or graph.force_backward
-    if backward and after != "lower":
+    if backward and runs("autodiff"):
         autodiff(kgraph, lowering)
-        if options.solver is not None and after != "autodiff":
+        if options.solver is not None and runs("solver"):
             add_solver_updates(kgraph, options.solver)
     kgraph.prune()
     kgraph.net_dir = str(options.base_dir.resolve())
     blob_of = blob_versions(lowering)
     naive = naive_bytes(kgraph, blob_of, ITEMSIZE[kgraph.dtype])  # before buffers are dropped
-    if options.recompute and after not in ("lower", "autodiff", "solver"):
+    if options.recompute and runs("recompute"):
         recompute(kgraph, options.keep_blobs)
-    if options.fuse and after not in ("lower", "autodiff", "solver", "recompute"):
+    if options.fuse and runs("fuse"):
         fuse(kgraph, options.keep_blobs)
-    if options.parallel_loops and after in (None, "parallel_loops", "plan_memory"):
+    if options.parallel_loops and runs("parallel_loops"):
         parallelize_loops(kgraph)
-    if after in (None, "plan_memory"):  # the artifact writer lays the arena out by this plan
+    if runs("plan_memory"):  # the artifact writer lays the arena out by this plan
         kgraph.memory_plan = plan_memory(
             kgraph, share=options.plan_memory, keep_blobs=options.keep_blobs, blob_of=blob_of,
             naive=naive,

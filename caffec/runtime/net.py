@@ -280,14 +280,20 @@ class CompiledNet:
     def _step_range(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
         begin, stop = self._steps_between(direction, start, end)
         split = self._split_kernel(direction, begin, stop)
-        if split is not None:
-            raise UserError(
-                f"layers '{split[0]}' and '{split[1]}' run as one fused kernel in this build, "
-                f"so a partial {direction} cannot stop or start between them",
-                hint="start or end at another layer, or build without fusion "
-                "(caffec.Net(..., opt_level=1), caffec compile -O1)",
-            )
-        return begin, stop
+        if split is None:
+            return begin, stop
+        self._cut_fused_kernel(direction, *split)
+        return self._steps_between(direction, start, end)
+
+    def _cut_fused_kernel(self, direction: str, before: str, after: str) -> None:
+        """A partial run would cut a fused kernel between layers ``before`` and ``after``: an
+        artifact cannot help that (``caffec.Net`` rebuilds itself instead)."""
+        raise UserError(
+            f"layers '{before}' and '{after}' run as one fused kernel in this build, "
+            f"so a partial {direction} cannot stop or start between them",
+            hint="start or end at another layer, or build without fusion "
+            "(caffec.Net(..., opt_level=1), caffec compile -O1)",
+        )
 
     def _steps_between(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
         """The range of ``direction``'s steps from layer ``start`` to layer ``end``."""
@@ -325,13 +331,14 @@ class CompiledNet:
     ) -> dict[str, np.ndarray]:
         """Run forward (from layer ``start`` to ``end``) and return the outputs (and ``blobs``)."""
         self._check_whole_pass("forward", start, end)
+        begin, stop = self._step_range("forward", start, end)
         if start is None:
             self._feed_memory()
             self._fill_data()
             for feeder in self._feeders(kwargs):
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
-        self._exec.run("forward", *self._step_range("forward", start, end))
+        self._exec.run("forward", begin, stop)
         self._forwarded = True
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time
@@ -357,6 +364,7 @@ class CompiledNet:
                 hint="build it in the TRAIN phase, or set force_backward: true in the prototxt",
             )
         self._check_whole_pass("backward", start, end)
+        begin, stop = self._step_range("backward", start, end)
         if self._lean and not self._forwarded:
             raise UserError(
                 "this net was built with --outputs-only: its backward pass reuses the memory of "
@@ -366,7 +374,7 @@ class CompiledNet:
         for slot, weight in m["seeds"]:
             self._exec.buffer(slot)[...] = weight
         self._set_inputs(kwargs, "diff")
-        self._exec.run("backward", *self._step_range("backward", start, end))
+        self._exec.run("backward", begin, stop)
         self._forwarded = not self._lean
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
 

@@ -46,6 +46,7 @@ together, and says so.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, Loop, Operand, Step
@@ -106,7 +107,7 @@ class Scope:
         out: list[Kernel] = []
         for instr in instrs:
             for kernel in instr.body if isinstance(instr, Loop) else [instr]:
-                out += kernel.attrs["parts"] if kernel.prim == "fused" else [kernel]
+                out += kernel.parts()
         return out
 
     def users(self, buffer: Buffer) -> tuple[list[Kernel], list[Kernel]]:
@@ -120,7 +121,7 @@ class Scope:
 def fused(parts: list[Kernel]) -> Kernel:
     """One kernel running ``parts`` in order. It reads what a part reads (or accumulates
     into) before an earlier part wrote it, and writes what any part writes."""
-    flat = [p for part in parts for p in (part.attrs["parts"] if part.prim == "fused" else [part])]
+    flat = [p for part in parts for p in part.parts()]
     reads: list[Operand] = []
     writes: list[Operand] = []
     for part in flat:
@@ -164,94 +165,31 @@ def _elementwise_only(kernel: Kernel, buffer: Buffer) -> bool:
     )
 
 
-# --- 4. copies written through ---------------------------------------------------------------
-
-
-def _write_into_copies(scope: Scope) -> None:
-    entries = scope.entries
-    position = 0
-    while position < len(entries):
-        copy = entries[position].instr
-        if isinstance(copy, Kernel) and copy.prim == "copy" and _moved_into(scope, copy):
-            del entries[position]
-            continue
-        position += 1
-
-
-def _moved_into(scope: Scope, copy: Kernel) -> bool:
-    """Retarget every access of the copy's source to its place in the destination, if the
-    source is a value only kernels see and every access can be moved (see above)."""
-    a = copy.attrs
-    source, destination = copy.reads[0], copy.writes[0]
-    value = source.buffer
-    if copy.accumulate or not _is(source, value) or value.size != a["size"]:
-        return False
-    if value in scope.pinned or value.kind not in ("value", "grad") or destination.step:
-        return False
-    if a["src_strides"] != contiguous_strides(a["shape"]):
-        return False
-    readers, writers = scope.users(value)
-    _, joined_writers = scope.users(destination.buffer)  # the other copies into it, or what
-    if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes their part
-           for k in joined_writers):  # fmt: skip
-        return False
-    flat = a["dst_strides"] == contiguous_strides(a["shape"])
-    accesses = [(k, o) for k in {*readers, *writers} - {copy}
-                for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
-    if not flat:
-        if len(a["shape"]) != 2 or a["dst_strides"][1] != 1:
-            return False
-        rows, row = a["shape"]
-        for kernel, o in accesses:
-            sliced = o.offset == 0 and o.step == row
-            whole = _is(o, value) and _is_map(kernel, random_ok=True)
-            if whole and o in kernel.writes:
-                return False  # a map writes element i: it cannot scatter
-            if whole and any(ix != "i" for _, sl, ix in kernel.attrs["loads"]
-                             if kernel.reads[sl] is o):  # fmt: skip
-                return False
-            if not (sliced or whole):
-                return False
-    for kernel, o in accesses:
-        _retarget(kernel, o, destination, a, flat)
-        scope.moved.add(id(kernel))
-    return True
-
-
-def _retarget(kernel: Kernel, old: Operand, destination: Operand, a: dict, flat: bool) -> None:
-    """Replace operand ``old`` of ``kernel`` by its place in the copy's destination."""
-    if flat:  # the same layout, from the destination's offset
-        new = Operand(destination.buffer, destination.offset + old.offset, old.step)
-    elif old.step:  # image n's slice: its row of the destination
-        new = Operand(destination.buffer, destination.offset, a["dst_strides"][0])
-    else:  # a whole-value map operand read element for element: gather from the rows
-        new = Operand(destination.buffer, destination.offset)
-        row, stride = a["shape"][1], a["dst_strides"][0]
-        for number, (name, slot, _) in enumerate(kernel.attrs["loads"]):
-            if kernel.reads[slot] is old:
-                kernel.attrs["loads"][number] = (name, slot, f"(i / {row}) * {stride} + i % {row}")
-    for operands in (kernel.reads, kernel.writes):
-        for number, o in enumerate(operands):
-            if o is old:
-                operands[number] = new
-
-
 # --- 1. copies read through ------------------------------------------------------------------
 
 
-def _read_through_copies(scope: Scope) -> None:
+def _drop_copies(scope: Scope, rewrite: Callable[[int, Kernel], bool]) -> None:
+    """Drop each copy kernel for which ``rewrite(position, copy)`` made it unneeded."""
     entries = scope.entries
     position = 0
     while position < len(entries):
         copy = entries[position].instr
-        if isinstance(copy, Kernel) and copy.prim == "copy" and not copy.accumulate:
-            target = _reader_through(scope, position)
-            if target is not None:
-                _read_through(copy, entries[target].instr)
-                entries[target].origins |= entries[position].origins
-                del entries[position]
-                continue
-        position += 1
+        if isinstance(copy, Kernel) and copy.prim == "copy" and rewrite(position, copy):
+            del entries[position]
+        else:
+            position += 1
+
+
+def _read_through_copies(scope: Scope) -> None:
+    def rewrite(position: int, copy: Kernel) -> bool:
+        target = _reader_through(scope, position)
+        if target is None:
+            return False
+        _read_through(copy, scope.entries[target].instr)
+        scope.entries[target].origins |= scope.entries[position].origins
+        return True
+
+    _drop_copies(scope, rewrite)
 
 
 def _reader_through(scope: Scope, position: int) -> int | None:
@@ -261,7 +199,9 @@ def _reader_through(scope: Scope, position: int) -> int | None:
     assert isinstance(copy, Kernel)
     a = copy.attrs
     destination, source = copy.writes[0], copy.reads[0]
-    if not _is(destination, destination.buffer) or destination.buffer in scope.pinned:
+    if copy.accumulate or not _is(destination, destination.buffer):
+        return None
+    if destination.buffer in scope.pinned:
         return None
     if destination.buffer.size != a["size"] or a["dst_strides"] != contiguous_strides(a["shape"]):
         return None
@@ -284,16 +224,20 @@ def _reader_through(scope: Scope, position: int) -> int | None:
     return None
 
 
-def _read_through(copy: Kernel, reader: Kernel) -> None:
-    """Make ``reader`` load the copy's source where the copy would have put it."""
-    a = copy.attrs
-    shape, strides = a["shape"], a["src_strides"]
+def _strided_index(shape: list[int], strides: list[int]) -> str:
+    """Where element i of a contiguous array of ``shape`` lies in one laid out by
+    ``strides``."""
     terms = [
         f"{coordinate(tuple(shape), axis)} * {stride}"
         for axis, stride in enumerate(strides)
         if shape[axis] > 1 and stride
     ]
-    index = " + ".join(terms) or "0"
+    return " + ".join(terms) or "0"
+
+
+def _read_through(copy: Kernel, reader: Kernel) -> None:
+    """Make ``reader`` load the copy's source where the copy would have put it."""
+    index = _strided_index(copy.attrs["shape"], copy.attrs["src_strides"])
     destination = copy.writes[0].buffer
     for number, (name, slot, _) in enumerate(reader.attrs["loads"]):
         if reader.reads[slot].buffer is destination:
@@ -456,6 +400,71 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
     }
     writes = [Operand(w.buffer, 0, step) for w in kernel.writes]
     return Kernel("map", reads, writes, attrs)
+
+
+# --- 4. copies written through ---------------------------------------------------------------
+
+
+def _write_into_copies(scope: Scope) -> None:
+    _drop_copies(scope, lambda position, copy: _moved_into(scope, copy))
+
+
+def _moved_into(scope: Scope, copy: Kernel) -> bool:
+    """Retarget every access of the copy's source to its place in the destination, if the
+    source is a value only kernels see and every access can be moved (see above)."""
+    a = copy.attrs
+    source, destination = copy.reads[0], copy.writes[0]
+    value = source.buffer
+    if copy.accumulate or not _is(source, value) or value.size != a["size"]:
+        return False
+    if value in scope.pinned or value.kind not in ("value", "grad") or destination.step:
+        return False
+    if a["src_strides"] != contiguous_strides(a["shape"]):
+        return False
+    readers, writers = scope.users(value)
+    _, joined_writers = scope.users(destination.buffer)  # the other copies into it, or what
+    if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes their part
+           for k in joined_writers):  # fmt: skip
+        return False
+    flat = a["dst_strides"] == contiguous_strides(a["shape"])
+    accesses = [(k, o) for k in {*readers, *writers} - {copy}
+                for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
+    if not flat:
+        if len(a["shape"]) != 2 or a["dst_strides"][1] != 1:
+            return False
+        rows, row = a["shape"]
+        for kernel, o in accesses:
+            sliced = o.offset == 0 and o.step == row
+            whole = _is(o, value) and _is_map(kernel, random_ok=True)
+            if whole and o in kernel.writes:
+                return False  # a map writes element i: it cannot scatter
+            if whole and any(ix != "i" for _, sl, ix in kernel.attrs["loads"]
+                             if kernel.reads[sl] is o):  # fmt: skip
+                return False
+            if not (sliced or whole):
+                return False
+    for kernel, o in accesses:
+        _retarget(kernel, o, destination, a, flat)
+        scope.moved.add(id(kernel))
+    return True
+
+
+def _retarget(kernel: Kernel, old: Operand, destination: Operand, a: dict, flat: bool) -> None:
+    """Replace operand ``old`` of ``kernel`` by its place in the copy's destination."""
+    if flat:  # the same layout, from the destination's offset
+        new = Operand(destination.buffer, destination.offset + old.offset, old.step)
+    elif old.step:  # image n's slice: its row of the destination
+        new = Operand(destination.buffer, destination.offset, a["dst_strides"][0])
+    else:  # a whole-value map operand read element for element: gather from the rows
+        new = Operand(destination.buffer, destination.offset)
+        index = _strided_index(a["shape"], a["dst_strides"])
+        for number, (name, slot, _) in enumerate(kernel.attrs["loads"]):
+            if kernel.reads[slot] is old:
+                kernel.attrs["loads"][number] = (name, slot, index)
+    for operands in (kernel.reads, kernel.writes):
+        for number, o in enumerate(operands):
+            if o is old:
+                operands[number] = new
 
 
 # --- 5. groups -----------------------------------------------------------------------------

@@ -37,50 +37,48 @@ def parallelize_loops(kgraph: KernelGraph, threads: int | None = None) -> Kernel
     threads = threads or min(MAX_THREADS, os.cpu_count() or 1)
     if threads < 2:
         return kgraph
-    for step in (s for steps in kgraph.steps().values() for s in steps):
-        _split_and_mark(step, kgraph, threads)
+    steps = [s for steps in kgraph.steps().values() for s in steps]
+    owners: dict[Buffer, set[int]] = {}  # the instructions that touch each buffer
+    for instr in (i for s in steps for i in s.instrs):
+        for kernel in instr.body if isinstance(instr, Loop) else [instr]:
+            for o, _ in _operands(kernel):
+                owners.setdefault(o.buffer, set()).add(id(instr))
+    for step in steps:
+        _split_and_mark(step, owners, threads)
     return kgraph
 
 
-def _parts(kernel: Kernel) -> list[Kernel]:
-    return kernel.attrs["parts"] if kernel.prim == "fused" else [kernel]
-
-
-def _operands(kernel: Kernel) -> list[tuple[Operand, bool, bool]]:
-    """(operand, written, accumulated) for every operand of every part of ``kernel``."""
+def _operands(kernel: Kernel) -> list[tuple[Operand, bool]]:
+    """(operand, written) for every operand of every part of ``kernel``."""
     out = []
-    for part in _parts(kernel):
-        out += [(o, False, False) for o in part.reads]
-        out += [(o, True, part.accumulate) for o in part.writes]
+    for part in kernel.parts():
+        out += [(o, False) for o in part.reads]
+        out += [(o, True) for o in part.writes]
     return out
 
 
-def _local_workspaces(loop: Loop, kgraph: KernelGraph) -> set[Buffer]:
+def _local_workspaces(loop: Loop, owners: dict[Buffer, set[int]]) -> set[Buffer]:
     """Workspaces only this loop touches, each iteration writing before it reads."""
-    inside = {id(k) for k in loop.body}
-    touched_elsewhere = {
-        o.buffer for k in kgraph.kernels() if id(k) not in inside for o, _, _ in _operands(k)
-    }
     local = set()
     for kernel in loop.body:
-        for part in _parts(kernel):
+        for part in kernel.parts():
             for o in part.writes:
                 if o.buffer.kind == "workspace" and not part.accumulate and not o.step:
                     local.add(o.buffer)
     seen: set[Buffer] = set()
     for kernel in loop.body:  # first access must be a write
-        for part in _parts(kernel):
+        for part in kernel.parts():
             for o in part.reads:
                 if o.buffer in local and o.buffer not in seen:
                     local.discard(o.buffer)
             seen |= {o.buffer for o in part.writes}
-    return local - touched_elsewhere
+    return {b for b in local if owners[b] == {id(loop)}}
 
 
 def _independent(kernel: Kernel, written_in_loop: dict[Buffer, set[tuple[int, int]]],
                  local: set[Buffer]) -> bool:  # fmt: skip
     """Whether ``kernel``'s iterations touch disjoint memory (see the module docstring)."""
-    for o, written, _ in _operands(kernel):
+    for o, written in _operands(kernel):
         if o.buffer in local:
             continue
         if written and not o.step:
@@ -91,20 +89,21 @@ def _independent(kernel: Kernel, written_in_loop: dict[Buffer, set[tuple[int, in
     return True
 
 
-def _split_and_mark(step: Step, kgraph: KernelGraph, threads: int) -> None:
+def _split_and_mark(step: Step, owners: dict[Buffer, set[int]], threads: int) -> None:
     instrs = []
     for instr in step.instrs:
         if not isinstance(instr, Loop):
             instrs.append(instr)
             continue
-        local = _local_workspaces(instr, kgraph)
+        local = _local_workspaces(instr, owners)
         written: dict[Buffer, set[tuple[int, int]]] = {}
         for kernel in instr.body:
-            for o, is_write, _ in _operands(kernel):
+            for o, is_write in _operands(kernel):
                 if is_write and o.buffer not in local:
                     written.setdefault(o.buffer, set()).add((o.offset, o.step))
-        free = [k for k in instr.body if _independent(k, written, local)]
-        bound = [k for k in instr.body if not _independent(k, written, local)]
+        free, bound = [], []
+        for kernel in instr.body:
+            (free if _independent(kernel, written, local) else bound).append(kernel)
         if free and bound and not _depends(free, bound) and not _depends(bound, free):
             instrs.append(Loop(instr.count, bound))
             instrs.append(_threaded(Loop(instr.count, free), local, threads))
@@ -118,10 +117,10 @@ def _split_and_mark(step: Step, kgraph: KernelGraph, threads: int) -> None:
 def _depends(later: list[Kernel], earlier: list[Kernel]) -> bool:
     """Whether any kernel of ``later`` touches what a kernel of ``earlier`` writes, or writes
     what it reads (then the two groups cannot be run as separate loops)."""
-    written = {o.buffer for k in earlier for o, w, _ in _operands(k) if w}
-    read = {o.buffer for k in earlier for o, w, _ in _operands(k) if not w}
+    written = {o.buffer for k in earlier for o, w in _operands(k) if w}
+    read = {o.buffer for k in earlier for o, w in _operands(k) if not w}
     for k in later:
-        for o, w, _ in _operands(k):
+        for o, w in _operands(k):
             if o.buffer in written or (w and o.buffer in read):
                 return True
     return False
@@ -131,7 +130,7 @@ def _threaded(loop: Loop, local: set[Buffer], threads: int) -> Loop:
     loop.threads = min(threads, loop.count)
     if loop.threads > 1:
         for kernel in loop.body:
-            for o, _, _ in _operands(kernel):
+            for o, _ in _operands(kernel):
                 if o.buffer in local:
                     o.buffer.copies = max(o.buffer.copies, loop.threads)
     return loop

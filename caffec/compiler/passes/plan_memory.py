@@ -232,7 +232,7 @@ def in_place_links(
     for position, (_, instr) in enumerate(_passes(kgraph), start=1):
         if not isinstance(instr, Kernel):
             continue
-        parts = instr.attrs["parts"] if instr.prim == "fused" else [instr]
+        parts = instr.parts()
         for number, kernel in enumerate(parts):
             if kernel.prim != "map" or kernel.accumulate:
                 continue
