@@ -104,6 +104,11 @@ class Loop:
 Instr = Kernel | Loop
 
 
+def kernels_of(instr: Instr) -> list[Kernel]:
+    """The kernels an instruction runs: a loop's body, or the kernel itself."""
+    return instr.body if isinstance(instr, Loop) else [instr]
+
+
 @dataclass
 class Step:
     """The kernels of one layer in one direction: the unit of partial runs and of timing."""
@@ -115,10 +120,7 @@ class Step:
     # run may begin here
 
     def kernels(self) -> list[Kernel]:
-        out: list[Kernel] = []
-        for instr in self.instrs:
-            out.extend(instr.body if isinstance(instr, Loop) else [instr])
-        return out
+        return [kernel for instr in self.instrs for kernel in kernels_of(instr)]
 
 
 @dataclass

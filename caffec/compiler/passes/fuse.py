@@ -49,7 +49,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, Loop, Operand, Step
+from caffec.compiler.kernels import (
+    Buffer,
+    Instr,
+    Kernel,
+    KernelGraph,
+    Loop,
+    Operand,
+    Step,
+    kernels_of,
+)
 from caffec.compiler.passes.plan_memory import pinned_buffers, runtime_written
 from caffec.compiler.primitives import contiguous_strides, coordinate
 from caffec.errors import InternalError
@@ -106,7 +115,7 @@ class Scope:
                 instrs += [i for step in steps for i in step.instrs]
         out: list[Kernel] = []
         for instr in instrs:
-            for kernel in instr.body if isinstance(instr, Loop) else [instr]:
+            for kernel in kernels_of(instr):
                 out += kernel.parts()
         return out
 
@@ -139,10 +148,6 @@ def _is(o: Operand, buffer: Buffer, offset: int = 0, step: int = 0) -> bool:
     """Whether ``o`` is ``buffer`` from ``offset`` advancing ``step`` (operands compare by
     identity)."""
     return o.buffer is buffer and o.offset == offset and o.step == step
-
-
-def _kernels_of(entry: Entry) -> list[Kernel]:
-    return entry.instr.body if isinstance(entry.instr, Loop) else [entry.instr]
 
 
 def _is_map(instr: Instr, random_ok: bool = False) -> bool:
@@ -219,7 +224,9 @@ def _reader_through(scope: Scope, position: int) -> int | None:
             if any(o.buffer is source.buffer for o in reader.writes):
                 return None
             return later
-        if any(o.buffer is source.buffer for k in _kernels_of(entries[later]) for o in k.writes):
+        if any(
+            o.buffer is source.buffer for k in kernels_of(entries[later].instr) for o in k.writes
+        ):
             return None  # the source changes before the reader would read it
     return None
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 
-from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Loop, Operand, Step
+from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Loop, Operand, Step, kernels_of
 
 MAX_THREADS = 8
 
@@ -40,7 +40,7 @@ def parallelize_loops(kgraph: KernelGraph, threads: int | None = None) -> Kernel
     steps = [s for steps in kgraph.steps().values() for s in steps]
     owners: dict[Buffer, set[int]] = {}  # the instructions that touch each buffer
     for instr in (i for s in steps for i in s.instrs):
-        for kernel in instr.body if isinstance(instr, Loop) else [instr]:
+        for kernel in kernels_of(instr):
             for o, _ in _operands(kernel):
                 owners.setdefault(o.buffer, set()).add(id(instr))
     for step in steps:

@@ -95,7 +95,7 @@ from typing import Any
 
 import numpy as np
 
-from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, Loop
+from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, kernels_of
 
 ALIGN = 64  # bytes; every arena buffer starts on a cache line
 ARENA_KINDS = ("input", "value", "grad", "seed", "workspace")
@@ -153,10 +153,6 @@ def _passes(kgraph: KernelGraph) -> list[tuple[int, Instr]]:
     ]
 
 
-def _kernels(instr: Instr) -> list[Kernel]:
-    return instr.body if isinstance(instr, Loop) else [instr]
-
-
 def liveness(
     kgraph: KernelGraph, repeat: bool = True
 ) -> tuple[dict[Buffer, Interval], set[Buffer]]:
@@ -173,7 +169,7 @@ def liveness(
     pass_end = [0, 0, 0]
     for position, (pass_, instr) in enumerate(_passes(kgraph), start=1):
         pass_end[pass_] = position
-        for kernel in _kernels(instr):
+        for kernel in kernels_of(instr):
             reads = [o.buffer for o in kernel.reads]
             if kernel.accumulate:
                 reads += [o.buffer for o in kernel.writes]

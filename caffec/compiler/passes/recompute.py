@@ -22,7 +22,7 @@ written at all.
 
 from __future__ import annotations
 
-from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Loop, Operand
+from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Operand, kernels_of
 from caffec.compiler.passes.plan_memory import liveness, pinned_buffers, schedule
 
 
@@ -42,7 +42,7 @@ def recompute(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
     pinned = pinned_buffers(kgraph, keep_blobs)
     readers: dict[Buffer, list[tuple[int, Kernel]]] = {}
     for position, instr in enumerate(schedule(kgraph), start=1):
-        for kernel in instr.body if isinstance(instr, Loop) else [instr]:
+        for kernel in kernels_of(instr):
             for read in kernel.reads:
                 if read.buffer in masks:
                     readers.setdefault(read.buffer, []).append((position, kernel))
