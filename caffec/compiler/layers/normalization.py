@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from caffec.compiler.ir import Op, ParamBlob, Shape
+from caffec.compiler.kernels import Buffer
 from caffec.compiler.layers.common import SameShape, canonical_axis, count, fmt
 from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
@@ -21,6 +22,13 @@ class BatchNorm(SameShape):
     running blobs, divided by the factor blob; otherwise they are the batch's
     (biased) statistics over the batch and spatial axes, and the forward pass
     folds them into the running blobs as Caffe does.
+
+    With global statistics the normalisation is an affine map per channel, so
+    it is lowered as one: a map over the channels computes each channel's
+    scale and shift, once per forward, and the per-element map is one
+    multiply-add, which fusion puts into the producing convolution's or inner
+    product's epilogue beside its bias. That is what folding BatchNorm into
+    the weights buys, while the parameters stay the live blobs a user edits.
     """
 
     BLOBS = ("mean", "variance", "factor")
@@ -58,13 +66,19 @@ class BatchNorm(SameShape):
         p = op.param.batch_norm_param
         return p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == "TEST"
 
-    @staticmethod
-    def _inputs(ctx: Any, channel: Shape) -> dict[str, Any]:
-        """The running blobs, as the global-statistics expressions read them."""
-        return {"mb": (ctx.w(0), channel), "vb": (ctx.w(1), channel), "fb": (ctx.w(2), ROW)}
-
-    # the factor blob's reciprocal (0 while it is 0), as Caffe scales the running sums
-    _SCALE = ("f", "fb == 0 ? 0 : 1 / fb")
+    def _coefficients(self, op: Op, ctx: Any) -> tuple[Buffer, Buffer]:
+        """Each channel's scale and shift under the running statistics, as ``y = x * a + c``
+        (the factor blob scales the running sums; a factor of 0 reads as 0, as in Caffe)."""
+        channels = self._view(op)[1]
+        scale = ctx.state("scale", (channels,))
+        shift = ctx.state("shift", (channels,))
+        inputs = {"mb": ctx.w(0), "vb": ctx.w(1), "fb": (ctx.w(2), "0")}
+        lets = [("f", "fb == 0 ? 0 : 1 / fb"), ("a", "1 / sqrt(vb * f + eps)")]
+        ctx.emit(
+            pmap((channels,), [(scale, "a"), (shift, "-mb * f * a")], inputs,
+                 {"eps": op.param.batch_norm_param.eps}, lets=lets)
+        )  # fmt: skip
+        return scale, shift
 
     def lower(self, op: Op, ctx: Any) -> None:
         p = op.param.batch_norm_param
@@ -73,11 +87,9 @@ class BatchNorm(SameShape):
         channel = (1, channels, 1)
         eps = {"eps": p.eps}
         if self._global(op, ctx):
-            inputs = {"x": ctx.x(0), **self._inputs(ctx, channel)}
-            ctx.emit(
-                pmap(view, [(ctx.y(0), "(x - mb * f) / sqrt(vb * f + eps)")], inputs, eps,
-                     lets=[self._SCALE])
-            )  # fmt: skip
+            scale, shift = self._coefficients(op, ctx)
+            inputs = {"x": ctx.x(0), "a": (scale, channel), "c": (shift, channel)}
+            ctx.emit(pmap(view, [(ctx.y(0), "x * a + c")], inputs))
             return
         m = num * spatial
         mean = ctx.state("batch mean", (channels,))
@@ -108,12 +120,9 @@ class BatchNorm(SameShape):
         num, channels, spatial = view
         channel = (1, channels, 1)
         if self._global(op, ctx):
-            inputs = {"dy": ctx.dy(0), **self._inputs(ctx, channel)}
-            ctx.emit(
-                pmap(view, [(dx, "dy / sqrt(vb * f + eps)")], inputs,
-                     {"eps": op.param.batch_norm_param.eps}, lets=[self._SCALE],
-                     accumulate=accumulate)
-            )  # fmt: skip
+            scale = ctx.state("scale", (channels,))
+            inputs = {"dy": ctx.dy(0), "a": (scale, channel)}
+            ctx.emit(pmap(view, [(dx, "dy * a")], inputs, accumulate=accumulate))
             return
         # dx = (dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps), means per channel
         m = num * spatial

@@ -7,7 +7,10 @@ groups the solver's updates:
    reads (Concat's and Slice's gradients, split into the branches) is
    dropped: the map reads the copy's source at the strided position
    instead, and the destination is never allocated.
-2. **Map chains.** Two adjacent ``map`` kernels where the second reads the
+2. **Map chains.** A map that reads only parameters (BatchNorm's per-channel
+   scale and shift under its running statistics) moves ahead of the layer
+   before it where the map using its result reads that layer's output, so
+   the two maps around it meet. Two adjacent ``map`` kernels where the second reads the
    first's output element for element become one map: the first's result is
    a temporary of the second's loop (a bias add and the ReLU after it). The
    intermediate is still written where something else reads it.
@@ -85,8 +88,8 @@ def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
         steps: list[Step] = getattr(kgraph, direction)
         scope = Scope(kgraph, direction, pinned)
         scope.entries = [Entry(i, s, {s}) for s, step in enumerate(steps) for i in step.instrs]
-        rewrites = (_read_through_copies, _compose_adjacent_maps, _sink_maps_into_loops,
-                    _write_into_copies)  # fmt: skip
+        rewrites = (_read_through_copies, _hoist_parameter_maps, _compose_adjacent_maps,
+                    _sink_maps_into_loops, _write_into_copies)  # fmt: skip
         for rewrite in rewrites:
             rewrite(scope)
         _rebuild(steps, _group(scope))
@@ -255,6 +258,35 @@ def _read_through(copy: Kernel, reader: Kernel) -> None:
 # --- 2. map chains -------------------------------------------------------------------------
 
 
+def _hoist_parameter_maps(scope: Scope) -> None:
+    """Move a map that reads only parameters (BatchNorm's per-channel coefficients) ahead of
+    the layer before it, where the map after it reads that layer's output element for
+    element: that map can then join the layer's kernels."""
+    entries = scope.entries
+    for position in range(1, len(entries) - 1):
+        kernel, after, last = (entries[p].instr for p in (position, position + 1, position - 1))
+        home, previous = entries[position].home, entries[position - 1].home
+        if previous == home or not (_is_map(kernel) and _is_map(after)):
+            continue
+        if any(o.buffer.kind != "param" for o in kernel.reads):
+            continue
+        first = position - 1
+        while first > 0 and entries[first - 1].home == previous:
+            first -= 1
+        layer = [k for e in entries[first:position] for k in kernels_of(e.instr)]
+        touched = {o.buffer for k in layer for o in (*k.reads, *k.writes)}
+        if any(o.buffer in touched for o in (*kernel.reads, *kernel.writes)):
+            continue
+        output = {o.buffer for k in kernels_of(last) for o in k.writes}
+        assert isinstance(after, Kernel)
+        if not any(o.buffer in output and _elementwise_only(after, o.buffer) for o in after.reads):
+            continue
+        moved = entries.pop(position)
+        moved.home = previous
+        moved.origins.add(previous)
+        entries.insert(first, moved)
+
+
 def _compose_adjacent_maps(scope: Scope) -> None:
     entries = scope.entries
     position = 0
@@ -381,6 +413,8 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
         for o in body.writes:
             written.setdefault(o.buffer, []).append(o)
         read_in_loop |= {o.buffer for o in body.reads}
+    if not any(read.buffer in written for read in kernel.reads):
+        return None  # nothing to gain: the map does not read what the loop wrote
     whole = {slot: index == "i" for _, slot, index in a["loads"]}
     for slot, read in enumerate(kernel.reads):
         if read.buffer in written:
