@@ -19,11 +19,11 @@ from typing import Any
 
 from caffec.codegen.build import build_library, c_flags
 from caffec.codegen.c import ABI_VERSION, kernel_names, render
-from caffec.compiler.kernels import KernelGraph
+from caffec.compiler.kernels import BlobBinding, KernelGraph
 from caffec.compiler.passes.plan_memory import replan
 from caffec.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: blobs may be views of part of a buffer
 
 
 def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
@@ -58,6 +58,15 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
     def slot(buffer: Any) -> int | None:
         return None if buffer is None else buffer.index
 
+    def blob_entry(blob: BlobBinding) -> dict[str, Any]:
+        """A blob's data and diff slots, and where either is a view of part of its slot."""
+        entry: dict[str, Any] = {"data": slot(blob.data), "diff": slot(blob.diff)}
+        for key, view in (("data_view", blob.data_view), ("diff_view", blob.diff_view)):
+            if view is not None:
+                entry[key] = {"offset": view.offset, "shape": list(view.shape),
+                              "strides": list(view.strides)}  # fmt: skip
+        return entry
+
     return {
         "format": "caffec-artifact",
         "format_version": FORMAT_VERSION,
@@ -83,9 +92,7 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "update": steps(kgraph.update),
         "histories": [[index, slot(b)] for index, b in kgraph.histories],
         "solver": kgraph.solver,
-        "blobs": {
-            name: {"data": slot(b.data), "diff": slot(b.diff)} for name, b in kgraph.blobs.items()
-        },
+        "blobs": {name: blob_entry(b) for name, b in kgraph.blobs.items()},
         "params": [
             {
                 "layer": p.layer,

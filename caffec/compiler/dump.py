@@ -148,9 +148,23 @@ def kernels_to_text(kgraph: Any) -> str:
                     lines += ["  " + _kernel_text(k) for k in instr.body]
                 else:
                     lines.append(_kernel_text(instr))
+    lines += _views_text(kgraph)
     if kgraph.memory_plan is not None:
         lines += _plan_text(kgraph.memory_plan)
     return "\n".join(lines) + "\n"
+
+
+def _views_text(kgraph: Any) -> list[str]:
+    """The blobs ``net.blobs`` shows as views of part of another buffer (copies dropped)."""
+    lines = []
+    for name, blob in kgraph.blobs.items():
+        for what, buffer, view in (("data", blob.data, blob.data_view),
+                                   ("diff", blob.diff, blob.diff_view)):  # fmt: skip
+            if view is not None:
+                strides = ",".join(map(str, view.strides))
+                lines.append(f"  {name} {what} = #{buffer.index} {buffer.name}+{view.offset} "
+                             f"as {'x'.join(map(str, view.shape))} strides {strides}")  # fmt: skip
+    return ["views:", *lines] if lines else []
 
 
 def _plan_text(plan: Any) -> list[str]:

@@ -137,13 +137,26 @@ class ParamBinding:
     shared_with: tuple[str, int] | None = None  # (layer, index) owning the data, if shared
 
 
+@dataclass(frozen=True)
+class View:
+    """Where a blob lives inside another buffer, once fusion dropped the copy between them
+    (a Concat's bottom inside its top, a Flatten's top at its bottom)."""
+
+    offset: int  # elements from the buffer's start
+    shape: Shape  # the blob's
+    strides: tuple[int, ...]  # in elements, per axis of ``shape``
+
+
 @dataclass
 class BlobBinding:
-    """What pycaffe's ``net.blobs[name]`` shows: the last version's data, the first's diff."""
+    """What pycaffe's ``net.blobs[name]`` shows: the last version's data, the first's diff,
+    each the whole buffer or, with a view, a part of it."""
 
     name: str
     data: Buffer
     diff: Buffer | None
+    data_view: View | None = None
+    diff_view: View | None = None
 
 
 @dataclass

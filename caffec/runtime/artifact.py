@@ -14,7 +14,7 @@ from typing import Any
 
 from caffec.errors import UserError
 
-SUPPORTED_FORMAT = 1
+SUPPORTED_FORMAT = 2
 SUPPORTED_ABI = 3
 
 

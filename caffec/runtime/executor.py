@@ -79,5 +79,17 @@ class Executor:
             raise UserError(f"{direction} steps {begin}..{end} are outside 0..{len(steps)}")
         self._entries[direction](self._table, begin, end)
 
-    def buffer(self, slot: int | None) -> Any:
-        return None if slot is None else self.buffers[slot]
+    def buffer(self, slot: int | None, view: dict[str, Any] | None = None) -> Any:
+        """Buffer ``slot`` as an array, or the part of it a blob ``view`` describes (its
+        offset, shape and strides in elements)."""
+        if slot is None:
+            return None
+        array = self.buffers[slot]
+        if view is None:
+            return array
+        itemsize = array.itemsize
+        return np.lib.stride_tricks.as_strided(
+            array.reshape(-1)[view["offset"] :],
+            shape=tuple(view["shape"]),
+            strides=tuple(s * itemsize for s in view["strides"]),
+        )

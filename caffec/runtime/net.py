@@ -104,7 +104,13 @@ class CompiledNet:
         self._lean = not m["memory_plan"]["keep_blobs"]
         self._forwarded = False
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
-            (name, Blob(self._exec.buffer(b["data"]), self._exec.buffer(b["diff"])))
+            (
+                name,
+                Blob(
+                    self._exec.buffer(b["data"], b.get("data_view")),
+                    self._exec.buffer(b["diff"], b.get("diff_view")),
+                ),
+            )
             for name, b in m["blobs"].items()
         )
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()

@@ -3,8 +3,8 @@
 Every net of BVLC Caffe's examples and models in the corpus is built twice, as the
 reference (-O0) and fully optimised (-O2), with the same parameters and inputs:
 nets with a loss run forward, backward and an SGD update (TRAIN), the others
-forward (TEST). Outputs, parameter gradients and updated weights must agree
-within 1e-5 relative: fusion changes where sums are taken (the C compiler may
+forward (TEST). Outputs, every blob's data and diff, parameter gradients and
+updated weights must agree within 1e-5 relative: fusion changes where sums are taken (the C compiler may
 reassociate), never what is summed. The kernel counts are checked too.
 """
 
@@ -73,9 +73,14 @@ def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int
         results = []
         for net in nets:
             outputs = {k: v.copy() for k, v in net.forward(**feed).items()}
+            if options.keep_blobs:  # every blob readable, views of shared memory included
+                outputs |= {f"blob {n}": b.data.copy() for n, b in net.blobs.items()}
             if training:
                 net.clear_param_diffs()
                 net.backward()
+                if options.keep_blobs:
+                    outputs |= {f"blob {n} diff": b.diff.copy() for n, b in net.blobs.items()
+                                if b.diff is not None}  # fmt: skip
                 grads = {f"{n} {i} diff": b.diff.copy() for n, bs in net.params.items()
                          for i, b in enumerate(bs)}  # fmt: skip
                 net._exec.of_kind("hyper")[0] = 0.01

@@ -18,13 +18,16 @@ groups the solver's updates:
    bias and ReLU after its im2col + GEMM per image) moves into the loop,
    working on each image's slice right after the GEMM wrote it, while it is
    still in cache.
-4. **Copies written through.** A ``copy`` from a value nobody outside the
-   kernels sees (a Concat bottom, a Flatten's or Split's input, in a lean
-   build) is dropped: the kernels that write and read the value use the
-   copy's destination instead, in place (Concat without concatenating: each
-   branch's per-image GEMM writes its channels of the joined blob). Where
-   the destination is strided (Concat over channels with more than one
-   image), only per-image slices and element-for-element maps can be moved.
+4. **Copies written through.** A ``copy`` of a whole value is dropped where
+   the value can live inside the other side: a Concat's bottom inside its
+   top (each branch's per-image GEMM writes its channels of the joined
+   blob), a Flatten's, Reshape's, Split's or Slice's top at its bottom. The
+   kernels that write and read the value use its place there instead. Where
+   that place is strided (Concat over channels with more than one image),
+   only per-image slices and element-for-element maps can be moved. A blob
+   the user can read (``net.blobs``) stays readable as a numpy view of where
+   it now lives, as Caffe's Flatten, Reshape and Split share their bottom's
+   memory.
 5. **Groups.** Adjacent kernels that form producer -> consumer chains become
    one ``fused`` kernel that runs its parts in order: at most one *anchor*
    (``gemm``, ``reduce``, ``pool``, ``pool_grad``, ``copy``), ``map`` s
@@ -48,6 +51,7 @@ together, and says so.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +64,7 @@ from caffec.compiler.kernels import (
     Loop,
     Operand,
     Step,
+    View,
     kernels_of,
 )
 from caffec.compiler.passes.plan_memory import pinned_buffers, runtime_written
@@ -83,10 +88,11 @@ class Entry:
 
 def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
     """Fuse the kernels of ``kgraph`` in place (see the module docstring)."""
-    pinned = pinned_buffers(kgraph, keep_blobs) | runtime_written(kgraph)
+    fixed = runtime_written(kgraph)
+    pinned = pinned_buffers(kgraph, keep_blobs) | fixed
     for direction in ("forward", "backward"):
         steps: list[Step] = getattr(kgraph, direction)
-        scope = Scope(kgraph, direction, pinned)
+        scope = Scope(kgraph, direction, pinned, fixed)
         scope.entries = [Entry(i, s, {s}) for s, step in enumerate(steps) for i in step.instrs]
         rewrites = (_read_through_copies, _hoist_parameter_maps, _compose_adjacent_maps,
                     _sink_maps_into_loops, _write_into_copies)  # fmt: skip
@@ -107,6 +113,7 @@ class Scope:
     kgraph: KernelGraph
     direction: str
     pinned: set[Buffer]
+    fixed: set[Buffer]  # what the runtime writes: never moved
     entries: list[Entry] = field(default_factory=list)
     moved: set[int] = field(default_factory=set)  # kernels now writing a copy's destination
 
@@ -176,16 +183,20 @@ def _elementwise_only(kernel: Kernel, buffer: Buffer) -> bool:
 # --- 1. copies read through ------------------------------------------------------------------
 
 
-def _drop_copies(scope: Scope, rewrite: Callable[[int, Kernel], bool]) -> None:
-    """Drop each copy kernel for which ``rewrite(position, copy)`` made it unneeded."""
+def _drop_copies(scope: Scope, rewrite: Callable[[int, Kernel], bool]) -> bool:
+    """Drop each copy kernel for which ``rewrite(position, copy)`` made it unneeded; whether
+    any was."""
     entries = scope.entries
     position = 0
+    dropped = False
     while position < len(entries):
         copy = entries[position].instr
         if isinstance(copy, Kernel) and copy.prim == "copy" and rewrite(position, copy):
             del entries[position]
+            dropped = True
         else:
             position += 1
+    return dropped
 
 
 def _read_through_copies(scope: Scope) -> None:
@@ -447,36 +458,60 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
 
 
 def _write_into_copies(scope: Scope) -> None:
-    _drop_copies(scope, lambda position, copy: _moved_into(scope, copy))
+    def rewrite(position: int, copy: Kernel) -> bool:
+        a, (source,), (destination,) = copy.attrs, copy.reads, copy.writes
+        if copy.accumulate:
+            return False
+        if _moved(scope, copy, source, destination, a["dst_strides"]):
+            return True
+        if _written_after(scope, position, source.buffer):
+            return False  # the destination would change with the source
+        return _moved(scope, copy, destination, source, a["src_strides"])
+
+    while _drop_copies(scope, rewrite):
+        pass  # a dropped copy can free another (a Slice's top, once the Split after it went)
 
 
-def _moved_into(scope: Scope, copy: Kernel) -> bool:
-    """Retarget every access of the copy's source to its place in the destination, if the
-    source is a value only kernels see and every access can be moved (see above)."""
+def _moved(scope: Scope, copy: Kernel, gone: Operand, kept: Operand, layout: list[int]) -> bool:
+    """Retarget every access of one side of the copy, ``gone``, to its place in the other,
+    ``kept``, laid out there by ``layout``: the source into the destination (a Concat's
+    bottom), or the destination onto the source (a Flatten's, Split's or Slice's top). The
+    value must be whole on its side, no one else may write where it lands, and every access
+    must be movable (see above). A blob the user reads becomes a view there."""
     a = copy.attrs
-    source, destination = copy.reads[0], copy.writes[0]
-    value = source.buffer
-    if copy.accumulate or not _is(source, value) or value.size != a["size"]:
+    value = gone.buffer
+    shape = a["shape"]
+    if not _is(gone, value) or value.size != a["size"] or kept.step:
         return False
-    if value in scope.pinned or value.kind not in ("value", "grad") or destination.step:
+    if value.kind not in ("value", "grad") or value in scope.fixed:
         return False
-    if a["src_strides"] != contiguous_strides(a["shape"]):
+    if (a["src_strides"] if gone is copy.reads[0] else a["dst_strides"]) != contiguous_strides(
+        shape
+    ):
         return False
+    flat = layout == contiguous_strides(shape)
+    if not flat and (len(shape) != 2 or layout[1] != 1):
+        return False
+    view = None
+    if value in scope.pinned:
+        view = _view(value, kept, shape, layout)
+        if view is None or (not flat and not _viewed_whole(scope.kgraph, value)):
+            return False
     readers, writers = scope.users(value)
-    _, joined_writers = scope.users(destination.buffer)  # the other copies into it, or what
-    if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes their part
-           for k in joined_writers):  # fmt: skip
+    _, kept_writers = scope.users(kept.buffer)
+    if gone is copy.reads[0]:  # beside the other copies into the destination, or what
+        if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes there
+               for k in kept_writers):  # fmt: skip
+            return False
+    elif writers != [copy]:
         return False
-    flat = a["dst_strides"] == contiguous_strides(a["shape"])
     accesses = [(k, o) for k in {*readers, *writers} - {copy}
                 for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
     if not flat:
-        if len(a["shape"]) != 2 or a["dst_strides"][1] != 1:
-            return False
-        rows, row = a["shape"]
+        row = shape[1]
         for kernel, o in accesses:
             sliced = o.offset == 0 and o.step == row
-            whole = _is(o, value) and _is_map(kernel, random_ok=True)
+            whole = _is(o, value) and kernel.prim == "map"
             if whole and o in kernel.writes:
                 return False  # a map writes element i: it cannot scatter
             if whole and any(ix != "i" for _, sl, ix in kernel.attrs["loads"]
@@ -485,20 +520,78 @@ def _moved_into(scope: Scope, copy: Kernel) -> bool:
             if not (sliced or whole):
                 return False
     for kernel, o in accesses:
-        _retarget(kernel, o, destination, a, flat)
+        _retarget(kernel, o, kept, shape, layout, flat)
         scope.moved.add(id(kernel))
+    if view is not None:
+        _bind_view(scope.kgraph, value, kept.buffer, view)
     return True
 
 
-def _retarget(kernel: Kernel, old: Operand, destination: Operand, a: dict, flat: bool) -> None:
-    """Replace operand ``old`` of ``kernel`` by its place in the copy's destination."""
-    if flat:  # the same layout, from the destination's offset
-        new = Operand(destination.buffer, destination.offset + old.offset, old.step)
-    elif old.step:  # image n's slice: its row of the destination
-        new = Operand(destination.buffer, destination.offset, a["dst_strides"][0])
+def _written_after(scope: Scope, position: int, buffer: Buffer) -> bool:
+    """Whether a kernel after entry ``position`` (in this pass or a later one) writes
+    ``buffer``."""
+    later = [e.instr for e in scope.entries[position + 1 :]]
+    passes = list(scope.kgraph.steps())
+    for direction in passes[passes.index(scope.direction) + 1 :]:
+        later += [i for step in scope.kgraph.steps()[direction] for i in step.instrs]
+    return any(o.buffer is buffer for i in later for k in kernels_of(i) for p in k.parts()
+               for o in p.writes)  # fmt: skip
+
+
+def _view(value: Buffer, kept: Operand, shape: list[int], layout: list[int]) -> View | None:
+    """Where ``value`` lies in ``kept``'s buffer, as a view of its own shape: contiguous
+    from the offset, or (a 2-D copy) the rows of its leading axes ``layout[0]`` apart."""
+    if layout == contiguous_strides(shape):
+        return View(kept.offset, value.shape, tuple(contiguous_strides(value.shape)))
+    rows = shape[0]
+    split = next((k for k in range(len(value.shape) + 1) if math.prod(value.shape[:k]) == rows),
+                 None)  # fmt: skip
+    if split is None:
+        return None
+    leading = [layout[0] * math.prod(value.shape[j + 1 : split]) for j in range(split)]
+    return View(kept.offset, value.shape, (*leading, *contiguous_strides(value.shape[split:])))
+
+
+def _viewed_whole(kgraph: KernelGraph, buffer: Buffer) -> bool:
+    """Whether every blob that is a view into ``buffer`` is all of it, as it is laid out."""
+    whole = View(0, buffer.shape, tuple(contiguous_strides(buffer.shape)))
+    views = [b.data_view for b in kgraph.blobs.values() if b.data is buffer]
+    views += [b.diff_view for b in kgraph.blobs.values() if b.diff is buffer]
+    return all(v is None or v == whole for v in views)
+
+
+def _bind_view(kgraph: KernelGraph, value: Buffer, base: Buffer, view: View) -> None:
+    """Show the blobs bound to ``value`` where it now lives (a view already into ``value``
+    moves along with it: by an offset, or as all of it)."""
+    for blob in kgraph.blobs.values():
+        if blob.data is value:
+            blob.data, blob.data_view = base, _composed(blob.data_view, view)
+        if blob.diff is value:
+            blob.diff, blob.diff_view = base, _composed(blob.diff_view, view)
+
+
+def _composed(inner: View | None, outer: View) -> View:
+    """``inner`` (a view into a value, or None: all of it) once the value is ``outer``."""
+    if (
+        inner is None
+        or inner.strides == tuple(contiguous_strides(inner.shape))
+        and (inner.shape == outer.shape and inner.offset == 0)
+    ):
+        return outer
+    return View(inner.offset + outer.offset, inner.shape, inner.strides)  # a flat move
+
+
+def _retarget(
+    kernel: Kernel, old: Operand, kept: Operand, shape: list[int], layout: list[int], flat: bool
+) -> None:
+    """Replace operand ``old`` of ``kernel`` by its place in ``kept``."""
+    if flat:  # the same layout, from the kept operand's offset
+        new = Operand(kept.buffer, kept.offset + old.offset, old.step)
+    elif old.step:  # image n's slice: its row there
+        new = Operand(kept.buffer, kept.offset, layout[0])
     else:  # a whole-value map operand read element for element: gather from the rows
-        new = Operand(destination.buffer, destination.offset)
-        index = _strided_index(a["shape"], a["dst_strides"])
+        new = Operand(kept.buffer, kept.offset)
+        index = _strided_index(shape, layout)
         for number, (name, slot, _) in enumerate(kernel.attrs["loads"]):
             if kernel.reads[slot] is old:
                 kernel.attrs["loads"][number] = (name, slot, index)
