@@ -97,6 +97,16 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_gpu(gpu: str | None, what: str) -> None:
+    """-gpu names the CUDA runtime, which caffec does not have yet."""
+    if gpu is not None:
+        raise UserError(
+            "-gpu: caffec cannot run nets on a GPU yet (`caffec compile --target cuda` builds "
+            "the CUDA code, but nothing runs it)",
+            hint=f"drop -gpu to {what} on the CPU",
+        )
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import shutil
 
@@ -114,10 +124,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         dtype=args.dtype, backward=True if args.train else None,
         keep_blobs=not args.outputs_only, **optimization_switches(args.O),
     )  # fmt: skip
+    if args.target == "cuda" and (args.weights or args.report):
+        raise UserError(
+            f"{'--weights' if args.weights else '--report'} needs a run of the net, and caffec "
+            "cannot run CUDA artifacts yet (only build them)",
+            hint="drop the option, or build for the C target",
+        )
     graph = load_layer_graph(args.net, options)
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
     kgraph = build_kernel_graph(graph, options)
-    write_artifact(kgraph, out, args.target_cpu)
+    write_artifact(kgraph, out, args.target_cpu, args.target, tuple(args.cuda_arch or ["90"]))
     if args.weights:
         from caffec.runtime.net import CompiledNet
 
@@ -218,11 +234,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from caffec.solver import Solver
 
-    if args.gpu is not None:
-        raise UserError(
-            "-gpu: caffec's CUDA target is not available in this build",
-            hint="drop -gpu to train on the CPU",
-        )
+    _refuse_gpu(args.gpu, "train")
     if args.snapshot and args.weights:
         raise UserError("give -snapshot (resume) or -weights (finetune), not both")
     solver = Solver(args.solver, cpu_fallback=args.cpu, outputs_only=True)
@@ -250,9 +262,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from caffec.net import Net
     from caffec.runtime.solver import caffe_log
 
-    if args.gpu is not None:
-        raise UserError("-gpu: caffec's CUDA target is not available in this build",
-                        hint="drop -gpu to test on the CPU")  # fmt: skip
+    _refuse_gpu(args.gpu, "test")
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
               level=args.level)  # fmt: skip
     weights = dict(net.artifact.manifest["loss_tops"])
@@ -280,9 +290,7 @@ def _cmd_time(args: argparse.Namespace) -> int:
     from caffec.runtime.solver import caffe_log
     from caffec.runtime.timing import benchmark
 
-    if args.gpu is not None:
-        raise UserError("-gpu: caffec's CUDA target is not available in this build",
-                        hint="drop -gpu to time the CPU build")  # fmt: skip
+    _refuse_gpu(args.gpu, "time")
     if args.iterations < 1:
         raise UserError("-iterations must be at least 1")
     net = Net(args.model, caffec_phase(args.phase), stages=args.stage, level=args.level,
@@ -401,6 +409,13 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument(
         "--target-cpu", default="native", help="the -march the C compiler builds for"
     )
+    compile_.add_argument(
+        "--target", choices=["c", "cuda"], default="c", help="generated C, or CUDA C (nvcc)"
+    )
+    compile_.add_argument(
+        "--cuda-arch", action="append", metavar="CC",
+        help="a compute capability to build machine code for (default 90; repeat for more)",
+    )  # fmt: skip
     compile_.set_defaults(run=_cmd_compile)
 
     run = sub.add_parser("run", help="run a compiled artifact forward on .npy/.npz inputs")

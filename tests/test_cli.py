@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,22 @@ def test_dump_after_plan_memory_shows_the_arena(capsys) -> None:
                          "--after", "plan_memory")  # fmt: skip
     assert status == 0 and "arena " in out and "naive " in out
     assert " pinned " in out and "conv2 columns" in out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_compile_for_cuda(capsys, tmp_path: Path, corpus: Path) -> None:
+    net = str(REPO / "examples/mnist/lenet.prototxt")
+    out = tmp_path / "lenet_cuda.caffec"
+    status, text, _ = run(capsys, "compile", net, "-o", str(out), "--target", "cuda")
+    assert status == 0 and "forward only" in text
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "kernels.cu", "kernels.fatbin"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == "cuda" and manifest["cuda"]["steps"]["forward"]
+    # what cannot run it says so: the C runtime, --weights (checked by a run), -gpu
+    status, _, err = run(capsys, "run", str(out))
+    assert status == 2 and "cuda target" in err
+    weights = str(corpus / "weights/lenet_iter_10000.caffemodel")
+    status, _, err = run(capsys, "compile", net, "--target", "cuda", "--weights", weights)
+    assert status == 2 and "--weights" in err
+    status, _, err = run(capsys, "compile", net, "--target", "cuda", "--cuda-arch", "sm90")
+    assert status == 2 and "compute capability" in err

@@ -17,13 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from caffec.codegen.build import build_library, c_flags
+from caffec.codegen.build import build_cuda, build_library, c_flags, cuda_flags
 from caffec.codegen.c import ABI_VERSION, kernel_names, render
+from caffec.codegen.cuda import render_cuda
 from caffec.compiler.kernels import BlobBinding, KernelGraph
 from caffec.compiler.passes.plan_memory import replan
 from caffec.errors import UserError
 
 FORMAT_VERSION = 2  # 2: blobs may be views of part of a buffer
+SOURCES = {"c": ("kernels.c", "kernels.so"), "cuda": ("kernels.cu", "kernels.fatbin")}
 
 
 def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
@@ -75,9 +77,9 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "dtype": kgraph.dtype,
         "name": kgraph.name,
         "phase": kgraph.phase,
-        "source": "kernels.c",
+        "source": SOURCES[target][0],
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-        "library": "kernels.so",
+        "library": SOURCES[target][1],
         "compiler_flags": flags,
         "arena_bytes": plan.arena_bytes,
         "naive_bytes": plan.naive_bytes,  # what Caffe would allocate for the same blobs
@@ -117,13 +119,27 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
     }
 
 
-def write_artifact(kgraph: KernelGraph, out_dir: str | Path, target_cpu: str = "native") -> Path:
-    """Generate, build and write ``kgraph`` as an artifact directory at ``out_dir``."""
+def write_artifact(
+    kgraph: KernelGraph,
+    out_dir: str | Path,
+    target_cpu: str = "native",
+    target: str = "c",
+    cuda_archs: tuple[str, ...] = ("90",),
+) -> Path:
+    """Generate, build and write ``kgraph`` as an artifact directory at ``out_dir``, for the
+    C target (``target_cpu``: the -march) or the CUDA target (``cuda_archs``)."""
     kgraph.number_buffers()
-    source = render(kgraph, "c")
-    flags = c_flags(target_cpu)
-    library = build_library(source, flags)
-    doc = manifest(kgraph, source, flags, "c")
+    if target == "cuda":
+        source, launches = render_cuda(kgraph)
+        flags = cuda_flags(cuda_archs)
+        library = build_cuda(source, flags)
+    else:
+        source = render(kgraph, "c")
+        flags = c_flags(target_cpu)
+        library = build_library(source, flags)
+    doc = manifest(kgraph, source, flags, target)
+    if target == "cuda":
+        doc["cuda"] = launches
     out = Path(out_dir)
     parent = out.resolve().parent
     try:
@@ -132,8 +148,8 @@ def write_artifact(kgraph: KernelGraph, out_dir: str | Path, target_cpu: str = "
     except OSError as err:
         raise UserError(f"cannot write the artifact {out}: {err.strerror}") from err
     try:
-        (tmp / "kernels.c").write_text(source, encoding="utf-8")
-        shutil.copyfile(library, tmp / "kernels.so")
+        (tmp / SOURCES[target][0]).write_text(source, encoding="utf-8")
+        shutil.copyfile(library, tmp / SOURCES[target][1])
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))

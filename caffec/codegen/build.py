@@ -85,49 +85,80 @@ def c_flags(target_cpu: str = "native", debug: bool = False) -> list[str]:
 def build_library(source: str, flags: list[str]) -> Path:
     """The shared library built from ``source`` with ``flags`` (from the cache when there)."""
     compiler = c_compiler()
-    key = hashlib.sha256(
-        "\0".join([source, _compiler_identity(compiler), *flags]).encode()
-    ).hexdigest()
-    entry = cache_dir() / "c" / key[:2] / key
-    library = entry / "kernels.so"
-    if library.exists():
-        return library
+    command = [compiler, *flags, "kernels.c", "-o", "kernels.so", "-lm"]
+    return _cached_build(source, command, _compiler_identity(compiler), "kernels.c", "kernels.so")
+
+
+def nvcc() -> str:
+    compiler = os.environ.get("NVCC", "nvcc")
+    if shutil.which(compiler) is None:
+        raise UserError(
+            f"no CUDA compiler: '{compiler}' is not on PATH",
+            hint="install the CUDA toolkit (its bin/ on PATH), or set NVCC",
+        )
+    return compiler
+
+
+def cuda_flags(archs: tuple[str, ...] = ("90",)) -> list[str]:
+    """nvcc's flags: a fat binary with machine code for each of ``archs`` (compute
+    capabilities such as "90": H100 and H200) and PTX for the first, which newer GPUs
+    compile when they load it."""
+    for arch in archs:
+        if not re.fullmatch(r"[0-9]{2,3}[a-z]?", arch):
+            raise UserError(f"--cuda-arch '{arch}' is not a compute capability", hint="e.g. 90")
+    flags = ["-fatbin", "-O3"]
+    for number, arch in enumerate(archs):
+        codes = f"sm_{arch},compute_{arch}" if number == 0 else f"sm_{arch}"
+        flags.append(f"-gencode=arch=compute_{arch},code=[{codes}]")
+    return flags
+
+
+def build_cuda(source: str, flags: list[str]) -> Path:
+    """The fat binary nvcc builds from ``source`` with ``flags`` (from the cache when there)."""
+    compiler = nvcc()
+    command = [compiler, *flags, "kernels.cu", "-o", "kernels.fatbin"]
+    return _cached_build(
+        source, command, _compiler_identity(compiler), "kernels.cu", "kernels.fatbin"
+    )
+
+
+def _cached_build(
+    source: str, command: list[str], identity: str, source_name: str, output_name: str
+) -> Path:
+    """Run ``command``, which reads ``source_name`` and writes ``output_name``, on ``source``
+    in a temporary folder of the cache entry its hash names; move the output into place."""
+    key = hashlib.sha256("\0".join([source, identity, *command[1:]]).encode()).hexdigest()
+    entry = cache_dir() / Path(source_name).suffix[1:] / key[:2] / key
+    output = entry / output_name
+    if output.exists():
+        return output
     entry.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=entry) as tmp:
-        src = Path(tmp, "kernels.c")
-        src.write_text(source, encoding="utf-8")
-        out = Path(tmp, "kernels.so")
-        result = subprocess.run(
-            [compiler, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True
-        )
+        Path(tmp, source_name).write_text(source, encoding="utf-8")
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
         if result.returncode != 0:
-            raise InternalError(_describe_failure(source, result.stderr))
-        os.replace(out, library)
-        source_copy = entry / "kernels.c"
-        if not source_copy.exists():
-            tmp_src = Path(tmp, "kernels.c")
-            os.replace(tmp_src, source_copy)
-    return library
+            raise InternalError(_describe_failure(source, result.stderr, source_name))
+        os.replace(Path(tmp, output_name), output)
+        if not (entry / source_name).exists():
+            os.replace(Path(tmp, source_name), entry / source_name)
+    return output
 
 
-def _describe_failure(source: str, stderr: str) -> str:
+def _describe_failure(source: str, stderr: str, source_name: str) -> str:
     """Name the generated kernel the compiler rejected: such a failure is a caffec bug."""
     lines = source.splitlines()
     kernel = None
-    match = re.search(r"kernels\.c:(\d+):", stderr)
+    match = re.search(rf"{re.escape(source_name)}[:(](\d+)", stderr)
     if match:
-        for number in range(int(match.group(1)) - 1, -1, -1):
-            found = (
-                re.match(r"static void (k\d+_\w+)\(", lines[number])
-                if number < len(lines)
-                else None
-            )
+        for number in range(min(int(match.group(1)), len(lines)) - 1, -1, -1):
+            found = re.match(r'(?:static|extern "C" __global__) void (k\d+_\w+)\(', lines[number])
             if found:
                 kernel = found.group(1)
                 break
     where = f" in kernel {kernel}" if kernel else ""
     first = "\n".join(stderr.strip().splitlines()[:12])
+    compiler = "nvcc" if source_name.endswith(".cu") else "the C compiler"
     return (
-        f"the C compiler rejected caffec's generated code{where} (a caffec bug; please report "
-        f"it with the net):\n{first}"
+        f"{compiler} rejected caffec's generated code{where} (a caffec bug; please report it "
+        f"with the net):\n{first}"
     )

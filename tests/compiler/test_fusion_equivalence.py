@@ -13,6 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,9 +97,10 @@ def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int
     return counts[0], counts[1]
 
 
-@pytest.mark.usefixtures("pyloss_on_path")
-@pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
-def test_corpus_net_optimised_equals_reference(path: Path, tmp_path: Path) -> None:
+def corpus_options(path: Path) -> tuple[Any, Any, Options]:
+    """A corpus net, read, and the options it is checked with: TRAIN with a backward pass
+    and SGD where it has a loss, else TEST; its data shapes at batch ``BATCH``. Skips the
+    test where the shapes cannot be known."""
     net, spans = read_net(path)
     has_loss = any("Loss" in layer.type for layer in net.layer)
     phase = "TRAIN" if has_loss else "TEST"
@@ -112,7 +114,17 @@ def test_corpus_net_optimised_equals_reference(path: Path, tmp_path: Path) -> No
     except UserError as err:
         pytest.skip(err.message)
     given = {v.blob: v.shape for op in probe.ops if not op.bottoms for v in op.tops}
-    options = replace(options, shapes=_small({k: v for k, v in given.items() if len(v) > 1}))
+    return (
+        net,
+        spans,
+        replace(options, shapes=_small({k: v for k, v in given.items() if len(v) > 1})),
+    )
+
+
+@pytest.mark.usefixtures("pyloss_on_path")
+@pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_net_optimised_equals_reference(path: Path, tmp_path: Path) -> None:
+    net, spans, options = corpus_options(path)
     try:
         reference, optimised = check_equivalent(
             lambda o: layer_graph_of(net, spans, o), options, tmp_path

@@ -1,4 +1,4 @@
-"""LRN, BatchNorm, Scale, Bias, Crop and the regression losses: forward against the numpy
+"""LRN, BatchNorm, Scale, Bias, Crop, Reduction and the regression losses: forward against the numpy
 references, backward by finite differences, as in test_layers.py.
 
 Parameter values are exactly representable in float32 (prototxt floats are float32), so
@@ -135,6 +135,24 @@ def test_scale(tmp_path: Path, param: str, bottoms: dict, axis: int) -> None:
     scale = feed["s"] if "s" in feed else p.pop(0)
     bias = p[0] if "bias_term" in param else None
     expected = R.scale(feed["a"], scale, bias, axis=axis)[0]
+    np.testing.assert_allclose(out["y"], expected, rtol=1e-12)
+    check_gradients(net, feed, ["y"], rng)
+
+
+REDUCTION_CASES = [
+    ("", (2, 3, 4), {}),
+    ("operation: ASUM axis: 1 coeff: 0.5", (3, 2, 5), {"operation": "ASUM", "axis": 1, "coeff": 0.5}),
+    ("operation: SUMSQ axis: -1", (2, 3, 4), {"operation": "SUMSQ", "axis": -1}),
+    ("operation: MEAN axis: 2 coeff: -2", (2, 3, 2, 3), {"operation": "MEAN", "axis": 2, "coeff": -2.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("param", "shape", "kw"), REDUCTION_CASES)
+def test_reduction(tmp_path: Path, param: str, shape: tuple, kw: dict) -> None:
+    layer = f'layer {{ name: "x" type: "Reduction" bottom: "a" top: "y" reduction_param {{ {param} }} }}'
+    net, feed, out, rng = run_case(tmp_path, layer, {"a": shape}, ["y"])
+    expected = R.reduction(feed["a"], **kw)[0]
+    assert out["y"].shape == expected.shape
     np.testing.assert_allclose(out["y"], expected, rtol=1e-12)
     check_gradients(net, feed, ["y"], rng)
 

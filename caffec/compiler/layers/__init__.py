@@ -7,6 +7,7 @@ from caffec.compiler.layers import (  # noqa: F401
     losses,
     normalization,
     python_layer,
+    reduction,
     structure,
     vision,
 )

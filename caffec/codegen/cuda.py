@@ -1,0 +1,114 @@
+"""The CUDA target: the kernel graph as CUDA C, rendered from ``templates/cuda``.
+
+The same kernel graph, memory plan and manifest as the C target; only the
+code differs. Every primitive becomes an ``extern "C" __global__`` function
+``kN_<layer type>_<primitive>(buf, n)`` over the device's pointer table
+``buf`` (slot numbers from the kernel graph, as in C) and the image number
+``n`` of a per-image loop. A fused kernel becomes its parts, one function
+each, launched in order on one stream (the stream orders them, as the C
+target's sequential blocks do). Elementwise work runs in grid-stride loops
+with its sizes compiled in; a GEMM is a tiled shared-memory kernel, its
+batch on the grid's z axis. Where the C target scatters (pooling gradients,
+col2im), a thread per destination element gathers instead, so no two
+threads write one place and the sums do not depend on timing.
+
+What the runtime needs to launch them is in the manifest's ``cuda`` entry:
+for each kernel its functions with their grid and block, and for each step
+its instructions as (loop count, kernels): the host runs a per-image loop,
+launching the loop's kernels for n = 0, 1, ... in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+import caffec
+from caffec.codegen.c import TEMPLATES, aliased, expression, kernel_names, pointer
+from caffec.compiler.kernels import Kernel, KernelGraph, Loop
+
+BLOCK = 256  # threads per block of a grid-stride kernel
+MAX_BLOCKS = 8192  # enough to fill any current GPU; the loops stride over the rest
+TILE = 16  # a GEMM block's tile of C is TILE x TILE, its K step TILE
+
+
+def environment() -> jinja2.Environment:
+    """Templates from ``templates/cuda``, with the C target's target-neutral pieces (a map's
+    element, a reduction's output, a pooling window) found in ``templates/c``."""
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [jinja2.FileSystemLoader(TEMPLATES / "cuda"), jinja2.FileSystemLoader(TEMPLATES / "c")]
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def work_items(part: Kernel) -> int:
+    """How many independent elements a grid-stride function's threads share."""
+    a = part.attrs
+    sizes = {
+        "map": lambda: a["size"],
+        "copy": lambda: a["size"],
+        "reduce": lambda: a["out_size"],
+        "pool": lambda: a["P"] * a["OH"] * a["OW"],
+        "pool_grad": lambda: a["P"] * a["H"] * a["W"],
+        "im2col": lambda: a["C"] * a["KH"] * a["KW"] * a["OH"] * a["OW"],
+        "col2im": lambda: a["C"] * a["H"] * a["W"],
+    }
+    return int(sizes[part.prim]())
+
+
+def geometry(part: Kernel) -> tuple[list[int], list[int]]:
+    """The grid and block a function is launched with."""
+    if part.prim == "gemm":
+        a = part.attrs
+        return [-(-a["N"] // TILE), -(-a["M"] // TILE), a["batch"]], [TILE, TILE, 1]
+    blocks = min(MAX_BLOCKS, max(1, -(-work_items(part) // BLOCK)))
+    return [blocks, 1, 1], [BLOCK, 1, 1]
+
+
+def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
+    """The CUDA source for ``kgraph`` and the manifest's ``cuda`` entry (see above)."""
+    env = environment()
+    names = kernel_names(kgraph)
+    layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
+    helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased, "tile": TILE}
+    functions: list[dict[str, str]] = []
+    launches: dict[str, list[dict[str, Any]]] = {}
+    steps: dict[str, list[list[dict[str, Any]]]] = {}
+    for direction, direction_steps in kgraph.steps().items():
+        steps[direction] = []
+        for step in direction_steps:
+            where = f"layer #{layer_index[step.layer]}" if step.layer in layer_index else "the net"
+            for kernel in step.kernels():
+                name = names[id(kernel)]
+                parts = kernel.parts()
+                launches[name] = []
+                for number, part in enumerate(parts):
+                    function = name if len(parts) == 1 else f"{name}_p{number}"
+                    body = env.get_template(f"{part.prim}.cu.j2").render(kernel=part, **helpers)
+                    comment = f"{part.prim}, {direction} of {where} ({step.layer_type})"
+                    if len(parts) > 1:
+                        comment += f", part {number + 1} of {len(parts)} of a fused kernel"
+                    functions.append({"name": function, "comment": comment, "body": body})
+                    grid, block = geometry(part)
+                    launches[name].append({"function": function, "grid": grid, "block": block})
+            steps[direction].append([
+                {"count": instr.count if isinstance(instr, Loop) else 1,
+                 "kernels": [names[id(k)] for k in step_kernels(instr)]}
+                for instr in step.instrs
+            ])  # fmt: skip
+    prelude = env.get_template("prelude.cu.j2").render(
+        version=caffec.__version__, dtype=kgraph.dtype, n_functions=len(functions)
+    )
+    source = env.get_template("net.cu.j2").render(prelude=prelude, functions=functions)
+    return source, {"functions": launches, "steps": steps}
+
+
+def step_kernels(instr: Kernel | Loop) -> list[Kernel]:
+    return instr.body if isinstance(instr, Loop) else [instr]

@@ -1,0 +1,91 @@
+"""What the generated CUDA computes, checked on the CPU against the C target.
+
+The CUDA source of one small training net that uses every primitive (im2col and
+GEMM, col2im, MAX/AVE pooling and their gradients, LRN's pooled squares,
+copies, reductions, random maps, the solver's updates) runs under the OpenMP
+emulation of ``tests/cuda_emulator.py`` on the buffers of a C-target net, and
+two SGD steps must give the C target's outputs, gradients and weights. Built
+at -O0 (one kernel per primitive, pooling masks) and -O2 (fused kernels as
+their parts, the argmax found again in backward).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cuda_emulator import emulate
+from nets import same_params, train_step
+from test_fusion_equivalence import SOLVER
+
+from caffec.codegen.artifact import write_artifact
+from caffec.codegen.cuda import render_cuda
+from caffec.compiler.pipeline import (
+    Options,
+    build_kernel_graph,
+    layer_graph_of,
+    optimization_switches,
+)
+from caffec.frontend.loader import parse_net
+from caffec.runtime.net import CompiledNet
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+NET = """
+name: "every_primitive"
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 3 } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
+        convolution_param { num_output: 3 kernel_size: 2 stride: 1 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool2" type: "Pooling" bottom: "norm1" top: "pool2"
+        pooling_param { pool: AVE kernel_size: 2 stride: 1 pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "conv2" bottom: "pool2" top: "cat" }
+layer { name: "bn" type: "BatchNorm" bottom: "cat" top: "cat" }
+layer { name: "scale" type: "Scale" bottom: "cat" top: "cat" scale_param { bias_term: true } }
+layer { name: "up" type: "Deconvolution" bottom: "cat" top: "up"
+        convolution_param { num_output: 2 kernel_size: 2 stride: 2
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "drop" type: "Dropout" bottom: "up" top: "up" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "up" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_cuda_kernels_compute_what_the_c_target_does(level: int, tmp_path: Path) -> None:
+    options = Options(phase="TRAIN", backward=True, solver=SOLVER)
+    options = replace(options, **optimization_switches(level))
+    net, spans = parse_net(NET)
+    kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
+    artifact = write_artifact(kgraph, tmp_path / "c")
+    source, launches = render_cuda(kgraph)
+    c, cuda = CompiledNet(artifact, seed=3), CompiledNet(artifact, seed=3)
+    emulate(cuda, source, launches, tmp_path)
+    same_params(c, cuda)
+    rng = np.random.default_rng(1)
+    feed = {"data": rng.standard_normal((2, 3, 9, 9)), "label": np.array([1.0, 4.0])}
+    for _ in range(2):
+        results = []
+        for net_ in (c, cuda):
+            outputs = train_step(net_, feed, lr=0.05)
+            outputs |= {f"{n} {i} diff": b.diff.copy() for n, bs in net_.params.items()
+                        for i, b in enumerate(bs)}  # fmt: skip
+            outputs |= {f"{n} {i}": b.data.copy() for n, bs in net_.params.items()
+                        for i, b in enumerate(bs)}  # fmt: skip
+            results.append(outputs)
+        for key, value in results[0].items():
+            # absolute 1e-6 too: a bias before BatchNorm has a gradient of rounding noise
+            atol = max(1e-6, 1e-5 * float(np.max(np.abs(value), initial=0.0)))
+            np.testing.assert_allclose(results[1][key], value, rtol=1e-4, atol=atol, err_msg=key)

@@ -1,0 +1,90 @@
+"""The CUDA target without a GPU: every corpus net's CUDA source builds, and its manifest is
+the C target's.
+
+Each BVLC net is lowered as the equivalence tests run it (TRAIN with a backward pass and
+an SGD update where it has a loss, else TEST; batch 2), rendered as CUDA C and built by
+nvcc into a fat binary, two at a time. Forward, backward and the update are all in it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CORPUS
+from test_fusion_equivalence import BVLC, corpus_options
+
+from caffec.codegen.artifact import manifest
+from caffec.codegen.build import build_cuda, c_flags, cuda_flags
+from caffec.codegen.c import kernel_names, render
+from caffec.codegen.cuda import render_cuda
+from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of
+from caffec.errors import UserError
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+
+TARGET_FIELDS = {"target", "source", "source_sha256", "library", "compiler_flags", "cuda"}
+
+
+def _lowered(path: Path) -> Any:
+    """The net's kernel graph, or why it has none (the reason a test skips)."""
+    try:
+        net, spans, options = corpus_options(path)
+        kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
+    except pytest.skip.Exception as skip:
+        return str(skip)
+    except UserError as err:
+        if "cannot compile" not in err.message:
+            raise
+        return err.message
+    kgraph.number_buffers()
+    return kgraph
+
+
+@pytest.fixture(scope="module")
+def builds(pyloss_module: None) -> dict[Path, Any]:
+    """Per corpus net: (kernel graph, CUDA source, launches, fat binary), or a skip reason."""
+    lowered = {path: _lowered(path) for path in BVLC}
+    rendered = {p: (k, *render_cuda(k)) for p, k in lowered.items() if not isinstance(k, str)}
+    with ThreadPoolExecutor(2) as pool:  # nvcc is single-threaded: two builds at once
+        binaries = pool.map(lambda item: build_cuda(item[1], cuda_flags()), rendered.values())
+        built = {p: (*r, b) for (p, r), b in zip(rendered.items(), binaries, strict=True)}
+    return {path: built.get(path, reason) for path, reason in lowered.items()}
+
+
+@pytest.fixture(scope="module")
+def pyloss_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The Python loss layer one corpus net names, importable while the nets are lowered."""
+    from test_corpus import PYLOSS
+
+    folder = tmp_path_factory.mktemp("pyloss")
+    (folder / "pyloss.py").write_text(PYLOSS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        yield
+
+
+@pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_cuda_source_builds_with_the_c_targets_manifest(path: Path, builds: dict) -> None:
+    built = builds[path]
+    if isinstance(built, str):
+        pytest.skip(built)
+    kgraph, source, launches, binary = built
+    assert binary.stat().st_size > 0
+    cuda = manifest(kgraph, source, cuda_flags(), "cuda")
+    c = manifest(kgraph, render(kgraph, "c"), c_flags(), "c")
+    assert {k: v for k, v in cuda.items() if k not in TARGET_FIELDS} == {
+        k: v for k, v in c.items() if k not in TARGET_FIELDS
+    }
+    # every kernel of every pass has its functions in the source, launched in order
+    names = kernel_names(kgraph)
+    assert set(launches["functions"]) == set(names.values())
+    for functions in launches["functions"].values():
+        for launch in functions:
+            assert f'extern "C" __global__ void {launch["function"]}(' in source
+            assert all(d >= 1 for d in launch["grid"] + launch["block"])
+    for direction, steps in kgraph.steps().items():
+        assert len(launches["steps"][direction]) == len(steps)
