@@ -87,10 +87,14 @@ def emulate(net: Any, source: str, cuda: dict[str, Any], folder: Path) -> None:
         def run(table: Any, begin: int, end: int) -> int:
             for step in cuda["steps"][direction][begin:end]:
                 for instr in step:
+                    for spec in instr.get("before", []):
+                        launch(spec, table, 0)
                     for n in range(instr["count"]):
                         for kernel in instr["kernels"]:
                             for spec in cuda["functions"][kernel]:
                                 launch(spec, table, n)
+                    for spec in instr.get("after", []):
+                        launch(spec, table, 0)
             return 0
 
         return run

@@ -30,11 +30,12 @@ def one_layer_net(
     phase: int = caffec.TEST,
     dtype: str = "float64",
     name: str = "net",
+    opt_level: int = 2,
 ) -> caffec.Net:
     """A net of Input layers for ``bottoms`` and the given layer text, with force_backward."""
     path = tmp_path / f"{name}.prototxt"
     path.write_text("force_backward: true\n" + input_layers(bottoms) + layer + "\n")
-    return caffec.Net(str(path), phase, dtype=dtype, seed=1)
+    return caffec.Net(str(path), phase, dtype=dtype, seed=1, opt_level=opt_level)
 
 
 def randomize_params(net: caffec.Net, rng: np.random.Generator) -> None:

@@ -40,14 +40,17 @@ def compiler_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def _tool(variable: str, default: str, what: str, hint: str) -> str:
+    """The program ``$variable`` names (else ``default``), if it is on PATH."""
+    program = os.environ.get(variable, default)
+    if shutil.which(program) is None:
+        raise UserError(f"no {what}: '{program}' is not on PATH", hint=hint)
+    return program
+
+
 def c_compiler() -> str:
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        raise UserError(
-            f"no C compiler: '{compiler}' is not on PATH",
-            hint="install one (Debian: apt-get install build-essential) or set CC",
-        )
-    return compiler
+    return _tool("CC", "cc", "C compiler",
+                 "install one (Debian: apt-get install build-essential) or set CC")  # fmt: skip
 
 
 @functools.cache
@@ -90,13 +93,8 @@ def build_library(source: str, flags: list[str]) -> Path:
 
 
 def nvcc() -> str:
-    compiler = os.environ.get("NVCC", "nvcc")
-    if shutil.which(compiler) is None:
-        raise UserError(
-            f"no CUDA compiler: '{compiler}' is not on PATH",
-            hint="install the CUDA toolkit (its bin/ on PATH), or set NVCC",
-        )
-    return compiler
+    return _tool("NVCC", "nvcc", "CUDA compiler",
+                 "install the CUDA toolkit (its bin/ on PATH), or set NVCC")  # fmt: skip
 
 
 def cuda_flags(archs: tuple[str, ...] = ("90",)) -> list[str]:

@@ -130,9 +130,11 @@ def _step_view(step: Step, names: dict[int, str], layer_index: dict[str, int]) -
     instrs = []
     for instr in step.instrs:
         if isinstance(instr, Loop):
+            sums = [{"partial": p.index, "total": t.index, "size": p.size, "copies": p.copies}
+                    for p, t in instr.partial_sums]  # fmt: skip
             instrs.append(
                 {"loop": True, "count": instr.count, "threads": instr.threads,
-                 "names": [names[id(k)] for k in instr.body]}
+                 "names": [names[id(k)] for k in instr.body], "partial_sums": sums}
             )  # fmt: skip
         else:
             assert isinstance(instr, Kernel)

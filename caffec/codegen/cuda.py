@@ -15,7 +15,9 @@ threads write one place and the sums do not depend on timing.
 What the runtime needs to launch them is in the manifest's ``cuda`` entry:
 for each kernel its functions with their grid and block, and for each step
 its instructions as (loop count, kernels): the host runs a per-image loop,
-launching the loop's kernels for n = 0, 1, ... in order.
+launching the loop's kernels for n = 0, 1, ... in order. A loop with partial
+sums (see ``passes/parallel_loops.py``) also lists the launches that run once
+``before`` it (zero the partial sums) and ``after`` it (add them up).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jinja2
 import caffec
 from caffec.codegen.c import TEMPLATES, aliased, expression, kernel_names, pointer
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop
+from caffec.compiler.primitives import pmap, reduce
 
 BLOCK = 256  # threads per block of a grid-stride kernel
 MAX_BLOCKS = 8192  # enough to fill any current GPU; the loops stride over the rest
@@ -98,11 +101,28 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
                     functions.append({"name": function, "comment": comment, "body": body})
                     grid, block = geometry(part)
                     launches[name].append({"function": function, "grid": grid, "block": block})
-            steps[direction].append([
-                {"count": instr.count if isinstance(instr, Loop) else 1,
-                 "kernels": [names[id(k)] for k in step_kernels(instr)]}
-                for instr in step.instrs
-            ])  # fmt: skip
+            instrs = []
+            for instr in step.instrs:
+                entry: dict[str, Any] = {"count": 1, "kernels": [names[id(k)] for k in
+                                                               step_kernels(instr)]}  # fmt: skip
+                if isinstance(instr, Loop):
+                    entry["count"] = instr.count
+                    first = names[id(instr.body[0])]
+                    for when, kernels in partial_sum_kernels(instr).items():
+                        entry[when] = []
+                        for number, helper in enumerate(kernels):
+                            function = f"{first}_{when}{number}"
+                            body = env.get_template(f"{helper.prim}.cu.j2").render(
+                                kernel=helper, **helpers
+                            )
+                            comment = ("zeroing partial sums" if when == "before" else
+                                       "adding up partial sums") + f" of {where}"  # fmt: skip
+                            functions.append({"name": function, "comment": comment, "body": body})
+                            grid, block = geometry(helper)
+                            entry[when].append({"function": function, "grid": grid,
+                                                "block": block})  # fmt: skip
+                instrs.append(entry)
+            steps[direction].append(instrs)
     prelude = env.get_template("prelude.cu.j2").render(
         version=caffec.__version__, dtype=kgraph.dtype, n_functions=len(functions)
     )
@@ -112,3 +132,13 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
 
 def step_kernels(instr: Kernel | Loop) -> list[Kernel]:
     return instr.body if isinstance(instr, Loop) else [instr]
+
+
+def partial_sum_kernels(loop: Loop) -> dict[str, list[Kernel]]:
+    """The launches around a loop with partial sums: zero every copy before, add the copies
+    into the total after (the images run one after another here, so copy 0 gets them all)."""
+    return {
+        "before": [pmap((p.footprint,), [(p, "0")]) for p, _ in loop.partial_sums],
+        "after": [reduce(p, total, (p.copies, p.size), [0], accumulate=True)
+                  for p, total in loop.partial_sums],
+    }  # fmt: skip

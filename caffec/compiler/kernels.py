@@ -99,6 +99,9 @@ class Loop:
     count: int
     body: list[Kernel]
     threads: int = 1  # iterations are independent: run them on this many threads
+    # (partial, total): the body adds into ``partial``, one zeroed copy per thread, and
+    # the loop adds the copies into ``total`` after its iterations (a weight gradient)
+    partial_sums: list[tuple[Buffer, Buffer]] = field(default_factory=list)
 
 
 Instr = Kernel | Loop

@@ -35,7 +35,7 @@ def loops(steps: list) -> list[tuple[str, Loop]]:
     return [(s.layer, i) for s in steps for i in s.instrs if isinstance(i, Loop)]
 
 
-def test_convolution_loops_run_across_threads_and_weight_gradients_stay_in_order() -> None:
+def test_convolution_loops_run_across_threads_weight_gradients_in_partial_sums() -> None:
     kgraph = lenet(threads=3)
     forward = loops(kgraph.forward)
     assert [(name, loop.threads) for name, loop in forward] == [("conv1", 3), ("conv2", 3)]
@@ -44,9 +44,16 @@ def test_convolution_loops_run_across_threads_and_weight_gradients_stay_in_order
                    if o.buffer.kind == "workspace"]  # fmt: skip
         assert columns and all(b.copies == 3 for b in columns)
     backward = [(name, loop.threads) for name, loop in loops(kgraph.backward)]
-    # conv2: its weight gradient accumulates over the images (in order), its input gradient
-    # (GEMM, col2im) per image on the threads; conv1 has only the weight gradient
-    assert backward == [("conv2", 1), ("conv2", 3), ("conv1", 1)]
+    # conv2: its weight gradient and its input gradient (GEMM, col2im) are two loops on the
+    # threads; conv1 has only the weight gradient
+    assert backward == [("conv2", 3), ("conv2", 3), ("conv1", 3)]
+    for step in (s for s in kgraph.backward if s.layer in ("conv1", "conv2")):
+        # the weight gradient: each thread's images into its own zeroed copy, added up after
+        loop = next(i for i in step.instrs if isinstance(i, Loop) and i.partial_sums)
+        [(partial, total)] = loop.partial_sums
+        assert partial.copies == 3 and partial.kind == "workspace"
+        assert total.kind == "param_grad"
+        assert kgraph.memory_plan.intervals.get(partial), "the planner sees the loop use it"
     arena = [b for b in kgraph.buffers if b.kind == "workspace" and b.copies > 1]
     plan = kgraph.memory_plan
     for b in arena:  # each copy of a workspace has its own bytes

@@ -418,7 +418,8 @@ def test_lenet_trains_identically_with_and_without_planning(
     graph = load_layer_graph(LENET, lenet_options())
     reference = _compiled(build_kernel_graph(graph, lenet_options(**optimization_switches(0))),
                           tmp_path / "reference")  # fmt: skip
-    kgraph = build_kernel_graph(graph, lenet_options(keep_blobs=keep_blobs))
+    # bit for bit: without the threads' partial sums of weight gradients (another order)
+    kgraph = build_kernel_graph(graph, lenet_options(keep_blobs=keep_blobs, parallel_loops=False))
     planned = _compiled(kgraph, tmp_path / "planned", poison=True)
     m = planned.artifact.manifest
     assert m["arena_bytes"] < reference.artifact.manifest["arena_bytes"]

@@ -14,8 +14,12 @@ does pay, where iterations touch disjoint memory:
 
 A loop that also accumulates into one buffer for every image (a convolution's
 weight gradient) is first split in two where its kernels do not depend on each
-other: the weight-gradient kernels stay one loop, run in order; the
-input-gradient kernels (GEMM, col2im) become a loop across threads.
+other: the weight-gradient kernels and the input-gradient kernels (GEMM,
+col2im) become two loops. The input-gradient loop runs across threads as is;
+the weight-gradient loop does too, each thread adding its images into a
+zeroed copy of its own (*partial sums*, the loop's ``partial_sums``: the loop
+zeroes them before its iterations and adds them into the gradient after). Only
+the order of that sum's terms changes.
 
 The number of threads is fixed at compile time (the machine's CPUs, at most
 :data:`MAX_THREADS`, and no more than images), so the arena holds each
@@ -27,7 +31,15 @@ from __future__ import annotations
 
 import os
 
-from caffec.compiler.kernels import Buffer, Kernel, KernelGraph, Loop, Operand, Step, kernels_of
+from caffec.compiler.kernels import (
+    Buffer,
+    Kernel,
+    KernelGraph,
+    Loop,
+    Operand,
+    Step,
+    kernels_of,
+)
 
 MAX_THREADS = 8
 
@@ -44,7 +56,8 @@ def parallelize_loops(kgraph: KernelGraph, threads: int | None = None) -> Kernel
             for o, _ in _operands(kernel):
                 owners.setdefault(o.buffer, set()).add(id(instr))
     for step in steps:
-        _split_and_mark(step, owners, threads)
+        _split_and_mark(step, owners, threads, kgraph.buffers)
+    kgraph.number_buffers()  # the partial sums' buffers are new
     return kgraph
 
 
@@ -89,7 +102,11 @@ def _independent(kernel: Kernel, written_in_loop: dict[Buffer, set[tuple[int, in
     return True
 
 
-def _split_and_mark(step: Step, owners: dict[Buffer, set[int]], threads: int) -> None:
+def _split_and_mark(
+    step: Step, owners: dict[Buffer, set[int]], threads: int, buffers: list[Buffer]
+) -> None:
+    """Mark ``step``'s loops that may run across threads, splitting or giving them partial
+    sums where that makes them so; new buffers go to ``buffers``."""
     instrs = []
     for instr in step.instrs:
         if not isinstance(instr, Loop):
@@ -105,13 +122,46 @@ def _split_and_mark(step: Step, owners: dict[Buffer, set[int]], threads: int) ->
         for kernel in instr.body:
             (free if _independent(kernel, written, local) else bound).append(kernel)
         if free and bound and not _depends(free, bound) and not _depends(bound, free):
-            instrs.append(Loop(instr.count, bound))
+            instrs.append(_with_partial_sums(Loop(instr.count, bound), written, local, threads,
+                                             buffers))  # fmt: skip
             instrs.append(_threaded(Loop(instr.count, free), local, threads))
         elif not bound:
             instrs.append(_threaded(instr, local, threads))
         else:
-            instrs.append(instr)
+            instrs.append(_with_partial_sums(instr, written, local, threads, buffers))
     step.instrs = instrs
+
+
+def _with_partial_sums(
+    loop: Loop,
+    written: dict[Buffer, set[tuple[int, int]]],
+    local: set[Buffer],
+    threads: int,
+    buffers: list[Buffer],
+) -> Loop:
+    """``loop`` across threads, its whole-buffer accumulations into per-thread partial sums
+    (zeroed before, added up after), where those are all that keeps its images apart;
+    else ``loop`` as it is."""
+    count = min(threads, loop.count)
+    sums = {}  # the accumulated buffer -> its partial sums
+    for kernel in loop.body:
+        for part in kernel.parts():
+            for o in part.writes:
+                if o.buffer in local or o.step:
+                    continue
+                if not part.accumulate or o.offset or written[o.buffer] != {(0, 0)}:
+                    return loop
+                sums[o.buffer] = Buffer(f"{o.buffer.name} partial sums", o.buffer.shape,
+                                        "workspace", copies=count)  # fmt: skip
+    read = {o.buffer for k in loop.body for o, w in _operands(k) if not w}
+    if count < 2 or not sums or read & set(sums):
+        return loop
+    for kernel in loop.body:  # a fused kernel lists its parts' operands too
+        for operands in (o for k in {kernel, *kernel.parts()} for o in (k.reads, k.writes)):
+            operands[:] = [Operand(sums[o.buffer]) if o.buffer in sums else o for o in operands]
+    buffers += sums.values()
+    loop.partial_sums = [(partial, total) for total, partial in sums.items()]
+    return _threaded(loop, local | set(sums.values()), threads)
 
 
 def _depends(later: list[Kernel], earlier: list[Kernel]) -> bool:

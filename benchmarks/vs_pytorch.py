@@ -1,0 +1,253 @@
+"""caffec against PyTorch CPU on Caffe's reference nets, measured in the same run.
+
+Each net is read once by caffec's frontend; the PyTorch model is built from
+the same layer graph (the same layers, shapes and Caffe's pooling rounding),
+so both run the same arithmetic. Training steps are forward, backward and an
+SGD-with-momentum update (caffec: its solver, with the net's data layers
+replaced by Input layers filled once; PyTorch: ``torch.optim.SGD``); forward
+passes are TEST-phase inference. PyTorch runs on the same number of threads
+(``--threads``, default: every core). The two take turns, three rounds each,
+and each reports its best round: this machine's speed drifts by 10-20%.
+
+    python benchmarks/vs_pytorch.py [--threads 2] [--only lenet,cifar10_quick,...]
+
+Needs ``torch`` (``pip install torch==2.13.0``); prints ratios caffec / PyTorch
+(below 1: caffec is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO.parent / "shared/corpus/bvlc/models"
+EXAMPLES = REPO.parent / "shared/corpus/bvlc/examples"
+DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input"}
+
+# name, prototxt, phase, data shapes, what is timed, iterations per round
+CASES = [
+    ("lenet", REPO / "examples/mnist/lenet_train_test.prototxt", "TRAIN",
+     {"data": (64, 1, 28, 28), "label": (64,)}, "train", 30),
+    ("cifar10_quick", EXAMPLES / "cifar10/cifar10_quick_train_test.prototxt", "TRAIN",
+     {"data": (100, 3, 32, 32), "label": (100,)}, "train", 10),
+    ("caffenet_b1", MODELS / "bvlc_reference_caffenet/deploy.prototxt", "TEST",
+     {"data": (1, 3, 227, 227)}, "forward", 20),
+    ("caffenet_b10", MODELS / "bvlc_reference_caffenet/deploy.prototxt", "TEST",
+     {"data": (10, 3, 227, 227)}, "forward", 5),
+    ("googlenet_b32", MODELS / "bvlc_googlenet/train_val.prototxt", "TRAIN",
+     {"data": (32, 3, 224, 224), "label": (32,)}, "train", 1),
+]  # fmt: skip
+
+
+def with_inputs(path: Path, phase: str, shapes: dict[str, tuple[int, ...]], out: Path) -> Path:
+    """The net of ``phase`` with its data layers replaced by one Input layer of ``shapes``."""
+    from caffec.frontend import caffe_pb2
+    from caffec.frontend.loader import read_net, select_phase
+    from caffec.frontend.textformat import format_text
+
+    net, spans = read_net(path)
+    net, _ = select_phase(net, spans, phase, (), 0)
+    layers = [layer for layer in net.layer if layer.type not in DATA_TYPES]
+    del net.layer[:]
+    del net.input[:], net.input_shape[:], net.input_dim[:]
+    feed = net.layer.add(name="inputs", type="Input", top=list(shapes))
+    for shape in shapes.values():
+        feed.input_param.shape.add(dim=list(shape))
+    net.layer.extend(layers)
+    net.state.CopyFrom(caffe_pb2.NetState(phase=caffe_pb2.TRAIN if phase == "TRAIN" else 0))
+    out.write_text(format_text(net))
+    return out
+
+
+def caffec_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callable[[], Any]:
+    """One iteration of ``kind`` (a training step or a forward pass) with caffec."""
+    import caffec
+
+    rng = np.random.default_rng(0)
+    feed = {name: rng.integers(0, 10, s) if name == "label" else rng.random(s)
+            for name, s in shapes.items()}  # fmt: skip
+    if kind == "forward":
+        net = caffec.Net(str(net_file), caffec.TEST)
+        run: Callable[[], Any] = lambda: net.forward(**feed)  # noqa: E731
+    else:
+        solver_file = net_file.with_suffix(".solver.prototxt")
+        solver_file.write_text(
+            f'net: "{net_file}"\nbase_lr: 0.001\nmomentum: 0.9\nweight_decay: 0.0005\n'
+            'lr_policy: "fixed"\nmax_iter: 1000000\nsolver_mode: CPU\n'
+        )
+        solver = caffec.get_solver(str(solver_file), log=lambda message: None, outputs_only=True)
+        for name, value in feed.items():
+            solver.net.blobs[name].data[...] = value
+        run = lambda: solver.step(1)  # noqa: E731
+    return run
+
+
+def torch_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callable[[], Any]:
+    """One iteration of ``kind`` with PyTorch, on the model built from the same net."""
+    import torch
+
+    from caffec.compiler.pipeline import Options, load_layer_graph
+
+    graph = load_layer_graph(net_file, Options(phase=phase))
+    model = TorchNet(graph, training=kind == "train")
+    rng = np.random.default_rng(0)
+    feed = {
+        name: torch.from_numpy(rng.integers(0, 10, s) if name == "label" else rng.random(s))
+        for name, s in shapes.items()
+    }
+    feed = {name: x if name == "label" else x.float() for name, x in feed.items()}
+    if kind == "forward":
+        model.eval()
+
+        def run() -> None:
+            with torch.no_grad():
+                model(feed)
+
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=0.0005)
+
+        def run() -> None:
+            opt.zero_grad()
+            model(feed).backward()
+            opt.step()
+
+    return run
+
+
+def best_ms(runs: list[Callable[[], Any]], iterations: int, rounds: int = 3) -> list[float]:
+    """Each run's best average over ``rounds`` rounds of ``iterations``, the runs taking turns
+    (so a slow spell of the machine hits both), after two warm-up iterations each."""
+    for run in runs:
+        for _ in range(2):
+            run()
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for number, run in enumerate(runs):
+            start = time.perf_counter()
+            for _ in range(iterations):
+                run()
+            best[number] = min(best[number], (time.perf_counter() - start) / iterations * 1000)
+    return best
+
+
+def TorchNet(graph: Any, training: bool) -> Any:  # noqa: N802 (a class, built when torch is there)
+    """A torch module running ``graph``'s layers in order; returns the weighted sum of the
+    losses (training) or the blobs."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = [op for op in graph.ops if op.type not in DATA_TYPES]
+            self.layers = nn.ModuleDict()
+            for op in self.ops:
+                if op.type == "Convolution":
+                    p = op.param.convolution_param
+                    k = _pair(p.kernel_size, p.kernel_h, p.kernel_w, 1)
+                    s = _pair(p.stride, p.stride_h, p.stride_w, 1)
+                    pad = _pair(p.pad, p.pad_h, p.pad_w, 0)
+                    self.layers[op.name] = nn.Conv2d(
+                        op.bottoms[0].shape[1], p.num_output, k, s, pad,
+                        dilation=p.dilation[0] if p.dilation else 1, groups=p.group,
+                        bias=p.bias_term,
+                    )  # fmt: skip
+                elif op.type == "InnerProduct":
+                    p = op.param.inner_product_param
+                    fan_in = int(np.prod(op.bottoms[0].shape[1:]))
+                    self.layers[op.name] = nn.Linear(fan_in, p.num_output, bias=p.bias_term)
+
+        def forward(self, feed: dict) -> Any:
+            blobs = dict(feed)
+            loss = torch.zeros(())
+            for op in self.ops:
+                xs = [blobs[v.blob] for v in op.bottoms]
+                ys = self._layer(op, xs)
+                for value, y in zip(op.tops, ys, strict=True):
+                    blobs[value.blob] = y
+                if "Loss" in op.type:
+                    weight = op.param.loss_weight[0] if op.param.loss_weight else 1.0
+                    loss = loss + weight * ys[0]
+            return loss if training else blobs
+
+        def _layer(self, op: Any, xs: list) -> list:
+            t, p = op.type, op.param
+            if t in ("Convolution",):
+                return [self.layers[op.name](xs[0])]
+            if t == "InnerProduct":
+                return [self.layers[op.name](torch.flatten(xs[0], 1))]
+            if t == "ReLU":
+                return [F.relu(xs[0])]
+            if t == "Pooling":
+                q = p.pooling_param
+                h, w = xs[0].shape[2:]
+                k = (h, w) if q.global_pooling else _pair(q.kernel_size, q.kernel_h, q.kernel_w, 1)
+                s = (1, 1) if q.global_pooling else _pair(q.stride, q.stride_h, q.stride_w, 1)
+                pad = _pair(q.pad, q.pad_h, q.pad_w, 0)
+                if q.pool == q.MAX:
+                    return [F.max_pool2d(xs[0], k, s, pad, ceil_mode=True)]
+                return [F.avg_pool2d(xs[0], k, s, pad, ceil_mode=True, count_include_pad=True)]
+            if t == "LRN":
+                q = p.lrn_param
+                return [F.local_response_norm(xs[0], q.local_size, q.alpha, q.beta, q.k)]
+            if t == "Concat":
+                return [torch.cat(xs, p.concat_param.axis)]
+            if t == "Dropout":
+                return [F.dropout(xs[0], p.dropout_param.dropout_ratio, training)]
+            if t == "Softmax":
+                return [F.softmax(xs[0], 1)]
+            if t == "SoftmaxWithLoss":
+                return [F.cross_entropy(xs[0], xs[1].long())]
+            if t == "Split":
+                return [xs[0]] * len(op.tops)
+            if t == "Flatten":
+                return [torch.flatten(xs[0], 1)]
+            if t == "Accuracy":
+                return [torch.zeros(())]
+            raise NotImplementedError(f"{t} is not translated to PyTorch")
+
+    return Net()
+
+
+def _pair(both: Any, h: int, w: int, default: int) -> tuple[int, int]:
+    """Caffe's (h, w) of a kernel, stride or pad: the _h/_w fields, else the repeated one."""
+    if h or w:
+        return h, w
+    if isinstance(both, int):  # Pooling's fields are single numbers, Convolution's repeated
+        return (both, both) if both else (default, default)
+    value = both[0] if len(both) else default
+    return value, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", help="comma-separated case names")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    folder = Path(tempfile.mkdtemp())
+    wanted = set(args.only.split(",")) if args.only else None
+    print(f"{'case':<22}{'caffec ms':>12}{'PyTorch ms':>12}{'ratio':>8}"
+          f"   (PyTorch {torch.__version__}, {args.threads} threads)")  # fmt: skip
+    for name, path, phase, shapes, kind, iterations in CASES:
+        if wanted and name not in wanted:
+            continue
+        net_file = with_inputs(path, phase, shapes, folder / f"{name}.prototxt")
+        runs = [make(net_file, phase, shapes, kind) for make in (caffec_runner, torch_runner)]
+        ours, theirs = best_ms(runs, iterations)
+        print(f"{name + ' ' + kind:<22}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
