@@ -144,6 +144,8 @@ def kernels_to_text(kgraph: Any) -> str:
             for instr in step.instrs:
                 if hasattr(instr, "body"):
                     threads = f" on {instr.threads} threads" if instr.threads > 1 else ""
+                    threads += "".join(f", partial sums #{p.index} into #{t.index}"
+                                       for p, t in instr.partial_sums)  # fmt: skip
                     lines.append(f"  for n in 0..{instr.count}{threads}:")
                     lines += ["  " + _kernel_text(k) for k in instr.body]
                 else:

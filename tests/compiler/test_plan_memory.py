@@ -60,8 +60,11 @@ def expected_liveness(
     for pass_, steps in enumerate((kgraph.forward, kgraph.backward, kgraph.update)):
         for instr in [i for s in steps for i in s.instrs]:
             position += 1
+            # a loop with partial sums zeroes them (a write) before its body adds into them
+            zeroed = [(p, False) for p, _ in instr.partial_sums] if isinstance(instr, Loop) else []
             for kernel in instr.body if isinstance(instr, Loop) else [instr]:
-                accesses = [(o.buffer, True) for o in kernel.reads]
+                accesses = zeroed + [(o.buffer, True) for o in kernel.reads]
+                zeroed = []
                 accesses += [(o.buffer, kernel.accumulate) for o in kernel.writes]
                 for buffer, reads in accesses:
                     if buffer.kind not in ARENA_KINDS:

@@ -169,21 +169,23 @@ def liveness(
     pass_end = [0, 0, 0]
     for position, (pass_, instr) in enumerate(_passes(kgraph), start=1):
         pass_end[pass_] = position
+        # a loop zeroes its partial sums before its kernels add into them
+        accesses = [(p, False) for p, _ in getattr(instr, "partial_sums", ())]
         for kernel in kernels_of(instr):
             reads = [o.buffer for o in kernel.reads]
             if kernel.accumulate:
                 reads += [o.buffer for o in kernel.writes]
-            accesses = [(b, True) for b in reads] + [(o.buffer, False) for o in kernel.writes]
-            for buffer, read in accesses:
-                if buffer.kind not in ARENA_KINDS:
-                    continue
-                passes.setdefault(buffer, set()).add(pass_)
-                if buffer in intervals:
-                    intervals[buffer] = (intervals[buffer][0], position)
-                else:
-                    intervals[buffer] = (position, position)
-                    if read:
-                        carried.add(buffer)
+            accesses += [(b, True) for b in reads] + [(o.buffer, False) for o in kernel.writes]
+        for buffer, read in accesses:
+            if buffer.kind not in ARENA_KINDS:
+                continue
+            passes.setdefault(buffer, set()).add(pass_)
+            if buffer in intervals:
+                intervals[buffer] = (intervals[buffer][0], position)
+            else:
+                intervals[buffer] = (position, position)
+                if read:
+                    carried.add(buffer)
     for buffer, used in passes.items() if repeat else ():
         if len(used) > 1:
             intervals[buffer] = (intervals[buffer][0], pass_end[max(used)])
