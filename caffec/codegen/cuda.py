@@ -82,6 +82,14 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
     layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
     helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased, "tile": TILE}
     functions: list[dict[str, str]] = []
+
+    def function(name: str, part: Kernel, comment: str) -> dict[str, Any]:
+        """Render ``part`` as the function ``name``; how to launch it."""
+        body = env.get_template(f"{part.prim}.cu.j2").render(kernel=part, **helpers)
+        functions.append({"name": name, "comment": comment, "body": body})
+        grid, block = geometry(part)
+        return {"function": name, "grid": grid, "block": block}
+
     launches: dict[str, list[dict[str, Any]]] = {}
     steps: dict[str, list[list[dict[str, Any]]]] = {}
     for direction, direction_steps in kgraph.steps().items():
@@ -89,38 +97,28 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
         for step in direction_steps:
             where = f"layer #{layer_index[step.layer]}" if step.layer in layer_index else "the net"
             for kernel in step.kernels():
-                name = names[id(kernel)]
-                parts = kernel.parts()
+                name, parts = names[id(kernel)], kernel.parts()
                 launches[name] = []
                 for number, part in enumerate(parts):
-                    function = name if len(parts) == 1 else f"{name}_p{number}"
-                    body = env.get_template(f"{part.prim}.cu.j2").render(kernel=part, **helpers)
                     comment = f"{part.prim}, {direction} of {where} ({step.layer_type})"
-                    if len(parts) > 1:
-                        comment += f", part {number + 1} of {len(parts)} of a fused kernel"
-                    functions.append({"name": function, "comment": comment, "body": body})
-                    grid, block = geometry(part)
-                    launches[name].append({"function": function, "grid": grid, "block": block})
+                    if len(parts) == 1:
+                        launches[name].append(function(name, part, comment))
+                        continue
+                    comment += f", part {number + 1} of {len(parts)} of a fused kernel"
+                    launches[name].append(function(f"{name}_p{number}", part, comment))
             instrs = []
             for instr in step.instrs:
-                entry: dict[str, Any] = {"count": 1, "kernels": [names[id(k)] for k in
-                                                               step_kernels(instr)]}  # fmt: skip
+                kernels = step_kernels(instr)
+                entry: dict[str, Any] = {"count": 1, "kernels": [names[id(k)] for k in kernels]}
                 if isinstance(instr, Loop):
                     entry["count"] = instr.count
-                    first = names[id(instr.body[0])]
-                    for when, kernels in partial_sum_kernels(instr).items():
-                        entry[when] = []
-                        for number, helper in enumerate(kernels):
-                            function = f"{first}_{when}{number}"
-                            body = env.get_template(f"{helper.prim}.cu.j2").render(
-                                kernel=helper, **helpers
-                            )
-                            comment = ("zeroing partial sums" if when == "before" else
-                                       "adding up partial sums") + f" of {where}"  # fmt: skip
-                            functions.append({"name": function, "comment": comment, "body": body})
-                            grid, block = geometry(helper)
-                            entry[when].append({"function": function, "grid": grid,
-                                                "block": block})  # fmt: skip
+                    for when, around in partial_sum_kernels(instr).items():
+                        what = "zeroing" if when == "before" else "adding up"
+                        entry[when] = [
+                            function(f"{names[id(kernels[0])]}_{when}{number}", helper,
+                                     f"{what} partial sums of {where}")
+                            for number, helper in enumerate(around)
+                        ]  # fmt: skip
                 instrs.append(entry)
             steps[direction].append(instrs)
     prelude = env.get_template("prelude.cu.j2").render(

@@ -10,10 +10,10 @@ groups the solver's updates:
 2. **Map chains.** A map that reads only parameters (BatchNorm's per-channel
    scale and shift under its running statistics) moves ahead of the layer
    before it where the map using its result reads that layer's output, so
-   the two maps around it meet. Two adjacent ``map`` kernels where the second reads the
-   first's output element for element become one map: the first's result is
-   a temporary of the second's loop (a bias add and the ReLU after it). The
-   intermediate is still written where something else reads it.
+   the two maps around it meet. Two adjacent ``map`` kernels where the second
+   reads the first's output element for element become one map: the first's
+   result is a temporary of the second's loop (a bias add and the ReLU after
+   it). The intermediate is still written where something else reads it.
 3. **Maps into loops.** A map right after a per-image loop (a convolution's
    bias and ReLU after its im2col + GEMM per image) moves into the loop,
    working on each image's slice right after the GEMM wrote it, while it is
