@@ -24,7 +24,8 @@ the order of that sum's terms changes.
 The number of threads is fixed at compile time (the machine's CPUs, at most
 :data:`MAX_THREADS`, and no more than images), so the arena holds each
 workspace that many times; the generated loop asks OpenMP for that many
-threads. Each image is computed exactly as before, so results do not change.
+threads. Each image is computed exactly as before; only the partial sums add a
+weight gradient's terms in another order, the same one on every run of a build.
 """
 
 from __future__ import annotations
