@@ -30,7 +30,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO.parent / "shared/corpus/bvlc/models"
 EXAMPLES = REPO.parent / "shared/corpus/bvlc/examples"
-DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input"}
 
 # name, prototxt, phase, data shapes, what is timed, iterations per round
 CASES = [
@@ -55,7 +54,7 @@ def with_inputs(path: Path, phase: str, shapes: dict[str, tuple[int, ...]], out:
 
     net, spans = read_net(path)
     net, _ = select_phase(net, spans, phase, (), 0)
-    layers = [layer for layer in net.layer if layer.type not in DATA_TYPES]
+    layers = [layer for layer in net.layer if layer.bottom]  # a data layer has no bottoms
     del net.layer[:]
     del net.input[:], net.input_shape[:], net.input_dim[:]
     feed = net.layer.add(name="inputs", type="Input", top=list(shapes))
@@ -148,7 +147,7 @@ def TorchNet(graph: Any, training: bool) -> Any:  # noqa: N802 (a class, built w
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.ops = [op for op in graph.ops if op.type not in DATA_TYPES]
+            self.ops = [op for op in graph.ops if op.bottoms]  # the feed replaces data layers
             self.layers = nn.ModuleDict()
             for op in self.ops:
                 if op.type == "Convolution":

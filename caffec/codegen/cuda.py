@@ -28,7 +28,7 @@ import jinja2
 
 import caffec
 from caffec.codegen.c import TEMPLATES, aliased, expression, kernel_names, pointer
-from caffec.compiler.kernels import Kernel, KernelGraph, Loop
+from caffec.compiler.kernels import Kernel, KernelGraph, Loop, kernels_of
 from caffec.compiler.primitives import pmap, reduce
 
 BLOCK = 256  # threads per block of a grid-stride kernel
@@ -108,7 +108,7 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
                     launches[name].append(function(f"{name}_p{number}", part, comment))
             instrs = []
             for instr in step.instrs:
-                kernels = step_kernels(instr)
+                kernels = kernels_of(instr)
                 entry: dict[str, Any] = {"count": 1, "kernels": [names[id(k)] for k in kernels]}
                 if isinstance(instr, Loop):
                     entry["count"] = instr.count
@@ -126,10 +126,6 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
     )
     source = env.get_template("net.cu.j2").render(prelude=prelude, functions=functions)
     return source, {"functions": launches, "steps": steps}
-
-
-def step_kernels(instr: Kernel | Loop) -> list[Kernel]:
-    return instr.body if isinstance(instr, Loop) else [instr]
 
 
 def partial_sum_kernels(loop: Loop) -> dict[str, list[Kernel]]:

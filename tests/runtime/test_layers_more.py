@@ -157,6 +157,13 @@ def test_reduction(tmp_path: Path, param: str, shape: tuple, kw: dict) -> None:
     check_gradients(net, feed, ["y"], rng)
 
 
+def test_reduction_axis_out_of_range_names_the_layer(tmp_path: Path) -> None:
+    layer = 'layer { name: "r" type: "Reduction" bottom: "a" top: "y" reduction_param { axis: 3 } }'
+    with pytest.raises(UserError, match="axis 3 is out of range") as info:
+        one_layer_net(tmp_path, layer, {"a": (2, 3, 4)})
+    assert info.value.layer == "r" and info.value.span is not None
+
+
 BIAS_CASES = [
     ("", {"a": (2, 3, 4, 5)}, 1),
     ("axis: 1 num_axes: 2", {"a": (2, 3, 4, 5)}, 1),
