@@ -43,6 +43,8 @@ CASES = [
      {"data": (10, 3, 227, 227)}, "forward", 5),
     ("googlenet_b32", MODELS / "bvlc_googlenet/train_val.prototxt", "TRAIN",
      {"data": (32, 3, 224, 224), "label": (32,)}, "train", 1),
+    ("mobilenet_blocks_b32", REPO / "benchmarks/nets/mobilenet_blocks.prototxt", "TRAIN",
+     {"data": (32, 3, 112, 112), "label": (32,)}, "train", 3),
 ]  # fmt: skip
 
 

@@ -159,6 +159,31 @@ def convolution(x, w, b=None, *, stride=1, pad=0, dilation=1, group=1) -> list[n
     return [y]
 
 
+def convolution_grad(x, w, dy, *, stride=1, pad=0, dilation=1, group=1) -> list[np.ndarray]:
+    """The gradients (dx, dw, db) of ``convolution`` for the top gradient ``dy``: each
+    kernel offset's strided slice of the padded input gets back what it contributed."""
+    x, w, dy = _f64(x), _f64(w), _f64(dy)
+    nd = x.ndim - 2
+    stride, pad, dilation = _tup(stride, nd), _tup(pad, nd), _tup(dilation, nd)
+    o, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    og, out = o // group, dy.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for g in range(group):
+        chans, outs = _sl(g * cg, (g + 1) * cg), _sl(g * og, (g + 1) * og)
+        for off in product(*(range(k) for k in kernel)):
+            sl = tuple(_taps(off[i], dilation[i], stride[i], out[i]) for i in range(nd))
+            where = (_sl(None), chans, *sl)
+            dyg = dy[:, outs]  # (N, og, *out)
+            summed = [0, *range(2, 2 + nd)]  # images and positions
+            dw[(outs, _sl(None), *off)] += np.tensordot(dyg, xp[where], axes=(summed, summed))
+            back = np.tensordot(dyg, w[(outs, _sl(None), *off)], axes=([1], [0]))  # (N, *out, cg)
+            dxp[where] += np.moveaxis(back, -1, 1)
+    crop = tuple(_sl(p, p + size) for p, size in zip(pad, x.shape[2:], strict=True))
+    dx = dxp[(_sl(None), _sl(None), *crop)]
+    return [dx, dw, dy.sum(axis=(0, *range(2, 2 + nd)))]
+
+
 def deconvolution(x, w, b=None, *, stride=1, pad=0, dilation=1, group=1) -> list[np.ndarray]:
     """N-D transposed convolution, ``w`` of shape (C, O/group, *kernel) as Caffe stores it.
 

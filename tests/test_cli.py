@@ -195,11 +195,12 @@ def test_dump_after_kernel_passes(capsys) -> None:
     train = str(REPO / "examples/mnist/lenet_train_test.prototxt")
     status, out, _ = run(capsys, "dump", train, "--phase", "TRAIN", "--shape", "data=64,1,28,28",
                          "--after", "lower")  # fmt: skip
-    assert status == 0 and "forward conv1 (Convolution)" in out and "backward" not in out
+    assert status == 0 and "backward" not in out
+    assert "forward conv1 (Convolution, im2col_gemm)" in out
     assert "gemm: #" in out and "for n in 0..64:" in out
     status, out, _ = run(capsys, "dump", train, "--phase", "TRAIN", "--shape", "data=64,1,28,28",
                          "--after", "autodiff")  # fmt: skip
-    conv1 = out.split("backward conv1 (Convolution)")[1]
+    conv1 = out.split("backward conv1 (Convolution, im2col_gemm)")[1]
     assert "im2col" in conv1 and "col2im" not in conv1  # the data needs no gradient
     status, _, err = run(capsys, "dump", train, "--after", "lower", "--format", "json")
     assert status == 2 and "as text only" in err

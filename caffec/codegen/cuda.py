@@ -62,6 +62,13 @@ def work_items(part: Kernel) -> int:
         "pool_grad": lambda: a["P"] * a["H"] * a["W"],
         "im2col": lambda: a["C"] * a["KH"] * a["KW"] * a["OH"] * a["OW"],
         "col2im": lambda: a["C"] * a["H"] * a["W"],
+        # a thread per output, or (the image gradient) per pixel; the weight gradient's
+        # blocks are laid out by geometry()
+        "conv": lambda: (
+            a["N"] * a["M"] * a["OH"] * a["OW"]
+            if a["mode"] == "forward"
+            else a["N"] * a["C"] * a["H"] * a["W"]
+        ),
     }
     return int(sizes[part.prim]())
 
@@ -71,6 +78,9 @@ def geometry(part: Kernel) -> tuple[list[int], list[int]]:
     if part.prim == "gemm":
         a = part.attrs
         return [-(-a["N"] // TILE), -(-a["M"] // TILE), a["batch"]], [TILE, TILE, 1]
+    if part.prim == "conv" and part.attrs["mode"] == "filter":  # a block per weight
+        a = part.attrs
+        return [min(MAX_BLOCKS, a["M"] * a["CG"] * a["KH"] * a["KW"]), 1, 1], [BLOCK, 1, 1]
     blocks = min(MAX_BLOCKS, max(1, -(-work_items(part) // BLOCK)))
     return [blocks, 1, 1], [BLOCK, 1, 1]
 
@@ -80,7 +90,13 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
     env = environment()
     names = kernel_names(kgraph)
     layer_index = {layer["name"]: i for i, layer in enumerate(kgraph.layers)}
-    helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased, "tile": TILE}
+    helpers = {
+        "ptr": pointer,
+        "expr_c": expression,
+        "aliased": aliased,
+        "tile": TILE,
+        "block": BLOCK,
+    }
     functions: list[dict[str, str]] = []
 
     def function(name: str, part: Kernel, comment: str) -> dict[str, Any]:

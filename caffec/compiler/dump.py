@@ -127,6 +127,9 @@ def _kernel_text(kernel: Any) -> str:
     elif kernel.prim == "reduce":
         a = kernel.attrs
         detail = f"  {a['op']} over axes {a['axes_text']} of {a['dims_text']}"
+    elif kernel.prim == "conv":
+        a = kernel.attrs
+        detail = f"  {a['mode']}, {a['KH']}x{a['KW']} taps, group {a['G']}"
     elif kernel.prim == "fused":
         return "    fused:\n" + "\n".join("  " + _kernel_text(k) for k in kernel.attrs["parts"])
     return f"    {kernel.prim}: {writes} {arrow} f({reads}){detail}"
@@ -137,10 +140,13 @@ def kernels_to_text(kgraph: Any) -> str:
     kgraph.number_buffers()
     lines = [f"net {kgraph.name or '(unnamed)'}  phase {kgraph.phase}  {kgraph.dtype}  "
              f"{len(kgraph.kernels())} kernels  {len(kgraph.buffers)} buffers"]  # fmt: skip
+    algorithms = {layer["name"]: layer["algorithm"] for layer in kgraph.layers
+                  if "algorithm" in layer}  # fmt: skip
     for direction, steps in kgraph.steps().items():
         for step in steps:
             joined = "  (fused with the layer before)" if step.joined else ""
-            lines.append(f"{direction} {step.layer} ({step.layer_type}){joined}")
+            how = f", {algorithms[step.layer]}" if step.layer in algorithms else ""
+            lines.append(f"{direction} {step.layer} ({step.layer_type}{how}){joined}")
             for instr in step.instrs:
                 if hasattr(instr, "body"):
                     threads = f" on {instr.threads} threads" if instr.threads > 1 else ""

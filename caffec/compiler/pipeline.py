@@ -48,17 +48,19 @@ class Options:
     fuse: bool = True  # fuse kernels across layers (partial runs only at unfused boundaries)
     parallel_loops: bool = True  # run per-image loops across threads where images are independent
     keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
+    choose_algorithms: bool = True  # e.g. direct convolution where im2col + GEMM would be slow
 
 
 def optimization_switches(level: int) -> dict[str, bool]:
     """The Options switches of ``-O level``: 0 is the reference build (every value its own
     memory, no pass that changes what runs); 1 plans memory (sharing, in-place writes,
-    recomputation); 2 also fuses kernels."""
+    recomputation); 2 also fuses kernels and picks each layer's fastest algorithm."""
     return {
         "plan_memory": level >= 1,
         "recompute": level >= 1,
         "fuse": level >= 2,
         "parallel_loops": level >= 2,
+        "choose_algorithms": level >= 2,
     }
 
 
@@ -107,7 +109,7 @@ def build_kernel_graph(
     def runs(name: str) -> bool:  # whether the pass ``name`` comes at or before ``after``
         return KERNEL_PASSES.index(name) <= last
 
-    kgraph, lowering = lower(graph, options.dtype)
+    kgraph, lowering = lower(graph, options.dtype, options.choose_algorithms)
     backward = options.backward
     if backward is None:
         backward = graph.phase == "TRAIN" or graph.force_backward

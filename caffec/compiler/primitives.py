@@ -292,6 +292,45 @@ def col2im(col: Operand, image: Operand, geometry: dict[str, int], accumulate: b
     )
 
 
+# Which operands a direct convolution reads and writes in each mode: the image side (the
+# convolution's bottom), the column side (its top) and the weights.
+CONV_MODES = {
+    "forward": (("image", "weight"), "cols"),  # cols = W * image
+    "data": (("cols", "weight"), "image"),  # image = W' * cols (the adjoint)
+    "filter": (("cols", "image"), "weight"),  # weight = cols (x) image, summed over images
+}
+
+
+def direct_conv(
+    mode: str,
+    operands: Mapping[str, Operand],
+    geometry: dict[str, int],
+    batch: int,
+    channels: int,
+    group: int,
+    accumulate: bool,
+) -> Kernel:
+    """A grouped convolution computed where the data lies, over the whole batch: no columns.
+
+    ``geometry`` is im2col's (the image side's C, H, W, the kernel, the column side's
+    OH, OW); ``channels`` is the column side's channel count. Weights are laid out
+    (channels, C / group, KH, KW), as both Convolution and Deconvolution keep theirs.
+    """
+    if mode not in CONV_MODES:
+        raise InternalError(f"unknown convolution mode {mode}")
+    reads, write = CONV_MODES[mode]
+    attrs = dict(geometry)
+    attrs.update(mode=mode, N=batch, M=channels, G=group, CG=geometry["C"] // group,
+                 MG=channels // group)  # fmt: skip
+    return Kernel(
+        "conv",
+        reads=[operands[name] for name in reads],
+        writes=[operands[write]],
+        attrs=attrs,
+        accumulate=accumulate,
+    )
+
+
 # ----------------------------------------------------------------------------- reduce
 
 

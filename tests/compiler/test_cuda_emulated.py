@@ -1,7 +1,7 @@
 """What the generated CUDA computes, checked on the CPU against the C target.
 
 The CUDA source of one small training net that uses every primitive (im2col and
-GEMM, col2im, MAX/AVE pooling and their gradients, LRN's pooled squares,
+GEMM, col2im, direct depthwise convolution at -O2, MAX/AVE pooling and their gradients, LRN's pooled squares,
 copies, reductions, random maps, the solver's updates) runs under the OpenMP
 emulation of ``tests/cuda_emulator.py`` on the buffers of a C-target net, and
 two SGD steps must give the C target's outputs, gradients and weights. Built
@@ -46,7 +46,7 @@ layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
         pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 3 } }
 layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
-        convolution_param { num_output: 3 kernel_size: 2 stride: 1 pad: 1
+        convolution_param { num_output: 4 group: 4 kernel_size: 2 stride: 1 pad: 1
                             weight_filler { type: "gaussian" std: 0.3 } } }
 layer { name: "pool2" type: "Pooling" bottom: "norm1" top: "pool2"
         pooling_param { pool: AVE kernel_size: 2 stride: 1 pad: 1 } }

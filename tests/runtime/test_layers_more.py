@@ -157,6 +157,16 @@ def test_reduction(tmp_path: Path, param: str, shape: tuple, kw: dict) -> None:
     check_gradients(net, feed, ["y"], rng)
 
 
+@pytest.mark.parametrize("operation", ["SUM", "SUMSQ", "ASUM"])
+def test_one_number_from_a_large_blob_on_the_threads(tmp_path: Path, operation: str) -> None:
+    layer = (f'layer {{ name: "x" type: "Reduction" bottom: "a" top: "y" '
+             f"reduction_param {{ operation: {operation} }} }}")  # fmt: skip
+    net = one_layer_net(tmp_path, layer, {"a": (64, 40, 30)})  # over the threads' threshold
+    a = np.random.default_rng(0).standard_normal((64, 40, 30))
+    expected = R.reduction(a, operation=operation)[0]
+    np.testing.assert_allclose(net.forward(a=a)["y"], expected, rtol=1e-12)
+
+
 def test_reduction_axis_out_of_range_names_the_layer(tmp_path: Path) -> None:
     layer = 'layer { name: "r" type: "Reduction" bottom: "a" top: "y" reduction_param { axis: 3 } }'
     with pytest.raises(UserError, match="axis 3 is out of range") as info:

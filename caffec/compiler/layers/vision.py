@@ -20,6 +20,7 @@ from caffec.compiler.primitives import (
     col2im,
     contiguous_strides,
     conv_attrs,
+    direct_conv,
     fill,
     gemm,
     im2col,
@@ -149,12 +150,13 @@ class _ConvolutionBase:
         return blobs
 
     # Lowering. Both layers are a GEMM against an unfolded image, per image and
-    # group. The "image side" is the blob of the larger spatial size (the
-    # convolution's bottom, the deconvolution's top) and the "column side" the
-    # other; Deconvolution's forward pass is Convolution's backward-data pass.
+    # group, or (few channels per group, -O2) a direct convolution over the batch.
+    # The "image side" is the blob of the larger spatial size (the convolution's
+    # bottom, the deconvolution's top) and the "column side" the other;
+    # Deconvolution's forward pass is Convolution's backward-data pass.
     deconv = False
 
-    def _plan(self, op: Op) -> dict[str, Any]:
+    def _plan(self, op: Op, ctx: Any) -> dict[str, Any]:
         g = conv_geometry(op.param, op.bottoms[0].shape)
         if g.axis != 1 or len(g.kernel) != 2:
             raise UserError(
@@ -173,11 +175,22 @@ class _ConvolutionBase:
         rows = cols[1] // group
         depth = image[1] // group * kernel_size
         pointwise = g.kernel == (1, 1) and g.stride == (1, 1) and g.pad == (0, 0)
+        if ctx.choose_algorithms and _direct_pays(group, image[1] // group, rows, kernel_size,
+                                                  cols[3]):  # fmt: skip
+            algorithm = "direct"
+        else:
+            algorithm = "gemm_1x1" if pointwise else "im2col_gemm"
         return {
             "batch": bottom[0], "group": group, "M": rows, "K": depth, "P": positions,
-            "geometry": geometry, "pointwise": pointwise,
-            "image_size": count(image, 1), "col_size": count(cols, 1),
+            "geometry": geometry, "pointwise": pointwise, "algorithm": algorithm,
+            "image_size": count(image, 1), "col_size": count(cols, 1), "channels": cols[1],
         }  # fmt: skip
+
+    def _direct(self, plan: dict[str, Any], mode: str, accumulate: bool, **operands: Any) -> Any:
+        """The direct convolution kernel in ``mode`` over whole buffers (see primitives)."""
+        return direct_conv(mode, {name: Operand(b) for name, b in operands.items()},
+                           plan["geometry"], plan["batch"], plan["channels"], plan["group"],
+                           accumulate)  # fmt: skip
 
     def _columns(self, ctx: Any, plan: dict[str, Any], image: Any, name: str) -> tuple[list, Any]:
         """The kernels that unfold image n (none for 1x1 kernels) and the unfolded operand."""
@@ -218,12 +231,17 @@ class _ConvolutionBase:
         if len(op.bottoms) > 1:
             raise UserError("caffec compiles convolutions with one bottom only so far",
                             span=op.span, layer=op.name)  # fmt: skip
-        plan = self._plan(op)
+        plan = self._plan(op, ctx)
+        ctx.record_algorithm(plan["algorithm"])
         weight = ctx.w(0)
-        out_step = plan["col_size"] if not self.deconv else plan["image_size"]
-        if not self.deconv:
+        if plan["algorithm"] == "direct":
+            image, cols = (ctx.y(0), ctx.x(0)) if self.deconv else (ctx.x(0), ctx.y(0))
+            mode = "data" if self.deconv else "forward"
+            ctx.emit(self._direct(plan, mode, False, image=image, cols=cols, weight=weight))
+        elif not self.deconv:
             unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
-            body = [*unfold, self._folded_gemm(plan, weight, cols, Operand(ctx.y(0), 0, out_step))]
+            out = Operand(ctx.y(0), 0, plan["col_size"])
+            ctx.emit(Loop(plan["batch"], [*unfold, self._folded_gemm(plan, weight, cols, out)]))
         else:
             source = Operand(ctx.x(0), 0, plan["col_size"])
             body = self._fold(
@@ -231,7 +249,7 @@ class _ConvolutionBase:
                 lambda out, acc: self._unfolded_gemm(plan, weight, source, out, acc),
                 ctx.y(0), False, "columns",
             )  # fmt: skip
-        ctx.emit(Loop(plan["batch"], body))
+            ctx.emit(Loop(plan["batch"], body))
         if op.param.convolution_param.bias_term:
             top = op.tops[0].shape
             view = (top[0], top[1], count(top, 2))
@@ -239,13 +257,16 @@ class _ConvolutionBase:
                           {"y": ctx.y(0), "b": (ctx.w(1), (1, top[1], 1))}))  # fmt: skip
 
     def grad(self, op: Op, ctx: Any) -> None:
-        plan = self._plan(op)
+        plan = self._plan(op, ctx)
         top = op.tops[0].shape
         dy = ctx.dy(0)
         if op.param.convolution_param.bias_term and ctx.dw(1) is not None:
             ctx.emit(reduce(dy, ctx.dw(1), (top[0], top[1], count(top, 2)), [0, 2],
                             accumulate=True))  # fmt: skip
         dweight, target = ctx.dw(0), ctx.dx(0)
+        if plan["algorithm"] == "direct":
+            self._direct_grad(plan, ctx, dweight, target)
+            return
         body: list = []
         m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
         # the M-side blob (conv top / deconv bottom) and the image-side blob for image n
@@ -272,6 +293,37 @@ class _ConvolutionBase:
                                               accumulate))  # fmt: skip
         if body:
             ctx.emit(Loop(plan["batch"], body))
+
+    def _direct_grad(self, plan: dict[str, Any], ctx: Any, dweight: Any, target: Any) -> None:
+        image, cols = (ctx.dy(0), ctx.x(0)) if self.deconv else (ctx.x(0), ctx.dy(0))
+        if dweight is not None:
+            ctx.emit(self._direct(plan, "filter", True, image=image, cols=cols, weight=dweight))
+        if target is not None:
+            dx, accumulate = target
+            if self.deconv:  # the deconvolution's bottom is the column side
+                ctx.emit(self._direct(plan, "forward", accumulate, image=image, cols=dx,
+                                      weight=ctx.w(0)))  # fmt: skip
+            else:
+                ctx.emit(self._direct(plan, "data", accumulate, image=dx, cols=cols,
+                                      weight=ctx.w(0)))  # fmt: skip
+
+
+# Direct convolution, where the im2col + GEMM path wastes its work: the GEMM of one group
+# has too few rows (output channels per group) and too short a K (input channels per group
+# times the kernel) for its register tiles, while im2col still copies every tap.
+# MobileNet's depthwise layers (one channel per group) are the case in point.
+DIRECT_MAX_CHANNELS_IN = 4  # image channels per group
+DIRECT_MAX_CHANNELS_OUT = 4  # column channels per group
+DIRECT_MAX_SUMS = 16384  # KH * KW * OW: the weight gradient's row of sums per tap, on the stack
+
+
+def _direct_pays(
+    group: int, channels_in: int, channels_out: int, kernel_size: int, out_width: int
+) -> bool:
+    """Whether a grouped convolution with these per-group channels runs direct."""
+    return (group > 1 and channels_in <= DIRECT_MAX_CHANNELS_IN
+            and channels_out <= DIRECT_MAX_CHANNELS_OUT
+            and kernel_size * out_width <= DIRECT_MAX_SUMS)  # fmt: skip
 
 
 @register_layer("Convolution", bottoms=(1, None), tops=(1, None))

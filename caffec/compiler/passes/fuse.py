@@ -30,7 +30,7 @@ groups the solver's updates:
    memory.
 5. **Groups.** Adjacent kernels that form producer -> consumer chains become
    one ``fused`` kernel that runs its parts in order: at most one *anchor*
-   (``gemm``, ``reduce``, ``pool``, ``pool_grad``, ``copy``), ``map`` s
+   (``gemm``, ``conv``, ``reduce``, ``pool``, ``pool_grad``, ``copy``), ``map`` s
    before it whose outputs it reads (prologues) and after it that read what
    the group wrote (epilogues), ``im2col`` before a GEMM that reads its
    columns, ``col2im`` after the GEMM whose output it folds. Two anchors are
@@ -71,7 +71,7 @@ from caffec.compiler.passes.plan_memory import pinned_buffers, runtime_written
 from caffec.compiler.primitives import contiguous_strides, coordinate
 from caffec.errors import InternalError
 
-ANCHORS = frozenset({"gemm", "reduce", "pool", "pool_grad", "copy"})
+ANCHORS = frozenset({"gemm", "conv", "reduce", "pool", "pool_grad", "copy"})
 _NAME = re.compile(r"(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_]*")
 _FLAT_INDEX = re.compile(r"(?<![A-Za-z0-9_.])i(?![A-Za-z0-9_])")
 
@@ -710,6 +710,9 @@ def _extent(anchor: Kernel) -> int | None:
         return int(a["P"] * a["OH"] * a["OW"])
     if anchor.prim == "reduce":
         return int(a["out_size"])
+    if anchor.prim == "conv" and a["mode"] != "filter":
+        side = ("M", "OH", "OW") if a["mode"] == "forward" else ("C", "H", "W")
+        return int(a["N"] * math.prod(a[d] for d in side))
     return None
 
 

@@ -47,9 +47,11 @@ def loss_weights(op: Op) -> list[float]:
 class Lowering:
     """The buffers and bindings of a kernel graph while it is being built."""
 
-    def __init__(self, graph: LayerGraph, dtype: str) -> None:
+    def __init__(self, graph: LayerGraph, dtype: str, choose_algorithms: bool = True) -> None:
         self.graph = graph
         self.dtype = dtype
+        self.choose_algorithms = choose_algorithms
+        self.algorithms: dict[str, str] = {}  # layer name -> the algorithm its rule chose
         self.buffers: list[Buffer] = []
         self.data: dict[Value, Buffer] = {}
         self.grads: dict[Value, Buffer] = {}
@@ -74,6 +76,13 @@ class LowerContext:
         self.phase = phase
         self.instrs: list[Instr] = []
         self.counter = lowering.counter
+        # False in reference builds (-O0): every layer takes its one general algorithm
+        self.choose_algorithms = lowering.choose_algorithms
+
+    def record_algorithm(self, name: str) -> None:
+        """Say which of its algorithms the layer runs (shown by ``caffec dump`` and the
+        manifest's ``layers``)."""
+        self._lowering.algorithms[self.op.name] = name
 
     # forward ------------------------------------------------------------------
     def x(self, i: int) -> Buffer:
@@ -158,12 +167,14 @@ def _param_bindings(lowering: Lowering, op: Op, owners: dict[str, ParamBinding])
     lowering.params[op] = bindings
 
 
-def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lowering]:
+def lower(
+    graph: LayerGraph, dtype: str = "float32", choose_algorithms: bool = True
+) -> tuple[KernelGraph, Lowering]:
     """The forward kernel graph of ``graph`` (after shape inference and params).
 
     The :class:`Lowering` state comes back too: autodiff continues from it.
     """
-    lowering = Lowering(graph, dtype)
+    lowering = Lowering(graph, dtype, choose_algorithms)
     owners: dict[str, ParamBinding] = {}
     inputs: dict[str, Buffer] = {}
     feeders: list[dict[str, Any]] = []
@@ -225,9 +236,14 @@ def lower(graph: LayerGraph, dtype: str = "float32") -> tuple[KernelGraph, Lower
         ],
         fills=lowering.fills,
         feeders=feeders,
-        layers=[
-            {"name": op.name, "type": op.type, "tops": [v.blob for v in op.tops]}
-            for op in graph.ops
-        ],
+        layers=[_layer_entry(op, lowering.algorithms) for op in graph.ops],
     )
     return kgraph, lowering
+
+
+def _layer_entry(op: Op, algorithms: dict[str, str]) -> dict[str, Any]:
+    """What the manifest says of a layer: name, type, tops, and its algorithm if it chose one."""
+    entry: dict[str, Any] = {"name": op.name, "type": op.type, "tops": [v.blob for v in op.tops]}
+    if op.name in algorithms:
+        entry["algorithm"] = algorithms[op.name]
+    return entry

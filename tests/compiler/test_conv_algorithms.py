@@ -1,0 +1,92 @@
+"""Which algorithm each convolution runs, and where the choice is recorded.
+
+The numbers themselves are checked elsewhere: against numpy and finite differences in
+tests/runtime/test_layers.py, against the reference build on random shapes in
+tests/runtime/test_conv_shapes.py, and the CUDA templates in test_cuda_emulated.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caffec.codegen.build import build_cuda, cuda_flags
+from caffec.codegen.cuda import render_cuda
+from caffec.compiler.pipeline import (
+    Options,
+    build_kernel_graph,
+    load_layer_graph,
+    optimization_switches,
+)
+
+NET = """name: "mobile" force_backward: true
+input: "data" input_shape { dim: 2 dim: 8 dim: 12 dim: 12 }
+layer { name: "depthwise" type: "Convolution" bottom: "data" top: "dw"
+  convolution_param { num_output: 8 group: 8 kernel_size: 3 pad: 1 } }
+layer { name: "pointwise" type: "Convolution" bottom: "dw" top: "pw"
+  convolution_param { num_output: 16 kernel_size: 1 } }
+layer { name: "grouped" type: "Convolution" bottom: "pw" top: "g"
+  convolution_param { num_output: 16 group: 2 kernel_size: 3 } }
+layer { name: "up" type: "Deconvolution" bottom: "g" top: "up"
+  convolution_param { num_output: 16 group: 16 kernel_size: 2 stride: 2 } }
+"""
+
+
+def _kernel_graph(tmp_path: Path, level: int):  # type: ignore[no-untyped-def]
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    options = Options(**optimization_switches(level))
+    return build_kernel_graph(load_layer_graph(path, options), options)
+
+
+def test_optimised_builds_convolve_depthwise_layers_directly(tmp_path: Path) -> None:
+    kgraph = _kernel_graph(tmp_path, 2)
+    chosen = {layer["name"]: layer.get("algorithm") for layer in kgraph.layers}
+    assert chosen == {"input": None, "depthwise": "direct", "pointwise": "gemm_1x1",
+                      "grouped": "im2col_gemm", "up": "direct"}  # fmt: skip
+    for step in kgraph.forward + kgraph.backward:
+        prims = {p.prim for k in step.kernels() for p in k.parts()}
+        if step.layer in ("depthwise", "up"):
+            assert "conv" in prims and not prims & {"im2col", "col2im", "gemm"}, step.layer
+        else:
+            assert "conv" not in prims, step.layer
+    modes = sorted(p.attrs["mode"] for s in kgraph.backward if s.layer == "depthwise"
+                   for k in s.kernels() for p in k.parts() if p.prim == "conv")  # fmt: skip
+    assert modes == ["data", "filter"]
+
+
+def test_the_reference_build_always_takes_im2col_and_gemm(tmp_path: Path) -> None:
+    kgraph = _kernel_graph(tmp_path, 0)
+    chosen = [layer.get("algorithm") for layer in kgraph.layers[1:]]
+    assert chosen == ["im2col_gemm", "gemm_1x1", "im2col_gemm", "im2col_gemm"]
+    assert not any(k.prim == "conv" for k in kgraph.primitives())
+
+
+def test_dump_and_manifest_record_the_choice(tmp_path: Path) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    caffec = [sys.executable, "-m", "caffec"]
+    dump = subprocess.run([*caffec, "dump", str(path), "--after", "fuse"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "forward depthwise (Convolution, direct)" in dump
+    assert "forward grouped (Convolution, im2col_gemm)" in dump
+    assert "forward up (Deconvolution, direct)" in dump
+    out = tmp_path / "net.caffec"
+    subprocess.run([*caffec, "compile", str(path), "-o", str(out)], check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    chosen = {layer["name"]: layer.get("algorithm") for layer in manifest["layers"]}
+    assert chosen["depthwise"] == "direct" and chosen["pointwise"] == "gemm_1x1"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_direct_convolutions_cuda_builds_with_nvcc(tmp_path: Path) -> None:
+    """(No corpus net has a depthwise layer; what the CUDA kernels compute is checked by
+    test_cuda_emulated.py.)"""
+    source, _ = render_cuda(_kernel_graph(tmp_path, 2))
+    assert all(f"convolution, {mode}:" in source for mode in ("forward", "data", "filter"))
+    assert build_cuda(source, cuda_flags()).stat().st_size > 0
