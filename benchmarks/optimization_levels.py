@@ -37,7 +37,8 @@ def build(path: Path, options: Options, level: int, out: Path) -> tuple[Compiled
     """The net at ``-O level``, its kernel count and its arena in bytes."""
     opts = replace(options, **optimization_switches(level))
     kgraph = build_kernel_graph(load_layer_graph(path, opts), opts)
-    net = CompiledNet(write_artifact(kgraph, out / f"O{level}"), seed=1)
+    artifact = write_artifact(kgraph, out / f"O{level}", reference=opts.reference_build)
+    net = CompiledNet(artifact, seed=1)
     return net, len(kgraph.kernels()), kgraph.memory_plan.arena_bytes
 
 

@@ -18,6 +18,10 @@ def __getattr__(name: str):  # the API loads on first use, so `import caffec` st
         from caffec.runtime import net
 
         return getattr(net, name)
+    if name in ("set_mode_cpu", "set_mode_gpu", "set_device"):
+        from caffec.runtime import gpu
+
+        return getattr(gpu, name)
     if name == "get_solver" or name.endswith("Solver"):
         from caffec import solver
 

@@ -133,7 +133,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     graph = load_layer_graph(args.net, options)
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
     kgraph = build_kernel_graph(graph, options)
-    write_artifact(kgraph, out, args.target_cpu, args.target, tuple(args.cuda_arch or ["90"]))
+    write_artifact(kgraph, out, args.target_cpu, args.target, tuple(args.cuda_arch or ["90"]),
+                   options.reference_build)  # fmt: skip
     if args.weights:
         from caffec.runtime.net import CompiledNet
 
@@ -501,7 +502,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
     inspect.add_argument("file")
     inspect.set_defaults(run=_cmd_inspect)
+
+    query = sub.add_parser("device-query", help="describe the GPUs, as `caffe device_query`")
+    query.add_argument("-gpu", "--gpu", default="all", help="device ids, or all (the default)")
+    query.set_defaults(run=_cmd_device_query)
     return parser
+
+
+def _cmd_device_query(args: argparse.Namespace) -> int:
+    from caffec.runtime.gpu import describe, device_ids
+
+    blocks = []
+    for device in device_ids(args.gpu):
+        pairs = describe(device)
+        width = max(len(label) for label, _ in pairs) + 2
+        blocks.append("".join(f"{label + ':':<{width}}{value}\n" for label, value in pairs))
+    sys.stdout.write("\n".join(blocks))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,8 @@ def compile_cached(graph: Any, source: bytes, options: Any, target_cpu: str = "n
     ).hexdigest()
     out = cache_dir() / "artifacts" / key[:2] / key
     if not (out / "manifest.json").exists():
-        write_artifact(build_kernel_graph(graph, options), out, target_cpu)
+        write_artifact(build_kernel_graph(graph, options), out, target_cpu,
+                       reference=options.reference_build)  # fmt: skip
     return out
 
 

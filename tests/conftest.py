@@ -31,3 +31,22 @@ def graph_from_text(
     net, spans = select_phase(net, spans, phase)
     graph = build_layer_graph(net, spans, phase)
     return run_passes(graph, Options(phase=phase, shapes=shapes or {}), after)
+
+
+def _gpu_missing() -> str | None:
+    """Why the `gpu` tests cannot run here (None: they can)."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return None
+        return "no CUDA device"
+    except Exception as error:  # no CuPy, no driver, no device: all mean skip
+        return f"needs CuPy and an NVIDIA GPU ({type(error).__name__})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    reason = _gpu_missing() if gpu_tests else None
+    for item in gpu_tests if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))

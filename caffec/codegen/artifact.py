@@ -125,9 +125,11 @@ def write_artifact(
     target_cpu: str = "native",
     target: str = "c",
     cuda_archs: tuple[str, ...] = ("90",),
+    reference: bool = False,
 ) -> Path:
     """Generate, build and write ``kgraph`` as an artifact directory at ``out_dir``, for the
-    C target (``target_cpu``: the -march) or the CUDA target (``cuda_archs``)."""
+    C target (``target_cpu``: the -march; ``reference``: a -O0 build, see ``c_flags``) or
+    the CUDA target (``cuda_archs``)."""
     kgraph.number_buffers()
     if target == "cuda":
         source, launches = render_cuda(kgraph)
@@ -135,7 +137,7 @@ def write_artifact(
         library = build_cuda(source, flags)
     else:
         source = render(kgraph, "c")
-        flags = c_flags(target_cpu)
+        flags = c_flags(target_cpu, reference)
         library = build_library(source, flags)
     doc = manifest(kgraph, source, flags, target)
     if target == "cuda":

@@ -49,18 +49,21 @@ class Options:
     parallel_loops: bool = True  # run per-image loops across threads where images are independent
     keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
     choose_algorithms: bool = True  # e.g. direct convolution where im2col + GEMM would be slow
+    reference_build: bool = False  # -O0: the C compiler builds at -O1 (see codegen.build)
 
 
 def optimization_switches(level: int) -> dict[str, bool]:
     """The Options switches of ``-O level``: 0 is the reference build (every value its own
-    memory, no pass that changes what runs); 1 plans memory (sharing, in-place writes,
-    recomputation); 2 also fuses kernels and picks each layer's fastest algorithm."""
+    memory, no pass that changes what runs, the C compiled without vectorisation); 1 plans
+    memory (sharing, in-place writes, recomputation); 2 also fuses kernels and picks each
+    layer's fastest algorithm."""
     return {
         "plan_memory": level >= 1,
         "recompute": level >= 1,
         "fuse": level >= 2,
         "parallel_loops": level >= 2,
         "choose_algorithms": level >= 2,
+        "reference_build": level == 0,
     }
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,27 @@ from caffec.errors import UserError
 
 SUPPORTED_FORMAT = 2
 SUPPORTED_ABI = 3
+
+# The libraries this process loaded: path -> (device, inode, modification time) of the file
+_loaded: dict[str, tuple[int, int, int]] = {}
+
+
+def _load_library(path: Path) -> ctypes.CDLL:
+    """The library at ``path``. dlopen hands back the library it already loaded from a path
+    even when the file there was replaced since (an artifact compiled again into the same
+    folder): then a private copy of the new file is loaded instead."""
+    stat = path.stat()
+    identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns)
+    if _loaded.setdefault(str(path), identity) == identity:
+        return ctypes.CDLL(str(path))
+    folder = Path(tempfile.mkdtemp(prefix="caffec-library-"))
+    copy = folder / path.name
+    shutil.copyfile(path, copy)
+    try:
+        return ctypes.CDLL(str(copy))
+    finally:  # the loaded library stays mapped; its file is not needed any more
+        os.unlink(copy)
+        folder.rmdir()
 
 
 @dataclass
@@ -58,7 +82,7 @@ def load_artifact(path: str | Path) -> Artifact:
         raise UserError(f"{root} is built for the {manifest.get('target')} target, not c")
     library_path = root / manifest["library"]
     try:
-        library = ctypes.CDLL(str(library_path.resolve()))
+        library = _load_library(library_path.resolve())
     except OSError as err:
         raise UserError(
             f"cannot load {library_path}: {err}",

@@ -22,7 +22,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_second_build_comes_from_the_cache(private_cache: Path) -> None:
-    flags = c_flags(debug=True)
+    flags = c_flags(reference=True)
     first = build_library(SOURCE + "/* 1 */\n", flags)
     stamp = first.stat().st_mtime_ns
     assert build_library(SOURCE + "/* 1 */\n", flags) == first
@@ -34,7 +34,7 @@ def test_second_build_comes_from_the_cache(private_cache: Path) -> None:
 def test_concurrent_builds_of_the_same_source_both_succeed(private_cache: Path) -> None:
     code = (
         "from caffec.codegen.build import build_library, c_flags\n"
-        f"print(build_library({SOURCE + '/* race */'!r}, c_flags(debug=True)))\n"
+        f"print(build_library({SOURCE + '/* race */'!r}, c_flags(reference=True)))\n"
     )
     env = {**os.environ, "CAFFEC_CACHE_DIR": str(private_cache)}
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
@@ -48,7 +48,7 @@ def test_concurrent_builds_of_the_same_source_both_succeed(private_cache: Path) 
 def test_a_rejected_kernel_is_named_as_a_caffec_bug(private_cache: Path) -> None:
     broken = "static void k7_convolution_gemm(void** buf, long n) {\n    this is not C;\n}\n"
     with pytest.raises(InternalError) as info:
-        build_library(broken, c_flags(debug=True))
+        build_library(broken, c_flags(reference=True))
     assert "in kernel k7_convolution_gemm" in info.value.message
     assert "caffec bug" in info.value.message
     assert info.value.exit_status == 1

@@ -79,7 +79,7 @@ def source(case: Case, plan: dict | None = None) -> str:
 
 def run_case(case: Case, plan: dict | None = None, flags: list[str] | None = None) -> None:
     """Run the generated GEMM on random operands and check every element of C's buffer."""
-    library = ctypes.CDLL(str(build_library(source(case, plan), flags or c_flags(debug=False))))
+    library = ctypes.CDLL(str(build_library(source(case, plan), flags or c_flags())))
     library.run.argtypes = [ctypes.c_void_p, ctypes.c_long]
     library.run.restype = None
     offsets, strides, steps = layout(case)
@@ -196,7 +196,7 @@ def test_threaded_paths_split_the_work_for_any_thread_count(threads: int) -> Non
 @pytest.mark.parametrize("isa", [0, 1])
 def test_other_instruction_sets(isa: int) -> None:
     """The 16-byte-vector kernel and the plain C one, built here by forcing them."""
-    flags = [*c_flags(debug=False), f"-DCAFFEC_GEMM_ISA={isa}"]
+    flags = [*c_flags(), f"-DCAFFEC_GEMM_ISA={isa}"]
     for path in ("direct", "packed", "dot"):
         for trans in ("NN", "NT", "TN"):
             case = Case(19, 37, 300, trans[0] == "T", trans[1] == "T", alpha=2.5,

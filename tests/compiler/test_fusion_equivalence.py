@@ -58,7 +58,8 @@ def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int
         opts = replace(options, **optimization_switches(level))
         kgraphs.append(build_kernel_graph(graph_of(opts), opts))  # type: ignore[operator]
     with ThreadPoolExecutor(2) as pool:  # the two C compiles at once, on two cores
-        paths = list(pool.map(write_artifact, kgraphs, [out / "O0", out / "O2"]))
+        paths = list(pool.map(lambda k, o, r: write_artifact(k, o, reference=r), kgraphs,
+                              [out / "O0", out / "O2"], [True, False]))  # fmt: skip
     nets = [CompiledNet(path, seed=7) for path in paths]
     counts = [len(k.kernels()) for k in kgraphs]
     reference, optimised = nets

@@ -263,3 +263,20 @@ def test_big_deploy_nets_compile_and_run(corpus: Path, model: str, shape: tuple)
     prob = net.forward(data=np.random.default_rng(0).standard_normal(shape))["prob"]
     assert prob.shape == (2, 1000) and np.isfinite(prob).all()
     np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_an_artifact_compiled_again_in_the_same_folder_runs_its_new_code(tmp_path: Path) -> None:
+    """dlopen would hand back the library first loaded from that path."""
+    from caffec.codegen.artifact import write_artifact
+    from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
+    from caffec.runtime.net import CompiledNet
+
+    out = tmp_path / "net.caffec"
+    for scale in (2.0, 3.0):
+        net_file = tmp_path / "net.prototxt"
+        net_file.write_text('input: "x" input_shape { dim: 4 }\nlayer { name: "p" type: "Power" '
+                            f'bottom: "x" top: "y" power_param {{ scale: {scale} }} }}')  # fmt: skip
+        options = Options(phase="TEST")
+        write_artifact(build_kernel_graph(load_layer_graph(net_file, options), options), out)
+        y = CompiledNet(out).forward(x=np.ones(4, np.float32))["y"]
+        np.testing.assert_array_equal(y, np.full(4, scale, np.float32))
