@@ -28,7 +28,7 @@ def convolutions(draw: st.DrawFn) -> dict:
     case = {
         "n": draw(st.integers(1, 3)),
         "c": group * per_group_in,
-        "o": group * draw(st.integers(1, 6)),
+        "o": group * (1 if depthwise else draw(st.integers(1, 6))),
         "group": group,
         "k": (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),

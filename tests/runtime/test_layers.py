@@ -94,11 +94,13 @@ CONV_CASES = [
     ("num_output: 5 kernel_size: 1", (2, 3, 4, 4), {}),
     ("num_output: 3 kernel_size: 2 bias_term: false stride_h: 2 stride_w: 1", (1, 2, 5, 5),
      {"stride": (2, 1)}),
-    # im2col + GEMM (more than 4 output channels per group), and direct (depthwise)
+    # im2col + GEMM, and direct (depthwise: one channel per group in and out)
     ("num_output: 8 kernel_size: 3 pad: 1", (2, 3, 5, 5), {"pad": (1, 1)}),
     ("num_output: 4 kernel_size: 3 group: 4 stride: 2 pad: 1", (2, 4, 7, 7),
      {"group": 4, "stride": (2, 2), "pad": (1, 1)}),
     ("num_output: 6 kernel_size: 3 group: 3 dilation: 2 pad: 2", (1, 3, 6, 5),
+     {"group": 3, "dilation": (2, 2), "pad": (2, 2)}),
+    ("num_output: 3 kernel_size: 3 group: 3 dilation: 2 pad: 2", (1, 3, 6, 5),
      {"group": 3, "dilation": (2, 2), "pad": (2, 2)}),
 ]  # fmt: skip
 
@@ -118,7 +120,7 @@ def test_convolution(tmp_path: Path, param: str, shape: tuple, kw: dict) -> None
     [("num_output: 3 kernel_size: 4 stride: 2 pad: 1", (2, 2, 3, 4), {"stride": (2, 2), "pad": (1, 1)}),
      ("num_output: 4 kernel_size: 3 group: 2", (1, 4, 3, 3), {"group": 2}),
      ("num_output: 2 kernel_size: 1", (1, 3, 2, 2), {}),
-     ("num_output: 6 kernel_size: 3 stride: 2 group: 3 pad: 1", (2, 3, 3, 4),
+     ("num_output: 3 kernel_size: 3 stride: 2 group: 3 pad: 1", (2, 3, 3, 4),
       {"stride": (2, 2), "group": 3, "pad": (1, 1)})],
 )  # fmt: skip
 def test_deconvolution(tmp_path: Path, param: str, shape: tuple, kw: dict) -> None:
