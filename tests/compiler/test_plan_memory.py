@@ -403,8 +403,9 @@ def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
 
 def _compiled(kgraph: KernelGraph, out: Path, poison: bool = False) -> CompiledNet:
     """Write and load ``kgraph``; with ``poison``, every arena byte the runtime has not filled
-    is NaN first, so a kernel that reads what nobody wrote shows."""
-    net = CompiledNet(write_artifact(kgraph, out), seed=3)
+    is NaN first, so a kernel that reads what nobody wrote shows. Built as reference builds
+    are (gcc -O1): these tests are about the memory plan, and it compiles in half the time."""
+    net = CompiledNet(write_artifact(kgraph, out, reference=True), seed=3)
     if poison:
         fills = [(slot, net._exec.buffer(slot).copy()) for slot, _, _ in
                  net.artifact.manifest["fills"]]  # fmt: skip
