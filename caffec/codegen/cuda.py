@@ -78,6 +78,8 @@ def geometry(part: Kernel) -> tuple[list[int], list[int]]:
     if part.prim == "gemm":
         a = part.attrs
         return [-(-a["N"] // TILE), -(-a["M"] // TILE), a["batch"]], [TILE, TILE, 1]
+    if part.prim == "reduce" and part.attrs["out_size"] == 1:  # one block for everything
+        return [1, 1, 1], [BLOCK, 1, 1]
     if part.prim == "conv" and part.attrs["mode"] == "filter":  # a block per weight
         a = part.attrs
         return [min(MAX_BLOCKS, a["M"] * a["CG"] * a["KH"] * a["KW"]), 1, 1], [BLOCK, 1, 1]
