@@ -76,8 +76,11 @@ class LowerContext:
         self.phase = phase
         self.instrs: list[Instr] = []
         self.counter = lowering.counter
-        # False in reference builds (-O0): every layer takes its one general algorithm
-        self.choose_algorithms = lowering.choose_algorithms
+
+    @property
+    def choose_algorithms(self) -> bool:
+        """False in reference builds (-O0): every layer takes its one general algorithm."""
+        return self._lowering.choose_algorithms
 
     def record_algorithm(self, name: str) -> None:
         """Say which of its algorithms the layer runs (shown by ``caffec dump`` and the
