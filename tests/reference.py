@@ -257,28 +257,11 @@ def pooling(
     x = _f64(x)
     method = pool if pool is not None else method
     n, c, h, w = x.shape
-    if global_pooling:
-        if _tup(pad, 2) != (0, 0) or _tup(stride, 2) != (1, 1):
-            raise ValueError("global pooling needs pad 0 and stride 1")
-        kh, kw = h, w
-    else:
-        kernel = kernel if kernel is not None else kernel_size
-        if kernel is None:
-            raise ValueError("pooling needs a kernel (or global_pooling)")
-        kh, kw = _tup(kernel, 2)
-    sh, sw = _tup(stride, 2)
-    ph_, pw_ = _tup(pad, 2)
-    if ph_ >= kh or pw_ >= kw:
-        raise ValueError("Caffe requires pad < kernel")
-    oh = pooled_extent(h, kh, sh, ph_, round_mode)
-    ow = pooled_extent(w, kw, sw, pw_, round_mode)
+    kernel = kernel if kernel is not None else kernel_size
+    (oh, ow), windows = _pool_windows(x.shape, kernel, stride, pad, global_pooling, round_mode)
     y = np.zeros((n, c, oh, ow))
     mask = np.full((n, c, oh, ow), -1.0)
-    for i, j in product(range(oh), range(ow)):
-        hs, ws = i * sh - ph_, j * sw - pw_
-        if method == "STOCHASTIC":
-            hs, ws = i * sh, j * sw
-        he, we = min(hs + kh, h), min(ws + kw, w)  # clipped to the image
+    for (i, j), (hs, ws), (he, we), size in windows(unpadded=method == "STOCHASTIC"):
         hs0, ws0 = max(hs, 0), max(ws, 0)
         win = x[:, :, hs0:he, ws0:we].reshape(n, c, -1)
         if method == "MAX":
@@ -291,8 +274,10 @@ def pooling(
                 flat = (hs0 + k // (we - ws0)) * w + ws0 + k % (we - ws0)
                 mask[:, :, i, j] = np.where(hit, flat, -1)
         elif method == "AVE":
-            size = (min(hs + kh, h + ph_) - hs) * (min(ws + kw, w + pw_) - ws)
-            y[:, :, i, j] = win.sum(axis=2) / size
+            # a window starting right at the image's end (stride > kernel, no padding) has
+            # Caffe's divisor 0, and its output is NaN there too
+            with np.errstate(invalid="ignore"):
+                y[:, :, i, j] = win.sum(axis=2) / size
         elif method == "STOCHASTIC":
             total = win.sum(axis=2)
             safe = np.where(total > 0, total, 1.0)
@@ -300,6 +285,58 @@ def pooling(
         else:
             raise ValueError(f"unknown pooling method {method!r}")
     return [y, mask] if method == "MAX" else [y]
+
+
+def pooling_grad(x, dy, *, method="MAX", kernel=None, stride=1, pad=0) -> list[np.ndarray]:
+    """The gradient of :func:`pooling` (MAX or AVE) with respect to x, given dy: MAX sends
+    each output's gradient to its window's first maximum, AVE shares it over the window
+    (divided by the padded window's size, as the forward divides)."""
+    x, dy = _f64(x), _f64(dy)
+    dx = np.zeros_like(x)
+    _, windows = _pool_windows(x.shape, kernel, stride, pad, False, "CEIL")
+    if method == "MAX":
+        planes = x.shape[0] * x.shape[1]
+        mask = pooling(x, method="MAX", kernel=kernel, stride=stride, pad=pad)[1]
+        for plane, where, g in zip(dx.reshape(planes, -1), mask.reshape(planes, -1),
+                                   dy.reshape(planes, -1), strict=True):  # fmt: skip
+            hit = where >= 0
+            np.add.at(plane, where[hit].astype(int), g[hit])
+        return [dx]
+    for (i, j), (hs, ws), (he, we), size in windows(unpadded=False):
+        if he <= max(hs, 0) or we <= max(ws, 0):
+            continue  # a window beyond the image
+        dx[:, :, max(hs, 0) : he, max(ws, 0) : we] += dy[:, :, i, j, None, None] / size
+    return [dx]
+
+
+def _pool_windows(shape, kernel, stride, pad, global_pooling, round_mode):
+    """The pooled size (OH, OW) and a function listing every output's window: its position,
+    its start (which may lie in the padding), its end clipped to the image, and Caffe's AVE
+    divisor (the window clipped to the padded image). ``unpadded``: windows start at
+    i * stride (STOCHASTIC pooling ignores the padding)."""
+    h, w = shape[2:]
+    if global_pooling:
+        if _tup(pad, 2) != (0, 0) or _tup(stride, 2) != (1, 1):
+            raise ValueError("global pooling needs pad 0 and stride 1")
+        kh, kw = h, w
+    else:
+        if kernel is None:
+            raise ValueError("pooling needs a kernel (or global_pooling)")
+        kh, kw = _tup(kernel, 2)
+    sh, sw = _tup(stride, 2)
+    ph_, pw_ = _tup(pad, 2)
+    if ph_ >= kh or pw_ >= kw:
+        raise ValueError("Caffe requires pad < kernel")
+    oh = pooled_extent(h, kh, sh, ph_, round_mode)
+    ow = pooled_extent(w, kw, sw, pw_, round_mode)
+
+    def windows(unpadded: bool):
+        for i, j in product(range(oh), range(ow)):
+            hs, ws = (i * sh, j * sw) if unpadded else (i * sh - ph_, j * sw - pw_)
+            size = (min(hs + kh, h + ph_) - hs) * (min(ws + kw, w + pw_) - ws)
+            yield (i, j), (hs, ws), (min(hs + kh, h), min(ws + kw, w)), size
+
+    return (oh, ow), windows
 
 
 def lrn(

@@ -240,6 +240,23 @@ def test_pooling_max_pad_never_picks_padding():
     A(mask[0, 0], [[0, 1, 3], [4, 5, 7], [12, 13, 15]])
 
 
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_pooling_grad_is_the_forwards_derivative(method):
+    """Central differences of sum(pooling(x) * dy): exact for these piecewise-linear maps
+    (x has no ties, and the step is far smaller than the gaps between its values)."""
+    rng = np.random.default_rng(5)
+    x = rng.permutation(60).reshape(1, 2, 5, 6) / 7.0
+    geometry = {"method": method, "kernel": (3, 2), "stride": (2, 1), "pad": (1, 1)}
+    dy = rng.standard_normal(R.pooling(x, **geometry)[0].shape)
+    want = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = 1e-4
+        up, down = (np.sum(R.pooling(x + s, **geometry)[0] * dy) for s in (step, -step))
+        want[index] = (up - down) / 2e-4
+    A(R.pooling_grad(x, dy, **geometry)[0], want, atol=1e-8)
+
+
 def test_pooling_pad_drops_window_starting_in_padding():
     assert R.pooled_extent(3, 2, 2, 1) == 2  # ceil gives 3; the third starts at pad
     y, _ = R.pooling(X33, kernel=2, stride=2, pad=1)

@@ -156,6 +156,24 @@ def pmap(
     )
 
 
+def power(base: str, exponent: str, value: float) -> str:
+    """``base`` to the constant power ``value`` (named ``exponent`` among the map's constants)
+    as an expression: for multiples of 1/4 up to 4, products of ``base``, sqrt(base) and
+    sqrt(sqrt(base)), which compilers vectorise (pow stays a call per element, several
+    times slower: LRN spent most of its time there); else pow. ``base`` must be a name."""
+    if not _IDENT.fullmatch(base):
+        raise InternalError(f"power() needs a name for its base, got {base!r}")
+    quarters = 4 * value
+    if quarters != round(quarters) or abs(quarters) > 16:
+        return f"pow({base}, {exponent})"
+    whole_part, quarter = divmod(abs(round(quarters)), 4)
+    roots = {0: [], 1: [f"sqrt(sqrt({base}))"], 2: [f"sqrt({base})"]}
+    roots[3] = roots[2] + roots[1]
+    factors = [base] * whole_part + roots[quarter]
+    product = " * ".join(factors) or "1"
+    return f"(1 / ({product}))" if value < 0 else f"({product})"
+
+
 def _check_expr(expr: str, known: set[str]) -> None:
     for name in _IDENT.findall(expr):
         if name not in known:

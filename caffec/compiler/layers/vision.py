@@ -28,6 +28,7 @@ from caffec.compiler.primitives import (
     pool,
     pool_attrs,
     pool_grad,
+    power,
     reduce,
     strided_copy,
 )
@@ -497,8 +498,9 @@ class LRN(SameShape):
         ctx.emit(
             pool(Operand(ctx.x(0)), Operand(scale), None, {**attrs, "square": True}),
             pmap(shape, [(scale, "k + a * s")], {"s": scale}, consts),
-            pmap(shape, [(ctx.y(0), "x * pow(s, -beta)")], {"x": ctx.x(0), "s": scale}, consts),
-        )
+            pmap(shape, [(ctx.y(0), f"x * {power('s', 'minus_beta', -consts['beta'])}")],
+                 {"x": ctx.x(0), "s": scale}, {**consts, "minus_beta": -consts["beta"]}),
+        )  # fmt: skip
 
     def grad(self, op: Op, ctx: Any) -> None:
         target = ctx.dx(0)
@@ -507,6 +509,9 @@ class LRN(SameShape):
         dx, accumulate = target
         shape = op.bottoms[0].shape
         attrs, consts, factor = self._plan(op)
+        beta = consts["beta"]
+        gradient = (f"dy * {power('s', 'minus_beta', -beta)}"
+                    f" - c * y * {power('s', 'beta', beta)} * r")  # fmt: skip
         ratios = ctx.workspace("dy*y/scale", shape)
         windows = ctx.workspace("windowed ratios", shape)
         inputs = {"y": ctx.y(0), "dy": ctx.dy(0), "s": ctx.state("scale", shape), "r": windows}
@@ -516,8 +521,8 @@ class LRN(SameShape):
             pool_grad(Operand(ratios), None, Operand(windows), attrs, accumulate=False),
             # x is y * scale^beta: reading the top, not the bottom, lets the bottom die after
             # forward (the top is kept anyway, for the next layer's gradient)
-            pmap(shape, [(dx, "dy * pow(s, -beta) - c * y * pow(s, beta) * r")], inputs,
-                 {**consts, "c": factor}, accumulate=accumulate),
+            pmap(shape, [(dx, gradient)], inputs, {**consts, "c": factor, "minus_beta": -beta},
+                 accumulate=accumulate),
         )  # fmt: skip
 
 
