@@ -2,8 +2,9 @@
 
 Each shape is rendered from caffec's own GEMM template (the kernel a net would get) into a
 small library whose entry point runs the kernel `count` times in a C loop, the way a
-convolution runs its GEMM once per image inside a per-image loop; numpy does the same
-products as one stacked ``np.matmul`` (one BLAS call per image, from C). Compiling is not
+convolution runs its GEMM once per image inside a per-image loop (a convolution's weights
+packed once before the loop, as -O2 does in a net; that packing is timed too); numpy does
+the same products as one stacked ``np.matmul`` (one BLAS call per image, from C). Compiling is not
 timed. Each side is timed in alternating rounds of some 20 ms, each after a pause (OpenBLAS and
 OpenMP threads spin for a while after a call, and would steal the other side's cores) and
 a call that wakes its own threads; the best round is kept.
@@ -39,12 +40,13 @@ class Shape:
     count: int = 1  # runs in a per-image loop
     batch: int = 1  # the kernel's own batch (convolution groups)
     step_b: bool = False  # B advances per image (1x1 convolutions read the image itself)
+    weights: bool = False  # A is the same for every image: packed once before them, as in a net
 
 
 def conv_forward(group: str, name: str, m: int, k: int, p: int, images: int, g: int = 1,
                  pointwise: bool = False) -> Shape:  # fmt: skip
     """A convolution's forward GEMM per image: W[m x k] cols[k x p], per group."""
-    return Shape(group, name, m, p, k, count=images, batch=g, step_b=pointwise)
+    return Shape(group, name, m, p, k, count=images, batch=g, step_b=pointwise, weights=True)
 
 
 SHAPES = [
@@ -59,7 +61,7 @@ SHAPES = [
     Shape("lenet", "ip1 dW", 500, 800, 64, trans_a=True, accumulate=True),
     Shape("lenet", "ip1 dx", 64, 800, 500),
     Shape("lenet", "conv2 dW", 50, 500, 64, trans_b=True, accumulate=True, count=64),
-    Shape("lenet", "conv2 dcol", 500, 64, 50, trans_a=True, count=64),
+    Shape("lenet", "conv2 dcol", 500, 64, 50, trans_a=True, count=64, weights=True),
     Shape("lenet", "conv1 dW", 20, 25, 576, trans_b=True, accumulate=True, count=64),
     # CaffeNet (bvlc_reference_caffenet), batch 10, forward
     conv_forward("caffenet", "conv1", 96, 363, 3025, 10),
@@ -103,38 +105,49 @@ def blas_description(np: Any) -> str:
         return "unknown (see numpy.show_config())"
 
 
-def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, Any]]:
-    """The generated GEMM of ``shape`` in a library with ``run(buf, count, reps)``, and its plan."""
+def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, Any], int]:
+    """The generated GEMM of ``shape`` in a library with ``run(buf, count, reps)``, its plan,
+    and the size of the buffer its weights are packed into before the images (0: none)."""
     import caffec
     from caffec.codegen.build import build_library, c_flags
     from caffec.codegen.c import aliased, environment, expression, pointer
     from caffec.compiler.kernels import Buffer, Operand
-    from caffec.compiler.primitives import gemm
+    from caffec.compiler.primitives import gemm, prepack
 
     m, n, k, g = shape.m, shape.n, shape.k, shape.batch
     strides = (m * k, k * n, m * n) if g > 1 else (0, 0, 0)
     steps = (0, k * n * g if shape.step_b else 0, m * n * g)
     buffers = [Buffer(name, (1,), "value", index=i) for i, name in enumerate("ABC")]
     a, b, c = (Operand(x, 0, step) for x, step in zip(buffers, steps, strict=True))
-    kernel = gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b,
-                  accumulate=shape.accumulate, batch=g, strides=strides)  # fmt: skip
+    invariant = "a" if shape.weights and shape.count > 1 else None
+    kernel = gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b, accumulate=shape.accumulate,
+                  batch=g, strides=strides, invariant=invariant)  # fmt: skip
+    packed: list[Buffer] = []
+
+    def workspace(name: str, size: tuple[int, ...]) -> Buffer:
+        packed.append(Buffer(name, size, "workspace", index=3))
+        return packed[-1]
+
+    packs, kernel = prepack(kernel, workspace)
     env = environment("c")
+    helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
     prelude = env.get_template("prelude.c.j2")
-    body = env.get_template("gemm.c.j2").render(
-        kernel=kernel, ptr=pointer, expr_c=expression, aliased=aliased
-    )
-    source = (
-        prelude.render(version=caffec.__version__, dtype=dtype, n_kernels=1)
-        + "\nstatic void k0_gemm(void** buf, long n) {\n    (void)n;\n"
-        + body
-        + "}\n\nvoid run(void** buf, long count, long reps) {\n"
-        "    for (long r = 0; r < reps; ++r)\n"
-        "        for (long n = 0; n < count; ++n) k0_gemm(buf, n);\n}\n"
+    functions = [("k0_pack", env.get_template("pack.c.j2").render(kernel=p, **helpers))
+                 for p in packs]  # fmt: skip
+    functions.append(("k1_gemm", env.get_template("gemm.c.j2").render(kernel=kernel, **helpers)))
+    source = prelude.render(version=caffec.__version__, dtype=dtype, n_kernels=len(functions))
+    for name, body in functions:
+        source += f"\nstatic void {name}(void** buf, long n) {{\n    (void)n;\n{body}}}\n"
+    source += (
+        "\nvoid run(void** buf, long count, long reps) {\n"
+        "    for (long r = 0; r < reps; ++r) {\n"
+        + ("        k0_pack(buf, 0);\n" if packs else "")
+        + "        for (long n = 0; n < count; ++n) k1_gemm(buf, n);\n    }\n}\n"
     )
     library = ctypes.CDLL(str(build_library(source, c_flags())))
     library.run.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     library.run.restype = None
-    return library, kernel.attrs["plan"]
+    return library, kernel.attrs["plan"], packed[0].size if packed else 0
 
 
 def measure(shape: Shape, rounds: int, np: Any) -> tuple[float, float, str]:
@@ -146,8 +159,9 @@ def measure(shape: Shape, rounds: int, np: Any) -> tuple[float, float, str]:
     b = rng.standard_normal((images, g) + ((n, k) if shape.trans_b else (k, n)))
     b = b.astype(np.float32)
     c = np.zeros((count, g, m, n), np.float32)
-    library, plan = build(shape)
-    buf = (ctypes.c_void_p * 3)(a.ctypes.data, b.ctypes.data, c.ctypes.data)
+    library, plan, packed_size = build(shape)
+    packed = np.zeros(max(packed_size, 1), np.float32)
+    buf = (ctypes.c_void_p * 4)(a.ctypes.data, b.ctypes.data, c.ctypes.data, packed.ctypes.data)
     # numpy: the same products as one stacked matmul (B broadcast where the kernel reuses it)
     a_op = a.transpose(0, 2, 1) if shape.trans_a else a
     b_op = np.broadcast_to(b.transpose(0, 1, 3, 2) if shape.trans_b else b, (count, g, k, n))
@@ -172,6 +186,7 @@ def measure(shape: Shape, rounds: int, np: Any) -> tuple[float, float, str]:
             best[side] = min(best[side], (time.perf_counter() - start) / reps)
     how = plan["path"] + (", threaded" if plan["parallel"] else "")
     how += ", C'" if plan["swap"] else ""
+    how += ", weights packed first" if plan["prepack"] else ""
     return flops / best[0] / 1e9, flops / best[1] / 1e9, how
 
 

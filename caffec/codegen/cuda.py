@@ -118,6 +118,8 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
                 name, parts = names[id(kernel)], kernel.parts()
                 launches[name] = []
                 for number, part in enumerate(parts):
+                    if part.prim == "pack":
+                        continue  # the CUDA GEMM reads its operands as they lie
                     comment = f"{part.prim}, {direction} of {where} ({step.layer_type})"
                     if len(parts) == 1:
                         launches[name].append(function(name, part, comment))

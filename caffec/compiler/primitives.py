@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from caffec.compiler.kernels import Buffer, Kernel, Operand, Shape, whole
@@ -203,6 +203,7 @@ def gemm(
     accumulate: bool = False,
     batch: int = 1,
     strides: tuple[int, int, int] = (0, 0, 0),
+    invariant: str | None = None,
 ) -> Kernel:
     """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides.
 
@@ -225,6 +226,10 @@ def gemm(
       since the vector width is the C compiler's choice (--target-cpu).
     - ``kc``, ``mc``, ``nc``: the packed path's cache blocking (a K-block of B's strip in
       L1, A's block in L2, B's panel in L3), K split into even blocks.
+    - ``prepack``: on the packed path, the operand ``invariant`` ("a" or "b": one the
+      enclosing loop over images does not change, a convolution's weights) is packed once
+      before the loop instead of in every iteration (:func:`prepack`), "A" or "B" as the
+      micro-kernel sees it (after ``swap``); None otherwise.
     """
     # The register tiles, from the widest instruction set down; each serves the template's
     # ISA numbers from its own up (3: AVX-512, 32 registers; 2: AVX and AVX2, 16; 1: other
@@ -246,10 +251,15 @@ def gemm(
         path = "direct"
     else:
         path = "packed"
+    swap = path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n)
+    prepack = None
+    if invariant is not None and path == "packed":
+        prepack = "A" if (invariant == "a") != swap else "B"
     plan = {
         "path": path,
         "parallel": work >= 2_000_000,
-        "swap": path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n),
+        "swap": swap,
+        "prepack": prepack,
         "tiles": tiles,
         "kc": k if k <= 320 else -(-k // -(-k // 256)),
         "mc": 144,
@@ -277,6 +287,36 @@ def gemm(
         },  # fmt: skip
         accumulate=accumulate,
     )
+
+
+# The packed operand's rows are padded to whole register tiles of every instruction set the
+# template picks from: MR rows of A (12, 6 or 4) and NR = NV vectors of B (at most 32 numbers).
+PACKED_A_ROWS = 12
+PACKED_B_COLUMNS = 32
+
+
+def prepack(
+    kernel: Kernel, workspace: Callable[[str, Shape], Buffer]
+) -> tuple[list[Kernel], Kernel]:
+    """The kernels that pack ``kernel``'s loop-invariant operand (its plan's ``prepack``), to
+    run before the loop, and the GEMM that reads it packed; ``workspace(name, shape)`` gives
+    the buffer it is packed into. ([], ``kernel``) when its plan packs nothing ahead."""
+    a, side = kernel.attrs, kernel.attrs["plan"]["prepack"]
+    if side is None:
+        return [], kernel
+    swap = a["plan"]["swap"]
+    rows = a["N"] if swap else a["M"]  # the micro-kernel's M and N
+    cols = a["M"] if swap else a["N"]
+    width = (
+        -(-rows // PACKED_A_ROWS) * PACKED_A_ROWS
+        if side == "A"
+        else -(-cols // PACKED_B_COLUMNS) * PACKED_B_COLUMNS
+    )
+    packed = Operand(workspace("packed weights", (a["batch"] * a["K"] * width,)))
+    source = kernel.reads[int((side == "A") == swap)]
+    pack = Kernel("pack", reads=[source], writes=[packed], attrs=a)
+    return [pack], Kernel("gemm", reads=[*kernel.reads, packed], writes=kernel.writes,
+                          attrs=a, accumulate=kernel.accumulate)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- im2col / col2im

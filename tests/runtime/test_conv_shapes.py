@@ -12,12 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import reference as R
 from gradcheck import one_layer_net
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import caffec
+from caffec.compiler.pipeline import (
+    Options,
+    build_kernel_graph,
+    load_layer_graph,
+    optimization_switches,
+)
 
 
 @st.composite
@@ -66,6 +73,42 @@ def _net(tmp_path: Path, case: dict, level: int) -> caffec.Net:
 @example(case={"n": 1, "c": 2, "o": 2, "group": 2, "k": (1, 1), "stride": (1, 1),
                "pad": (2, 0), "dilation": 1, "hw": (1, 2)})  # fmt: skip
 def test_random_convolutions_agree_with_numpy(tmp_path: Path, case: dict) -> None:
+    _check(tmp_path, case)
+
+
+# Large enough for the GEMM's packed path, where -O2 packs the weights once before the loop
+# over images (the reference build packs them for every image): N = 144 as it is, and N = 49
+# computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B); two groups.
+PACKED = [
+    {"n": 3, "c": 128, "o": 96, "group": 2, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+     "dilation": 1, "hw": (12, 12)},
+    {"n": 2, "c": 128, "o": 96, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+     "dilation": 1, "hw": (7, 7)},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    # which operand each GEMM of the convolution (forward; weight and input gradients) has
+    # packed before the loop: A, or B where it computes C'; the weight gradient's operands
+    # change with every image, and the small input-gradient GEMM of N=144 packs nothing
+    [(PACKED[0], [["A"], [None, None]]), (PACKED[1], [["B"], [None, "B"]])],
+    ids=["N=144", "N=49"],
+)
+def test_weights_packed_before_the_images_agree_with_numpy(
+    tmp_path: Path, case: dict, expected: list
+) -> None:
+    _check(tmp_path, case)
+    options = Options(**optimization_switches(2))
+    kgraph = build_kernel_graph(load_layer_graph(tmp_path / "O2" / "net.prototxt", options),
+                                options)  # fmt: skip
+    sides = [[p.attrs["plan"]["prepack"] for k in s.kernels() for p in k.parts() if p.prim == "gemm"]
+             for s in kgraph.forward + kgraph.backward if s.layer == "conv"]  # fmt: skip
+    assert sides == expected
+
+
+def _check(tmp_path: Path, case: dict) -> None:
+    """Both builds against numpy, forward and backward."""
     optimised, reference = _net(tmp_path, case, 2), _net(tmp_path, case, 0)
     for a, b in zip(optimised.params["conv"], reference.params["conv"], strict=True):
         b.data[...] = a.data

@@ -29,6 +29,7 @@ from caffec.compiler.primitives import (
     pool_attrs,
     pool_grad,
     power,
+    prepack,
     reduce,
     strided_copy,
 )
@@ -185,6 +186,8 @@ class _ConvolutionBase:
             "batch": bottom[0], "group": group, "M": rows, "K": depth, "P": positions,
             "geometry": geometry, "pointwise": pointwise, "algorithm": algorithm,
             "image_size": count(image, 1), "col_size": count(cols, 1), "channels": cols[1],
+            # the weights are the same for every image: packed once before the loop (-O2)
+            "weights": "a" if ctx.choose_algorithms and bottom[0] > 1 else None,
         }  # fmt: skip
 
     def _direct(self, plan: dict[str, Any], mode: str, accumulate: bool, **operands: Any) -> Any:
@@ -207,7 +210,7 @@ class _ConvolutionBase:
         """out[n] (K-side) = W' cols, per group: the deconvolution forward / conv backward-data."""
         m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
         return gemm(weight, cols, out, k, p, m, trans_a=True, accumulate=accumulate, batch=g,
-                    strides=(m * k, m * p, k * p))  # fmt: skip
+                    strides=(m * k, m * p, k * p), invariant=plan["weights"])  # fmt: skip
 
     def _folded_gemm(
         self, plan: dict[str, Any], weight: Any, cols: Any, out: Any, accumulate: bool = False
@@ -215,7 +218,18 @@ class _ConvolutionBase:
         """out[n] (M-side) = W cols, per group: the convolution forward / deconv backward-data."""
         m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
         return gemm(weight, cols, out, m, p, k, accumulate=accumulate, batch=g,
-                    strides=(m * k, k * p, m * p))  # fmt: skip
+                    strides=(m * k, k * p, m * p), invariant=plan["weights"])  # fmt: skip
+
+    def _loop(self, ctx: Any, plan: dict[str, Any], body: list) -> list:
+        """The loop over images running ``body``, after the kernels that pack its GEMMs'
+        weights where their plans say so."""
+        before, kernels = [], []
+        for kernel in body:
+            if kernel.prim == "gemm":
+                packs, kernel = prepack(kernel, ctx.workspace)
+                before += packs
+            kernels.append(kernel)
+        return [*before, Loop(plan["batch"], kernels)]
 
     def _fold(
         self, ctx: Any, plan: dict[str, Any], cols: Any, image: Any, accumulate: bool, name: str
@@ -242,7 +256,7 @@ class _ConvolutionBase:
         elif not self.deconv:
             unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
             out = Operand(ctx.y(0), 0, plan["col_size"])
-            ctx.emit(Loop(plan["batch"], [*unfold, self._folded_gemm(plan, weight, cols, out)]))
+            ctx.emit(*self._loop(ctx, plan, [*unfold, self._folded_gemm(plan, weight, cols, out)]))
         else:
             source = Operand(ctx.x(0), 0, plan["col_size"])
             body = self._fold(
@@ -250,7 +264,7 @@ class _ConvolutionBase:
                 lambda out, acc: self._unfolded_gemm(plan, weight, source, out, acc),
                 ctx.y(0), False, "columns",
             )  # fmt: skip
-            ctx.emit(Loop(plan["batch"], body))
+            ctx.emit(*self._loop(ctx, plan, body))
         if op.param.convolution_param.bias_term:
             top = op.tops[0].shape
             view = (top[0], top[1], count(top, 2))
@@ -293,7 +307,7 @@ class _ConvolutionBase:
                 body.append(self._folded_gemm(plan, ctx.w(0), cols, Operand(dx, 0, m_step),
                                               accumulate))  # fmt: skip
         if body:
-            ctx.emit(Loop(plan["batch"], body))
+            ctx.emit(*self._loop(ctx, plan, body))
 
     def _direct_grad(self, plan: dict[str, Any], ctx: Any, dweight: Any, target: Any) -> None:
         image, cols = (ctx.dy(0), ctx.x(0)) if self.deconv else (ctx.x(0), ctx.dy(0))

@@ -83,8 +83,9 @@ its data, and its diff where backward computes one (Caffe allocates memory
 on first touch: a forward-only net touches no diff, and nothing writes the
 data layer's diff), with the in-place versions of a blob counted once at
 their largest; plus, once each, the workspaces and
-the layer states (Caffe's ``col_buffer_``, ``max_idx_``, ``prob_``...). No
-alignment padding is counted there.
+the layer states (Caffe's ``col_buffer_``, ``max_idx_``, ``prob_``...), but not
+the weights caffec packs for its GEMM (``pack`` kernels), which Caffe does not
+make. No alignment padding is counted there.
 """
 
 from __future__ import annotations
@@ -345,8 +346,11 @@ def naive_bytes(kgraph: KernelGraph, blob_of: dict[Buffer, str], itemsize: int) 
     data: dict[str, int] = {}
     diff: dict[str, int] = {}
     other = 0
+    steps = (step for steps in kgraph.steps().values() for step in steps)
+    packed = {o.buffer for step in steps for k in step.kernels() if k.prim == "pack"
+              for o in k.writes}  # fmt: skip
     for buffer in kgraph.buffers:
-        if buffer.kind not in ARENA_KINDS:
+        if buffer.kind not in ARENA_KINDS or buffer in packed:
             continue
         blob = blob_of.get(buffer)
         if blob is None:
