@@ -204,8 +204,15 @@ def gemm(
     batch: int = 1,
     strides: tuple[int, int, int] = (0, 0, 0),
     invariant: str | None = None,
+    implicit: dict[str, int] | None = None,
 ) -> Kernel:
     """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides.
+
+    With ``implicit`` (an im2col geometry, :func:`conv_attrs`, of one group), B is the
+    unfolded image without the unfolding: ``b`` is the image, and the packed path copies
+    each row of B's panels from it straight into the micro-kernel's order (an *implicit
+    GEMM*: the columns never go through memory). Only for a plan that packs B as it is
+    (:func:`gemm_plan`: the packed path, not swapped).
 
     The shapes are static, so the plan the C template (templates/c/gemm.c.j2) follows is
     chosen here, and the template emits the sizes as constants:
@@ -231,6 +238,39 @@ def gemm(
       before the loop instead of in every iteration (:func:`prepack`), "A" or "B" as the
       micro-kernel sees it (after ``swap``); None otherwise.
     """
+    plan = gemm_plan(m, n, k, trans_a, trans_b, batch)
+    if invariant is not None and plan["path"] == "packed":
+        plan["prepack"] = "A" if (invariant == "a") != plan["swap"] else "B"
+    if implicit is not None and (plan["path"] != "packed" or plan["swap"] or trans_b):
+        raise InternalError(f"an implicit GEMM needs a plan that packs B as it is, not {plan}")
+    return Kernel(
+        "gemm",
+        reads=[operand(a), operand(b)],
+        writes=[operand(c)],
+        attrs={
+            "M": m,
+            "N": n,
+            "K": k,
+            "trans_a": trans_a,
+            "trans_b": trans_b,
+            "lda": m if trans_a else k,
+            "ldb": k if trans_b else n,
+            "ldc": n,
+            "alpha": literal(alpha),
+            "batch": batch,
+            "stride_a": strides[0],
+            "stride_b": strides[1],
+            "stride_c": strides[2],
+            "plan": plan,
+            "implicit": dict(implicit) if implicit is not None else None,
+        },  # fmt: skip
+        accumulate=accumulate,
+    )
+
+
+def gemm_plan(m: int, n: int, k: int, trans_a: bool, trans_b: bool, batch: int) -> dict[str, Any]:
+    """The plan of :func:`gemm` for this shape (see there), before any operand is packed
+    ahead."""
     # The register tiles, from the widest instruction set down; each serves the template's
     # ISA numbers from its own up (3: AVX-512, 32 registers; 2: AVX and AVX2, 16; 1: other
     # 16-byte vectors, and 0: plain C): MR rows by NV vectors of C for the outer-product
@@ -251,42 +291,16 @@ def gemm(
         path = "direct"
     else:
         path = "packed"
-    swap = path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n)
-    prepack = None
-    if invariant is not None and path == "packed":
-        prepack = "A" if (invariant == "a") != swap else "B"
-    plan = {
+    return {
         "path": path,
         "parallel": work >= 2_000_000,
-        "swap": swap,
-        "prepack": prepack,
+        "swap": path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n),
+        "prepack": None,
         "tiles": tiles,
         "kc": k if k <= 320 else -(-k // -(-k // 256)),
         "mc": 144,
         "nc": 2048,
     }
-    return Kernel(
-        "gemm",
-        reads=[operand(a), operand(b)],
-        writes=[operand(c)],
-        attrs={
-            "M": m,
-            "N": n,
-            "K": k,
-            "trans_a": trans_a,
-            "trans_b": trans_b,
-            "lda": m if trans_a else k,
-            "ldb": k if trans_b else n,
-            "ldc": n,
-            "alpha": literal(alpha),
-            "batch": batch,
-            "stride_a": strides[0],
-            "stride_b": strides[1],
-            "stride_c": strides[2],
-            "plan": plan,
-        },  # fmt: skip
-        accumulate=accumulate,
-    )
 
 
 # The packed operand's rows are padded to whole register tiles of every instruction set the

@@ -37,9 +37,9 @@ layer { name: "up" type: "Deconvolution" bottom: "g" top: "up"
 """
 
 
-def _kernel_graph(tmp_path: Path, level: int):  # type: ignore[no-untyped-def]
+def _kernel_graph(tmp_path: Path, level: int, net: str = NET):  # type: ignore[no-untyped-def]
     path = tmp_path / "net.prototxt"
-    path.write_text(NET)
+    path.write_text(net)
     options = Options(**optimization_switches(level))
     return build_kernel_graph(load_layer_graph(path, options), options)
 
@@ -58,6 +58,26 @@ def test_optimised_builds_convolve_depthwise_layers_directly(tmp_path: Path) -> 
     modes = sorted(p.attrs["mode"] for s in kgraph.backward if s.layer == "depthwise"
                    for k in s.kernels() for p in k.parts() if p.prim == "conv")  # fmt: skip
     assert modes == ["data", "filter"]
+
+
+STEM = """name: "stem" force_backward: true
+input: "data" input_shape { dim: 2 dim: 3 dim: 64 dim: 64 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 16 kernel_size: 7 stride: 2 pad: 3 } }
+"""
+
+
+def test_few_weight_rows_unfold_the_image_as_the_gemm_packs_it(tmp_path: Path) -> None:
+    """(What it computes: tests/runtime/test_conv_shapes.py and test_cuda_emulated.py.)"""
+    for level, algorithm in ((2, "implicit_gemm"), (0, "im2col_gemm")):
+        kgraph = _kernel_graph(tmp_path, level, STEM)
+        assert kgraph.layers[1]["algorithm"] == algorithm
+        forward = [p for s in kgraph.forward for k in s.kernels() for p in k.parts()]
+        gemms = [p for p in forward if p.prim == "gemm"]
+        assert [p.attrs["implicit"] is not None for p in gemms] == [level == 2]
+        assert ("im2col" in {p.prim for p in forward}) == (level == 0)
+        backward = {p.prim for s in kgraph.backward for k in s.kernels() for p in k.parts()}
+        assert "im2col" in backward  # the weight gradient still reads columns
 
 
 def test_the_reference_build_always_takes_im2col_and_gemm(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """What the generated CUDA computes, checked on the CPU against the C target.
 
 The CUDA source of one small training net that uses every primitive (im2col and
-GEMM, col2im, direct depthwise convolution at -O2, MAX/AVE pooling and their gradients, LRN's pooled squares,
+GEMM, col2im, direct depthwise convolution at -O2, an implicit GEMM with its weights
+packed ahead at -O2 (the wide convolution: packing is the C target's alone), MAX/AVE pooling and their gradients, LRN's pooled squares,
 copies, reductions, random maps, the solver's updates) runs under the OpenMP
 emulation of ``tests/cuda_emulator.py`` on the buffers of a C-target net, and
 two SGD steps must give the C target's outputs, gradients and weights. Built
@@ -36,8 +37,14 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 NET = """
 name: "every_primitive"
-layer { name: "in" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 } } }
+layer { name: "in" type: "Input" top: "data" top: "label" top: "wide"
+        input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 }
+                      shape { dim: 2 dim: 128 dim: 5 dim: 5 } } }
+layer { name: "wide_conv" type: "Convolution" bottom: "wide" top: "wide_conv"
+        convolution_param { num_output: 5 kernel_size: 3 stride: 2 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "wide_ip" type: "InnerProduct" bottom: "wide_conv" top: "wide_ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1
                             weight_filler { type: "gaussian" std: 0.3 } } }
@@ -59,7 +66,8 @@ layer { name: "up" type: "Deconvolution" bottom: "cat" top: "up"
 layer { name: "drop" type: "Dropout" bottom: "up" top: "up" dropout_param { dropout_ratio: 0.3 } }
 layer { name: "ip" type: "InnerProduct" bottom: "up" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "wide_ip" top: "sum" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: "loss" }
 """
 
 
@@ -75,7 +83,11 @@ def test_cuda_kernels_compute_what_the_c_target_does(level: int, tmp_path: Path)
     emulate(cuda, source, launches, tmp_path)
     same_params(c, cuda)
     rng = np.random.default_rng(1)
-    feed = {"data": rng.standard_normal((2, 3, 9, 9)), "label": np.array([1.0, 4.0])}
+    feed = {
+        "data": rng.standard_normal((2, 3, 9, 9)),
+        "label": np.array([1.0, 4.0]),
+        "wide": rng.standard_normal((2, 128, 5, 5)),
+    }
     for _ in range(2):
         results = []
         for net_ in (c, cuda):

@@ -77,12 +77,16 @@ def test_random_convolutions_agree_with_numpy(tmp_path: Path, case: dict) -> Non
 
 
 # Large enough for the GEMM's packed path, where -O2 packs the weights once before the loop
-# over images (the reference build packs them for every image): N = 144 as it is, and N = 49
-# computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B); two groups.
+# over images (the reference build packs them for every image), and with at most 128 weight
+# rows per group unfolds the image as it packs it (an implicit GEMM, forward only): N = 144
+# in two groups, implicit; N = 171, implicit, strided, dilated and padded unevenly; N = 49
+# computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B), 192 rows.
 PACKED = [
     {"n": 3, "c": 128, "o": 96, "group": 2, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
      "dilation": 1, "hw": (12, 12)},
-    {"n": 2, "c": 128, "o": 96, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+    {"n": 2, "c": 64, "o": 32, "group": 1, "k": (3, 5), "stride": (2, 1), "pad": (1, 2),
+     "dilation": 2, "hw": (20, 23)},
+    {"n": 2, "c": 128, "o": 192, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
      "dilation": 1, "hw": (7, 7)},
 ]  # fmt: skip
 
@@ -92,8 +96,12 @@ PACKED = [
     # which operand each GEMM of the convolution (forward; weight and input gradients) has
     # packed before the loop: A, or B where it computes C'; the weight gradient's operands
     # change with every image, and the small input-gradient GEMM of N=144 packs nothing
-    [(PACKED[0], [["A"], [None, None]]), (PACKED[1], [["B"], [None, "B"]])],
-    ids=["N=144", "N=49"],
+    [
+        (PACKED[0], [["A"], [None, None]]),
+        (PACKED[1], [["A"], [None, None]]),
+        (PACKED[2], [["B"], [None, "B"]]),
+    ],
+    ids=["N=144", "N=171", "N=49"],
 )
 def test_weights_packed_before_the_images_agree_with_numpy(
     tmp_path: Path, case: dict, expected: list
@@ -105,6 +113,8 @@ def test_weights_packed_before_the_images_agree_with_numpy(
     sides = [[p.attrs["plan"]["prepack"] for k in s.kernels() for p in k.parts() if p.prim == "gemm"]
              for s in kgraph.forward + kgraph.backward if s.layer == "conv"]  # fmt: skip
     assert sides == expected
+    algorithm = next(layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv")
+    assert algorithm == ("implicit_gemm" if case["o"] // case["group"] <= 128 else "im2col_gemm")
 
 
 def _check(tmp_path: Path, case: dict) -> None:

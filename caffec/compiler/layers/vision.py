@@ -23,6 +23,7 @@ from caffec.compiler.primitives import (
     direct_conv,
     fill,
     gemm,
+    gemm_plan,
     im2col,
     pmap,
     pool,
@@ -180,8 +181,13 @@ class _ConvolutionBase:
         if ctx.choose_algorithms and _direct_pays(group, image[1] // group, rows, kernel_size,
                                                   cols[3]):  # fmt: skip
             algorithm = "direct"
+        elif pointwise:
+            algorithm = "gemm_1x1"
+        elif ctx.choose_algorithms and not self.deconv and _implicit_pays(rows, depth, positions,
+                                                                          group):  # fmt: skip
+            algorithm = "implicit_gemm"
         else:
-            algorithm = "gemm_1x1" if pointwise else "im2col_gemm"
+            algorithm = "im2col_gemm"
         return {
             "batch": bottom[0], "group": group, "M": rows, "K": depth, "P": positions,
             "geometry": geometry, "pointwise": pointwise, "algorithm": algorithm,
@@ -215,10 +221,16 @@ class _ConvolutionBase:
     def _folded_gemm(
         self, plan: dict[str, Any], weight: Any, cols: Any, out: Any, accumulate: bool = False
     ) -> Any:
-        """out[n] (M-side) = W cols, per group: the convolution forward / deconv backward-data."""
+        """out[n] (M-side) = W cols, per group: the convolution forward / deconv backward-data.
+        In an implicit GEMM ``cols`` is the image itself."""
         m, k, p, g = plan["M"], plan["K"], plan["P"], plan["group"]
+        geometry, cols_stride = None, k * p
+        if plan["algorithm"] == "implicit_gemm":
+            geometry = {**plan["geometry"], "C": plan["geometry"]["C"] // g}  # one group's
+            cols_stride = geometry["C"] * geometry["H"] * geometry["W"]
         return gemm(weight, cols, out, m, p, k, accumulate=accumulate, batch=g,
-                    strides=(m * k, k * p, m * p), invariant=plan["weights"])  # fmt: skip
+                    strides=(m * k, cols_stride, m * p), invariant=plan["weights"],
+                    implicit=geometry)  # fmt: skip
 
     def _loop(self, ctx: Any, plan: dict[str, Any], body: list) -> list:
         """The loop over images running ``body``, after the kernels that pack its GEMMs'
@@ -254,7 +266,10 @@ class _ConvolutionBase:
             mode = "data" if self.deconv else "forward"
             ctx.emit(self._direct(plan, mode, False, image=image, cols=cols, weight=weight))
         elif not self.deconv:
-            unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
+            if plan["algorithm"] == "implicit_gemm":
+                unfold, cols = [], Operand(ctx.x(0), 0, plan["image_size"])
+            else:
+                unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
             out = Operand(ctx.y(0), 0, plan["col_size"])
             ctx.emit(*self._loop(ctx, plan, [*unfold, self._folded_gemm(plan, weight, cols, out)]))
         else:
@@ -332,6 +347,24 @@ class _ConvolutionBase:
 DIRECT_MAX_CHANNELS_IN = 1  # image channels per group
 DIRECT_MAX_CHANNELS_OUT = 1  # column channels per group
 DIRECT_MAX_SUMS = 16384  # KH * KW * OW: the weight gradient's row of sums per tap, on the stack
+
+
+# Up to this many weight rows per group, the forward GEMM unfolds the image as it packs it
+# (an implicit GEMM). Measured on a 2-core AVX2 machine, forward at -O2, ms implicit / with
+# columns: GoogLeNet conv1 (64 rows) 101 / 143, inception 3a 3x3 (128) 51 / 57, CaffeNet
+# conv1 (96) 27.4 / 29.9, conv2 (128 per group) 42 / 47; with more rows the columns' cost is
+# spread over more products and the two are within noise (CaffeNet conv3, 384 rows, and
+# inception 4a 3x3, 208), or the columns win (GoogLeNet conv2, 192 rows: 201 / 192).
+IMPLICIT_MAX_ROWS = 128
+
+
+def _implicit_pays(rows: int, depth: int, positions: int, group: int) -> bool:
+    """Whether a convolution's forward GEMM (``rows`` x ``positions`` x ``depth`` per group)
+    runs implicitly, unfolding the image as it packs B instead of through columns in memory:
+    for few weight rows (see above), where the GEMM packs B as it lies (gemm_plan: the
+    packed path, not swapped)."""
+    plan = gemm_plan(rows, positions, depth, False, False, group)
+    return rows <= IMPLICIT_MAX_ROWS and plan["path"] == "packed" and not plan["swap"]
 
 
 def _direct_pays(
