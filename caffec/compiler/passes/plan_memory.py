@@ -85,7 +85,10 @@ data layer's diff), with the in-place versions of a blob counted once at
 their largest; plus, once each, the workspaces and
 the layer states (Caffe's ``col_buffer_``, ``max_idx_``, ``prob_``...), but not
 the weights caffec packs for its GEMM (``pack`` kernels), which Caffe does not
-make. No alignment padding is counted there.
+make. The workspaces are those of the algorithms caffec chose: at ``-O2`` an
+implicit GEMM's forward has no columns, where Caffe's layer would have its
+``col_buffer_`` (its gradient's columns are counted). No alignment padding is
+counted there.
 """
 
 from __future__ import annotations
