@@ -9,7 +9,11 @@ passes are TEST-phase inference. PyTorch runs on the same number of threads
 (``--threads``, default: every core). The two take turns, three rounds each,
 and each reports its best round: this machine's speed drifts by 10-20%.
 
-    python benchmarks/vs_pytorch.py [--threads 2] [--only lenet,cifar10_quick,...]
+With ``--gpu`` both run on GPU 0 instead (caffec in GPU mode: its CUDA target;
+PyTorch on ``cuda``, waited for after each iteration, as caffec's step waits to
+read the loss): LeNet's training step and GoogLeNet's at batch 32 and 128.
+
+    python benchmarks/vs_pytorch.py [--threads 2] [--only lenet,cifar10_quick,...] [--gpu]
 
 Needs ``torch`` (``pip install torch==2.13.0``); prints ratios caffec / PyTorch
 (below 1: caffec is faster).
@@ -45,6 +49,14 @@ CASES = [
      {"data": (32, 3, 224, 224), "label": (32,)}, "train", 1),
     ("mobilenet_blocks_b32", REPO / "benchmarks/nets/mobilenet_blocks.prototxt", "TRAIN",
      {"data": (32, 3, 112, 112), "label": (32,)}, "train", 3),
+]  # fmt: skip
+GPU_CASES = [
+    ("lenet", REPO / "examples/mnist/lenet_train_test.prototxt", "TRAIN",
+     {"data": (64, 1, 28, 28), "label": (64,)}, "train", 200),
+    ("googlenet_b32", MODELS / "bvlc_googlenet/train_val.prototxt", "TRAIN",
+     {"data": (32, 3, 224, 224), "label": (32,)}, "train", 10),
+    ("googlenet_b128", MODELS / "bvlc_googlenet/train_val.prototxt", "TRAIN",
+     {"data": (128, 3, 224, 224), "label": (128,)}, "train", 5),
 ]  # fmt: skip
 
 
@@ -91,26 +103,31 @@ def caffec_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callab
     return run
 
 
-def torch_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callable[[], Any]:
-    """One iteration of ``kind`` with PyTorch, on the model built from the same net."""
+def torch_runner(
+    net_file: Path, phase: str, shapes: dict, kind: str, device: str = "cpu"
+) -> Callable[[], Any]:
+    """One iteration of ``kind`` with PyTorch on ``device``, on the model built from the same
+    net."""
     import torch
 
     from caffec.compiler.pipeline import Options, load_layer_graph
 
     graph = load_layer_graph(net_file, Options(phase=phase))
-    model = TorchNet(graph, training=kind == "train")
+    model = TorchNet(graph, training=kind == "train").to(device)
     rng = np.random.default_rng(0)
     feed = {
         name: torch.from_numpy(rng.integers(0, 10, s) if name == "label" else rng.random(s))
         for name, s in shapes.items()
     }
-    feed = {name: x if name == "label" else x.float() for name, x in feed.items()}
+    feed = {name: (x if name == "label" else x.float()).to(device) for name, x in feed.items()}
+    wait = torch.cuda.synchronize if device == "cuda" else lambda: None
     if kind == "forward":
         model.eval()
 
         def run() -> None:
             with torch.no_grad():
                 model(feed)
+            wait()
 
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=0.0005)
@@ -119,6 +136,7 @@ def torch_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callabl
             opt.zero_grad()
             model(feed).backward()
             opt.step()
+            wait()
 
     return run
 
@@ -233,19 +251,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", help="comma-separated case names")
+    parser.add_argument("--gpu", action="store_true", help="both on GPU 0 (see above)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     wanted = set(args.only.split(",")) if args.only else None
+    where = f"{args.threads} threads"
+    if args.gpu:
+        import caffec
+
+        caffec.set_device(0)
+        caffec.set_mode_gpu()
+        where = f"GPU: {torch.cuda.get_device_name(0)}"
     print(f"{'case':<22}{'caffec ms':>12}{'PyTorch ms':>12}{'ratio':>8}"
-          f"   (PyTorch {torch.__version__}, {args.threads} threads)")  # fmt: skip
-    for name, path, phase, shapes, kind, iterations in CASES:
+          f"   (PyTorch {torch.__version__}, {where})")  # fmt: skip
+    for name, path, phase, shapes, kind, iterations in GPU_CASES if args.gpu else CASES:
         if wanted and name not in wanted:
             continue
         net_file = with_inputs(path, phase, shapes, folder / f"{name}.prototxt")
-        runs = [make(net_file, phase, shapes, kind) for make in (caffec_runner, torch_runner)]
+        device = "cuda" if args.gpu else "cpu"
+        runs = [caffec_runner(net_file, phase, shapes, kind),
+                torch_runner(net_file, phase, shapes, kind, device)]  # fmt: skip
         ours, theirs = best_ms(runs, iterations)
         print(f"{name + ' ' + kind:<22}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}")
 

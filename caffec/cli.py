@@ -97,14 +97,14 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_gpu(gpu: str | None, what: str) -> None:
-    """-gpu names the CUDA runtime, which caffec does not have yet."""
-    if gpu is not None:
-        raise UserError(
-            "-gpu: caffec cannot run nets on a GPU yet (`caffec compile --target cuda` builds "
-            "the CUDA code, but nothing runs it)",
-            hint=f"drop -gpu to {what} on the CPU",
-        )
+def _use_gpu(gpu: str | None) -> None:
+    """``-gpu N``: nets made from now on are compiled for the CUDA target and run on GPU N."""
+    if gpu is None:
+        return
+    from caffec.runtime.gpu import set_device, set_mode_gpu, single_device
+
+    set_device(single_device(gpu))
+    set_mode_gpu()
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -126,9 +126,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.target == "cuda" and (args.weights or args.report):
         raise UserError(
-            f"{'--weights' if args.weights else '--report'} needs a run of the net, and caffec "
-            "cannot run CUDA artifacts yet (only build them)",
-            hint="drop the option, or build for the C target",
+            f"{'--weights' if args.weights else '--report'} runs the net on this machine's CPU, "
+            "which a CUDA artifact does not",
+            hint="give the weights to `caffec run ARTIFACT -gpu 0 --weights FILE` instead, or "
+            "build for the C target",
         )
     graph = load_layer_graph(args.net, options)
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
@@ -201,6 +202,20 @@ def _read_inputs(specs: list[str]) -> dict[str, object]:
     return arrays
 
 
+def _check_artifact_target(artifact: Path, gpu: str | None) -> None:
+    """A CUDA artifact runs with -gpu, a C one without: say which flag is missing."""
+    from caffec.runtime.artifact import load_artifact
+
+    target = load_artifact(artifact).manifest["target"]
+    if target == "cuda" and gpu is None:
+        raise UserError(f"{artifact} is built for the CUDA target", hint="run it with -gpu 0")
+    if target == "c" and gpu is not None:
+        raise UserError(
+            f"{artifact} is built for the C target, which runs on the CPU",
+            hint="drop -gpu, or compile the net with --target cuda",
+        )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -208,6 +223,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     embedded = Path(args.artifact) / "weights.caffemodel"
     weights = args.weights or (embedded if embedded.exists() else None)
+    _check_artifact_target(Path(args.artifact), args.gpu)
+    _use_gpu(args.gpu)
     net = CompiledNet(args.artifact, weights, seed=args.seed)
     outputs = net.forward(**_read_inputs(args.input))
     if args.output:
@@ -235,9 +252,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from caffec.solver import Solver
 
-    _refuse_gpu(args.gpu, "train")
     if args.snapshot and args.weights:
         raise UserError("give -snapshot (resume) or -weights (finetune), not both")
+    _train_mode(args)
     solver = Solver(args.solver, cpu_fallback=args.cpu, outputs_only=True)
     if args.weights:
         for path in args.weights.split(","):
@@ -257,13 +274,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_mode(args: argparse.Namespace) -> None:
+    """CPU or GPU as ``caffe train`` chooses: -gpu, else the solver's ``solver_mode: GPU`` on
+    its ``device_id``; -cpu keeps such a solver on the CPU."""
+    from caffec.frontend.loader import read_solver
+    from caffec.solver import asks_for_gpu
+
+    if args.gpu is not None and args.cpu:
+        raise UserError("give -gpu or -cpu, not both")
+    if args.gpu is not None:
+        _use_gpu(args.gpu)
+        return
+    param, _ = read_solver(Path(args.solver))
+    if args.cpu or not asks_for_gpu(param):
+        return
+    try:
+        _use_gpu(str(param.device_id))
+    except UserError as err:
+        raise UserError(
+            f"{args.solver} asks for solver_mode: GPU on device {param.device_id}: {err.message}",
+            hint="pass -cpu to train on the CPU, or set solver_mode: CPU in the solver",
+        ) from None
+
+
 def _cmd_test(args: argparse.Namespace) -> int:
     import numpy as np
 
     from caffec.net import Net
     from caffec.runtime.solver import caffe_log
 
-    _refuse_gpu(args.gpu, "test")
+    _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
               level=args.level)  # fmt: skip
     weights = dict(net.artifact.manifest["loss_tops"])
@@ -291,7 +331,7 @@ def _cmd_time(args: argparse.Namespace) -> int:
     from caffec.runtime.solver import caffe_log
     from caffec.runtime.timing import benchmark
 
-    _refuse_gpu(args.gpu, "time")
+    _use_gpu(args.gpu)
     if args.iterations < 1:
         raise UserError("-iterations must be at least 1")
     net = Net(args.model, caffec_phase(args.phase), stages=args.stage, level=args.level,
@@ -428,13 +468,14 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--output", help="write the outputs to a .npy (one output) or .npz file")
     run.add_argument("--seed", type=int, default=0, help="seed of the fillers of missing weights")
+    run.add_argument("-gpu", "--gpu", help="the GPU a CUDA artifact runs on")
     run.set_defaults(run=_cmd_run)
 
     train = sub.add_parser("train", help="train a net with a solver, as `caffe train`")
     train.add_argument("-solver", "--solver", required=True, help="the solver .prototxt")
     train.add_argument("-snapshot", "--snapshot", help="a .solverstate to resume from")
     train.add_argument("-weights", "--weights", help="caffemodels to finetune from (commas)")
-    train.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    train.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     train.add_argument("-cpu", "--cpu", action="store_true",
                        help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
     for name, default in (("sigint", "stop"), ("sighup", "snapshot")):
@@ -447,7 +488,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("-model", "--model", required=True, help="the net .prototxt")
     test.add_argument("-weights", "--weights", help="the trained .caffemodel")
     test.add_argument("-iterations", "--iterations", type=int, default=50)
-    test.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    test.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     test.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TEST",
                       type=str.upper)  # fmt: skip
     test.add_argument("-stage", "--stage", action="append", default=[])
@@ -483,7 +524,7 @@ def _parser() -> argparse.ArgumentParser:
     time_ = sub.add_parser("time", help="time a net layer by layer, as `caffe time`")
     time_.add_argument("-model", "--model", required=True, help="the net .prototxt")
     time_.add_argument("-iterations", "--iterations", type=int, default=50)
-    time_.add_argument("-gpu", "--gpu", help="GPU ids (needs the CUDA target)")
+    time_.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     time_.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TRAIN",
                        type=str.upper)  # fmt: skip
     time_.add_argument("-stage", "--stage", action="append", default=[])

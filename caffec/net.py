@@ -21,12 +21,31 @@ def phase_name(phase: Any) -> str:
     return PHASES[phase]
 
 
-def compile_cached(graph: Any, source: bytes, options: Any, target_cpu: str = "native") -> Path:
-    """The artifact directory of ``graph`` (a layer graph built from ``source``), cached.
+def cuda_arch_of_mode() -> str | None:
+    """The compute capability to build for when ``caffec.set_mode_gpu()`` is in force (that
+    of the device ``set_device`` chose), else None: the C target."""
+    from caffec.runtime import gpu
+
+    if not gpu.gpu_mode():
+        return None
+    from caffec.runtime.cuda_device import open_device
+
+    return str(open_device(gpu.current_device()).arch)
+
+
+def compile_cached(
+    graph: Any,
+    source: bytes,
+    options: Any,
+    target_cpu: str = "native",
+    cuda_arch: str | None = None,
+) -> Path:
+    """The artifact directory of ``graph`` (a layer graph built from ``source``), cached:
+    for the C target, or with ``cuda_arch`` (a compute capability) the CUDA target.
 
     The key covers caffec's own code, the net's text, every value's shape (data
-    sources decide some), the options and the solver, so a change to any of
-    them compiles anew and an unchanged net compiles once.
+    sources decide some), the options, the solver and the target, so a change to
+    any of them compiles anew and an unchanged net compiles once.
     """
     from caffec.codegen.artifact import write_artifact
     from caffec.codegen.build import cache_dir, compiler_fingerprint
@@ -39,25 +58,40 @@ def compile_cached(graph: Any, source: bytes, options: Any, target_cpu: str = "n
     chosen["base_dir"] = str(options.base_dir.resolve())
     key = hashlib.sha256(
         json.dumps(
-            [compiler_fingerprint(), source.hex(), sorted(shapes.items()), chosen, target_cpu],
+            [
+                compiler_fingerprint(),
+                source.hex(),
+                sorted(shapes.items()),
+                chosen,
+                target_cpu,
+                cuda_arch,
+            ],
             default=str,
             sort_keys=True,
         ).encode()
     ).hexdigest()
     out = cache_dir() / "artifacts" / key[:2] / key
     if not (out / "manifest.json").exists():
-        write_artifact(build_kernel_graph(graph, options), out, target_cpu,
-                       reference=options.reference_build)  # fmt: skip
+        kgraph = build_kernel_graph(graph, options)
+        if cuda_arch is None:
+            write_artifact(kgraph, out, target_cpu, reference=options.reference_build)
+        else:
+            write_artifact(kgraph, out, target="cuda", cuda_archs=(cuda_arch,))
     return out
 
 
-def compile_file(network_file: str | Path, options: Any, target_cpu: str = "native") -> Path:
+def compile_file(
+    network_file: str | Path,
+    options: Any,
+    target_cpu: str = "native",
+    cuda_arch: str | None = None,
+) -> Path:
     """:func:`compile_cached` for a prototxt file."""
     from caffec.compiler.pipeline import load_layer_graph
 
     graph = load_layer_graph(network_file, options)
     options = replace(options, base_dir=Path(network_file).parent)
-    return compile_cached(graph, Path(network_file).read_bytes(), options, target_cpu)
+    return compile_cached(graph, Path(network_file).read_bytes(), options, target_cpu, cuda_arch)
 
 
 class Net(CompiledNet):
@@ -106,8 +140,9 @@ class Net(CompiledNet):
             dtype=dtype, backward=backward, **optimization_switches(opt_level),
         )  # fmt: skip
         self._target_cpu = target_cpu
+        self._cuda_arch = cuda_arch_of_mode()
         self._seed = seed
-        artifact = compile_file(self._network_file, self._options, target_cpu)
+        artifact = compile_file(self._network_file, self._options, target_cpu, self._cuda_arch)
         super().__init__(artifact, weights, seed=seed)
 
     def reshape(self) -> None:
@@ -139,8 +174,10 @@ class Net(CompiledNet):
     def _rebuild(self, options: Any) -> None:
         """Compile again with ``options`` (cached) and carry the parameters over."""
         self._options = options
-        params = self.param_arrays()
-        artifact = compile_file(self._network_file, self._options, self._target_cpu)
+        params = self.param_buffers()
+        artifact = compile_file(
+            self._network_file, self._options, self._target_cpu, self._cuda_arch
+        )
         counter = int(self._exec.counter[1])
         self.close()  # the data readers were sized for the old build
         CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from caffec.errors import UserError
+from caffec.net import compile_cached, cuda_arch_of_mode
 from caffec.runtime.net import CompiledNet
 from caffec.runtime.solver import SolverSettings, TrainingLoop, caffe_log
 
@@ -54,11 +55,20 @@ def _net_sources(param: Any) -> tuple[Any, list[Any]]:
     return train, tests
 
 
+def asks_for_gpu(param: Any) -> bool:
+    """Whether a SolverParameter says ``solver_mode: GPU`` (Caffe's default, but only a
+    solver that spells it out is taken to mean it: caffec's default is the CPU)."""
+    return param.HasField("solver_mode") and param.solver_mode == param.GPU
+
+
 class Solver:
     """A solver.prototxt ready to train: ``solver.net``, ``solver.test_nets``, ``step``, ``solve``.
 
-    ``cpu_fallback`` allows running a solver that asks for ``solver_mode: GPU``
-    on the CPU; without it such a solver is refused, never silently moved.
+    The nets are compiled for the mode in force (``caffec.set_mode_gpu()``: the
+    CUDA target on the chosen device; else the C target). A solver that asks for
+    ``solver_mode: GPU`` outside GPU mode is refused, never silently moved to the
+    CPU, unless ``cpu_fallback`` allows that (``caffec train`` switches to GPU
+    mode for such a solver itself).
     ``outputs_only`` builds the nets lean (as ``caffec train`` does): only their
     outputs stay readable in ``net.blobs``, and the memory of every other value
     is reused, as ``caffec compile --outputs-only`` reports.
@@ -81,18 +91,19 @@ class Solver:
         self.keep_blobs = not outputs_only
         self.param, _ = read_solver(self.path)
         p = self.param
-        if p.HasField("solver_mode") and p.solver_mode == p.GPU and not cpu_fallback:
+        self.cuda_arch = cuda_arch_of_mode()
+        if asks_for_gpu(p) and self.cuda_arch is None and not cpu_fallback:
             raise UserError(
-                f"{self.path} asks for solver_mode: GPU, and caffec's CUDA target is not "
-                "available here",
-                hint="set solver_mode: CPU in the solver, or pass -cpu to train on the CPU",
+                f"{self.path} asks for solver_mode: GPU, and caffec is in CPU mode",
+                hint="call caffec.set_mode_gpu() first (caffec train does), or allow the CPU "
+                "with cpu_fallback=True",
             )
         self.settings = _settings(p)
         seed = p.random_seed if p.random_seed >= 0 else 0
         train, tests = _net_sources(p)
         train_state = p.train_state if p.HasField("train_state") else None
         self.net = self._compile(train, "TRAIN", train_state, seed, target_cpu, solver=p)
-        shared = self.net.param_arrays()
+        shared = self.net.param_buffers()
         self.test_nets = [
             self._compile(source, "TEST", p.test_state[i] if p.test_state else None, seed,
                           target_cpu, params=shared)
@@ -105,7 +116,6 @@ class Solver:
         from caffec.compiler.pipeline import Options, layer_graph_of
         from caffec.frontend.loader import read_net
         from caffec.frontend.upgrade import upgrade_net
-        from caffec.net import compile_cached
 
         kind, value = source
         options = Options(
@@ -132,7 +142,7 @@ class Solver:
             options = replace(options, base_dir=path.parent)
             text = path.read_bytes()
         graph = layer_graph_of(net, spans, options)
-        artifact = compile_cached(graph, text, options, target_cpu)
+        artifact = compile_cached(graph, text, options, target_cpu, self.cuda_arch)
         return CompiledNet(artifact, seed=seed, params=params)
 
     @property

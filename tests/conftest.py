@@ -1,10 +1,15 @@
-"""Shared fixtures: where the corpus is, and building layer graphs from text."""
+"""Shared fixtures: where the corpus is, building layer graphs from text, an emulated GPU."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cuda_emulator import EmulatedDevice, fake_cupy
 
 from caffec.compiler.build import build_layer_graph
 from caffec.compiler.ir import LayerGraph
@@ -31,6 +36,40 @@ def graph_from_text(
     net, spans = select_phase(net, spans, phase)
     graph = build_layer_graph(net, spans, phase)
     return run_passes(graph, Options(phase=phase, shapes=shapes or {}), after)
+
+
+@pytest.fixture
+def emulated_gpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmulatedDevice]:
+    """GPU mode on one emulated device: caffec sees one GPU (a stand-in CuPy), builds CUDA
+    artifacts with nvcc as for a real one, and runs them on the CPU (``cuda_emulator``)."""
+    if shutil.which("nvcc") is None or shutil.which("g++") is None:
+        pytest.skip("needs nvcc (to build CUDA artifacts) and g++ (to emulate them)")
+    from caffec.runtime import cuda_device, gpu
+
+    device = EmulatedDevice(tmp_path_factory.mktemp("emulated"))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(1))
+    monkeypatch.setattr(cuda_device, "open_device", lambda device_id: device)
+    monkeypatch.setattr(gpu, "_mode", {"gpu": False, "device": 0})
+    gpu.set_mode_gpu()
+    yield device
+
+
+@pytest.fixture
+def real_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """GPU mode on this machine's GPU 0 (for tests marked ``gpu``); its device object."""
+    from caffec.runtime import cuda_device, gpu
+
+    monkeypatch.setattr(gpu, "_mode", {"gpu": False, "device": 0})
+    gpu.set_mode_gpu()
+    return cuda_device.open_device(0)
+
+
+@pytest.fixture(params=["emulated", pytest.param("gpu", marks=pytest.mark.gpu)])
+def any_gpu(request: pytest.FixtureRequest) -> Any:
+    """GPU mode on the emulated device, and (marked ``gpu``) on a real one."""
+    return request.getfixturevalue("emulated_gpu" if request.param == "emulated" else "real_gpu")
 
 
 def _gpu_missing() -> str | None:

@@ -4,10 +4,9 @@ The source is compiled as C++ with a small header that maps CUDA's names onto
 OpenMP: a block is a team of ``blockDim`` threads, ``__shared__`` arrays are
 shared by the team, ``__syncthreads()`` is a barrier. Functions without shared
 memory (the grid-stride ones, whose loops cover every index whatever the grid)
-run as one thread. :func:`emulate` then points a ``CompiledNet`` of the same
-kernel graph (the C target's artifact: the manifests are equal) at the CUDA
-functions, launched as the manifest's ``cuda`` entry says, on the net's own
-buffers.
+run as one thread. :class:`EmulatedDevice` stands in for the GPU under the
+runtime's :class:`~caffec.runtime.device_executor.DeviceExecutor`, so a CUDA
+artifact runs here as it would on a device, copies and graphs included.
 """
 
 from __future__ import annotations
@@ -15,8 +14,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import subprocess
+import types
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from caffec.runtime.device_executor import DeviceState
+from caffec.runtime.executor import aligned_bytes
 
 HEADER = r"""
 #include <math.h>
@@ -71,37 +76,89 @@ def build(source: str, folder: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(library))
 
 
-def emulate(net: Any, source: str, cuda: dict[str, Any], folder: Path) -> None:
-    """Make ``net`` (a CompiledNet) run its passes with the CUDA functions instead of C."""
-    library = build(source, folder)
-    library.caffec_launch.restype = None
-    dims = ctypes.c_uint * 3
+class EmulatedDevice:
+    """:class:`caffec.runtime.cuda_device.CudaDevice`'s interface on the CPU.
 
-    def launch(spec: dict[str, Any], table: Any, n: int) -> None:
-        shared = "__shared__" in bodies[spec["function"]]
-        grid, block = (spec["grid"], spec["block"]) if shared else ([1, 1, 1], [1, 1, 1])
-        function = ctypes.cast(getattr(library, spec["function"]), ctypes.c_void_p)
-        library.caffec_launch(function, dims(*grid), dims(*block), table, ctypes.c_long(n))
+    "Device memory" is numpy byte arrays apart from the runtime's host copies,
+    so a copy the runtime forgets shows as a wrong number; the functions are
+    the artifact's CUDA source built by :func:`build`; a captured graph is the
+    list of launches made while capturing, run again on each replay. The
+    counters say what crossed the "bus" and how often graphs were made.
+    """
 
-    def entry(direction: str) -> Any:
-        def run(table: Any, begin: int, end: int) -> int:
-            for step in cuda["steps"][direction][begin:end]:
-                for instr in step:
-                    for spec in instr.get("before", []):
-                        launch(spec, table, 0)
-                    for n in range(instr["count"]):
-                        for kernel in instr["kernels"]:
-                            for spec in cuda["functions"][kernel]:
-                                launch(spec, table, n)
-                    for spec in instr.get("after", []):
-                        launch(spec, table, 0)
-            return 0
+    arch = "90"
 
-        return run
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.state = DeviceState()
+        self.uploads = self.downloads = self.captures = self.replays = 0
+        self._recording: list[tuple] | None = None
 
-    bodies = _bodies(source)
-    for direction in ("forward", "backward", "update"):
-        net._exec._entries[direction] = entry(direction)
+    def alloc(self, nbytes: int) -> np.ndarray:
+        return aligned_bytes(max(nbytes, 1))
+
+    def view(self, memory: np.ndarray, offset: int, nbytes: int) -> np.ndarray:
+        return memory[offset : offset + nbytes]
+
+    def pointer(self, memory: np.ndarray) -> int:
+        return memory.ctypes.data
+
+    def host_bytes(self, nbytes: int) -> np.ndarray:
+        return aligned_bytes(nbytes)
+
+    def upload(self, memory: np.ndarray, host: np.ndarray) -> None:
+        self.uploads += 1
+        memory[...] = host
+
+    def uploads_queued(self) -> None:
+        pass
+
+    def wait_for_uploads(self) -> None:
+        pass
+
+    def download(self, memory: np.ndarray, host: np.ndarray) -> None:
+        self.downloads += 1
+        host[...] = memory
+
+    def zero(self, memory: np.ndarray) -> None:
+        memory[...] = 0
+
+    def functions(self, artifact: Any, names: list[str]) -> dict[str, Any]:
+        source = (artifact.path / artifact.manifest["source"]).read_text()
+        library = build(source, self.folder)
+        library.caffec_launch.restype = None
+        bodies = _bodies(source)
+        return {name: (library, ctypes.cast(getattr(library, name), ctypes.c_void_p),
+                       "__shared__" in bodies[name]) for name in names}  # fmt: skip
+
+    def launch(self, function: Any, grid: tuple, block: tuple, table: Any, n: int) -> None:
+        if self._recording is not None:
+            self._recording.append((function, grid, block, table, n))
+            return
+        library, handle, shared = function  # launched by its own library's launcher
+        if not shared:  # a grid-stride loop covers every index with one thread
+            grid, block = (1, 1, 1), (1, 1, 1)
+        dims = ctypes.c_uint * 3
+        library.caffec_launch(handle, dims(*grid), dims(*block),
+                              ctypes.c_void_p(table.ctypes.data), ctypes.c_long(n))  # fmt: skip
+
+    def capture(self, launches: Any) -> Any:
+        self.captures += 1
+        self._recording = recorded = []
+        try:
+            launches()
+        finally:
+            self._recording = None
+
+        def replay() -> None:
+            self.replays += 1
+            for call in recorded:
+                self.launch(*call)
+
+        return replay
+
+    def synchronize(self) -> None:
+        pass
 
 
 def _bodies(source: str) -> dict[str, str]:
@@ -111,3 +168,32 @@ def _bodies(source: str) -> dict[str, str]:
     for chunk in source.split(marker)[1:]:
         out[chunk[: chunk.index("(")]] = chunk
     return out
+
+
+def fake_cupy(count: int | Exception) -> types.ModuleType:
+    """A module with the part of CuPy's API that ``caffec.runtime.gpu`` uses (device count and
+    properties), reporting ``count`` devices or raising ``count``."""
+
+    def get_device_count() -> int:
+        if isinstance(count, Exception):
+            raise count
+        return count
+
+    def get_device_properties(device: int) -> dict:
+        return {"name": f"Card {device}".encode(), "major": 9, "minor": 0,
+                "totalGlobalMem": 80 << 30, "sharedMemPerBlock": 49152, "regsPerBlock": 65536,
+                "warpSize": 32, "maxThreadsPerBlock": 1024, "multiProcessorCount": 132,
+                "clockRate": 1980000}  # fmt: skip
+
+    runtime = types.SimpleNamespace(
+        getDeviceCount=get_device_count,
+        getDeviceProperties=get_device_properties,
+        CUDARuntimeError=CUDARuntimeError,
+    )
+    module = types.ModuleType("cupy")
+    module.cuda = types.SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
+    return module
+
+
+class CUDARuntimeError(RuntimeError):
+    """The stand-in CuPy's runtime error (no driver, no device)."""

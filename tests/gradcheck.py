@@ -81,7 +81,7 @@ def check_gradients(
     arrays = {f"input {n}": inputs[n] for n in names}
     for layer, blobs in net.params.items():
         for i, blob in enumerate(blobs):
-            if blob._diff is not None:
+            if blob.learned_diff:
                 analytic[f"{layer} param {i}"] = np.array(blob.diff)
                 arrays[f"{layer} param {i}"] = blob.data
     assert analytic, "nothing to check"

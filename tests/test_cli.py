@@ -264,9 +264,9 @@ def test_compile_for_cuda(capsys, tmp_path: Path, corpus: Path) -> None:
     assert {p.name for p in out.iterdir()} == {"manifest.json", "kernels.cu", "kernels.fatbin"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == "cuda" and manifest["cuda"]["steps"]["forward"]
-    # what cannot run it says so: the C runtime, --weights (checked by a run), -gpu
+    # what cannot run it says so: a run without -gpu, --weights (checked by a run on the CPU)
     status, _, err = run(capsys, "run", str(out))
-    assert status == 2 and "cuda target" in err
+    assert status == 2 and "CUDA target" in err and "-gpu 0" in err
     weights = str(corpus / "weights/lenet_iter_10000.caffemodel")
     status, _, err = run(capsys, "compile", net, "--target", "cuda", "--weights", weights)
     assert status == 2 and "--weights" in err

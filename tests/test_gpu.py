@@ -1,48 +1,20 @@
 """`caffec device-query` and pycaffe's mode switches.
 
 Without a GPU (CI) CuPy is replaced by a stand-in with CuPy's runtime calls
-(getDeviceCount, getDeviceProperties, CUDARuntimeError), so the listing and
-every error path run here; the `gpu` test asks a real device.
+(getDeviceCount, getDeviceProperties, CUDARuntimeError; ``cuda_emulator.fake_cupy``),
+so the listing and every error path run here; the `gpu` test asks a real device.
 """
 
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
+from cuda_emulator import CUDARuntimeError, fake_cupy
 
 import caffec
 from caffec.cli import main
 from caffec.errors import UserError
-
-
-class CUDARuntimeError(RuntimeError):
-    pass
-
-
-def fake_cupy(count: int | Exception) -> types.ModuleType:
-    """A module with the part of CuPy's API caffec.runtime.gpu uses."""
-
-    def get_device_count() -> int:
-        if isinstance(count, Exception):
-            raise count
-        return count
-
-    def get_device_properties(device: int) -> dict:
-        return {"name": f"Card {device}".encode(), "major": 9, "minor": 0,
-                "totalGlobalMem": 80 << 30, "sharedMemPerBlock": 49152, "regsPerBlock": 65536,
-                "warpSize": 32, "maxThreadsPerBlock": 1024, "multiProcessorCount": 132,
-                "clockRate": 1980000}  # fmt: skip
-
-    runtime = types.SimpleNamespace(
-        getDeviceCount=get_device_count,
-        getDeviceProperties=get_device_properties,
-        CUDARuntimeError=CUDARuntimeError,
-    )
-    module = types.ModuleType("cupy")
-    module.cuda = types.SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
-    return module
 
 
 def query(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -89,9 +61,14 @@ def test_pycaffe_mode_switches(monkeypatch) -> None:
     caffec.set_device(0)
     with pytest.raises(UserError, match="no device 3"):
         caffec.set_device(3)
-    with pytest.raises(UserError, match="cannot run nets on a GPU yet") as refused:
+    from caffec.runtime import gpu
+
+    try:
         caffec.set_mode_gpu()
-    assert "set_mode_cpu" in str(refused.value)
+        assert gpu.gpu_mode() and gpu.current_device() == 0
+    finally:
+        caffec.set_mode_cpu()
+    assert not gpu.gpu_mode()
 
 
 @pytest.mark.gpu

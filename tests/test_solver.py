@@ -160,7 +160,7 @@ def test_solver_errors(tmp_path: Path) -> None:
     gpu = solver_file(tmp_path, "SGD", {}, "solver_mode: GPU\n")
     with pytest.raises(UserError, match="solver_mode: GPU") as info:
         get_solver(gpu)
-    assert "-cpu" in info.value.hint
+    assert "set_mode_gpu" in info.value.hint and "cpu_fallback" in info.value.hint
     assert get_solver(gpu, cpu_fallback=True, log=lambda m: None).iter == 0
     with pytest.raises(UserError, match="AdamSolver was given a solver file of type SGD"):
         from caffec.solver import AdamSolver

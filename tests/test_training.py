@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from conftest import REPO
 from caffec.cli import main
 from caffec.frontend.idx import read_idx
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Debian's dataset-fashion-mnist, or a copy elsewhere (scripts/gpu_check.sh carries one)
+FASHION = Path(os.environ.get("CAFFEC_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -121,3 +123,44 @@ def test_signals_snapshot_and_stop(tmp_path: Path) -> None:
     # the snapshot SIGHUP asked for, and the one taken before stopping (maybe the same iteration)
     assert text.count("Snapshotting to binary proto file") == 2
     assert list(tmp_path.glob("sig_iter_*.solverstate"))
+
+
+@pytest.mark.gpu
+def test_lenet_trains_on_the_gpu_as_on_the_cpu(small_fashion: Path, tmp_path: Path,
+                                               monkeypatch, real_gpu) -> None:  # fmt: skip
+    """500 iterations from the same seed on GPU 0 and on the CPU: the logged losses agree
+    within 1e-3 and the test accuracy is the same."""
+    from caffec.runtime import gpu
+    from caffec.solver import get_solver
+
+    monkeypatch.chdir(tmp_path)
+    for name, db in (("train", "mnist_train_lmdb"), ("t10k", "mnist_test_lmdb")):
+        assert main(["convert-mnist", str(small_fashion / f"{name}-images-idx3-ubyte.gz"),
+                     str(small_fashion / f"{name}-labels-idx1-ubyte.gz"), db]) == 0  # fmt: skip
+    net = (REPO / "examples/mnist/lenet_train_test.prototxt").read_text()
+    (tmp_path / "net.prototxt").write_text(net.replace("examples/mnist/", ""))
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt"\ntest_iter: 5\ntest_interval: 500\nbase_lr: 0.01\nmomentum: 0.9\n'
+        'weight_decay: 0.0005\nlr_policy: "inv"\ngamma: 0.0001\npower: 0.75\ndisplay: 20\n'
+        'max_iter: 500\nsnapshot_prefix: "lenet"\nrandom_seed: 1701\n'
+    )
+    logs = {}
+    for where in ("gpu", "cpu"):
+        lines: list[str] = []
+        if where == "cpu":
+            gpu.set_mode_cpu()
+        solver = get_solver("solver.prototxt", log=lines.append)
+        assert solver.net.artifact.manifest["target"] == ("cuda" if where == "gpu" else "c")
+        solver.solve()
+        logs[where] = lines
+
+    def curve(lines: list[str], pattern: str) -> list[float]:
+        return [float(x) for line in lines for x in re.findall(pattern, line)]
+
+    losses = {
+        w: curve(lines, r"Iteration \d+ \(.*\), loss = ([\d.e-]+)") for w, lines in logs.items()
+    }
+    assert len(losses["gpu"]) == len(losses["cpu"]) >= 25
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=1e-3)
+    accuracy = {w: curve(lines, r"accuracy = ([\d.]+)") for w, lines in logs.items()}
+    assert accuracy["gpu"] == pytest.approx(accuracy["cpu"], abs=1e-3) and accuracy["cpu"][-1] > 0.6

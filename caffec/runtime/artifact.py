@@ -44,11 +44,12 @@ def _load_library(path: Path) -> ctypes.CDLL:
 
 @dataclass
 class Artifact:
-    """A loaded artifact: the manifest as a dict, and the library's entry points."""
+    """A loaded artifact: the manifest as a dict, and for the C target the library's entry
+    points (a CUDA target's fat binary is loaded onto its device by the runtime)."""
 
     path: Path
     manifest: dict[str, Any]
-    library: ctypes.CDLL
+    library: ctypes.CDLL | None
 
     def entry(self, name: str) -> Any:
         function = getattr(self.library, f"caffec_{name}")
@@ -78,9 +79,14 @@ def load_artifact(path: str | Path) -> Artifact:
             f"abi {manifest.get('abi')}); this one reads format {SUPPORTED_FORMAT}",
             hint="compile the net again with this caffec",
         )
-    if manifest.get("target") != "c":
-        raise UserError(f"{root} is built for the {manifest.get('target')} target, not c")
     library_path = root / manifest["library"]
+    if manifest.get("target") == "cuda":
+        if not library_path.is_file():
+            raise UserError(f"{root} has no {manifest['library']}: the artifact is incomplete",
+                            hint="compile it again")  # fmt: skip
+        return Artifact(root, manifest, None)
+    if manifest.get("target") != "c":
+        raise UserError(f"{root} is built for the {manifest.get('target')} target")
     try:
         library = _load_library(library_path.resolve())
     except OSError as err:

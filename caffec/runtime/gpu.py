@@ -12,7 +12,10 @@ from typing import Any
 
 from caffec.errors import UserError
 
-INSTALL_HINT = "pip install 'caffec[cuda]' (CuPy for CUDA 13; cupy-cuda12x for CUDA 12 drivers)"
+INSTALL_HINT = (
+    "pip install 'caffec[cuda]' (CuPy for CUDA 13; cupy-cuda12x for CUDA 12 drivers), "
+    "or drop -gpu to run on the CPU"
+)
 
 
 def cupy() -> Any:
@@ -73,23 +76,44 @@ def describe(device: int) -> list[tuple[str, str]]:
     ]
 
 
-# pycaffe's mode switches (caffe.set_mode_cpu() and friends), as caffec.set_mode_cpu() ...
+# pycaffe's mode switches: caffec.Net and the solvers compile for the mode set when they
+# are made (the C target, or the CUDA target for the device chosen).
+_mode = {"gpu": False, "device": 0}
 
 
 def set_mode_cpu() -> None:
-    """Run nets on the CPU: what caffec's runtime does."""
+    """Nets made from now on run on the CPU (the C target)."""
+    _mode["gpu"] = False
 
 
 def set_mode_gpu() -> None:
-    """Run nets on the GPU: refused, saying why (no CuPy, no device, or no GPU runtime yet)."""
-    device_count()
-    raise UserError(
-        "caffec cannot run nets on a GPU yet: `caffec compile --target cuda` builds the CUDA "
-        "code, but no runtime runs it",
-        hint="call caffec.set_mode_cpu() instead, to run on the CPU",
-    )
+    """Nets made from now on run on the chosen GPU (the CUDA target); checks that it exists."""
+    device_ids(str(_mode["device"]))
+    _mode["gpu"] = True
 
 
 def set_device(device: int) -> None:
-    """Choose the GPU: checks that it exists (nets still run on the CPU; see set_mode_gpu)."""
+    """Choose the GPU that nets run on in GPU mode (and that CUDA artifacts run on)."""
     device_ids(str(device))
+    _mode["device"] = int(device)
+
+
+def current_device() -> int:
+    """The GPU chosen by :func:`set_device` (0 unless set)."""
+    return _mode["device"]
+
+
+def gpu_mode() -> bool:
+    """Whether :func:`set_mode_gpu` is in force."""
+    return _mode["gpu"]
+
+
+def single_device(gpu: str) -> int:
+    """The one device ``-gpu`` names: caffec runs a net on one GPU."""
+    ids = device_ids(gpu)
+    if len(ids) != 1:
+        raise UserError(
+            f"-gpu {gpu}: caffec runs a net on one GPU; training on several is not supported yet",
+            hint=f"name one device, e.g. -gpu {ids[0]}",
+        )
+    return ids[0]

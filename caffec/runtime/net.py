@@ -20,6 +20,7 @@ from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
 
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
+BufferRef = tuple[int, dict[str, Any] | None]  # a buffer slot, and the blob's view of it
 
 
 class LegacyAxes:
@@ -37,11 +38,14 @@ class LegacyAxes:
 
 
 class Blob(LegacyAxes):
-    """pycaffe's Blob: ``data`` and ``diff`` are numpy views of the net's own memory."""
+    """pycaffe's Blob: ``data`` and ``diff`` are numpy arrays of the net's own memory (on a
+    GPU, host copies brought up to date when read and copied back by the next run)."""
 
-    def __init__(self, data: np.ndarray, diff: np.ndarray | None) -> None:
-        self._data = data
-        self._diff = diff
+    def __init__(self, buffers: Executor, data: BufferRef, diff: BufferRef | None) -> None:
+        self._buffers = buffers
+        self._data_ref = data
+        self._diff_ref = diff
+        self._zero_diff: np.ndarray | None = None
         self.pending_shape: tuple[int, ...] | None = None
 
     def reshape(self, *shape: int) -> None:
@@ -52,22 +56,29 @@ class Blob(LegacyAxes):
 
     @property
     def data(self) -> np.ndarray:
-        return self._data
+        return self._buffers.host(*self._data_ref)
 
     @property
     def diff(self) -> np.ndarray:
         """The gradient; a blob nothing differentiates shows zeros."""
-        if self._diff is None:
-            self._diff = np.zeros_like(self._data)
-        return self._diff
+        if self._diff_ref is not None:
+            return self._buffers.host(*self._diff_ref)
+        if self._zero_diff is None:
+            self._zero_diff = np.zeros(self.shape, dtype=self._buffers.dtype)
+        return self._zero_diff
+
+    @property
+    def learned_diff(self) -> bool:
+        """Whether the net computes this blob's gradient (else ``diff`` shows zeros)."""
+        return self._diff_ref is not None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self._data.shape
+        return shape_of(self._buffers.manifest, self._data_ref)
 
     @property
     def count(self) -> int:
-        return int(self._data.size)
+        return int(np.prod(self.shape))
 
 
 class Layer:
@@ -94,8 +105,7 @@ class CompiledNet:
         m = self.artifact.manifest
         self.phase = TRAIN if m["phase"] == "TRAIN" else TEST
         self._rng = np.random.default_rng(seed)
-        slots = self._param_slots(params)
-        self._exec = Executor(self.artifact, slots)
+        self._exec = make_executor(self.artifact, self._param_slots(params))
         self._exec.counter[0] = seed
         if params is None:
             self._fill_params()
@@ -104,19 +114,14 @@ class CompiledNet:
         self._lean = not m["memory_plan"]["keep_blobs"]
         self._forwarded = False
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
-            (
-                name,
-                Blob(
-                    self._exec.buffer(b["data"], b.get("data_view")),
-                    self._exec.buffer(b["diff"], b.get("diff_view")),
-                ),
-            )
+            (name, Blob(self._exec, (b["data"], b.get("data_view")),
+                        None if b["diff"] is None else (b["diff"], b.get("diff_view"))))
             for name, b in m["blobs"].items()
-        )
+        )  # fmt: skip
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
         for p in m["params"]:
-            blob = Blob(self._exec.buffer(p["data"]), self._exec.buffer(p["grad"]))
-            self.params.setdefault(p["layer"], []).append(blob)
+            grad = None if p["grad"] is None else (p["grad"], None)
+            self.params.setdefault(p["layer"], []).append(Blob(self._exec, (p["data"], None), grad))
         self.layers = [
             Layer(layer["name"], layer["type"], self.params.get(layer["name"], []))
             for layer in m["layers"]
@@ -149,10 +154,9 @@ class CompiledNet:
         )
 
     # --- parameters -------------------------------------------------------------------------
-    def _param_slots(
-        self, params: Mapping[tuple[str, int], np.ndarray] | None
-    ) -> dict[int, np.ndarray] | None:
-        """Carry parameter arrays over from an earlier build of the same net (a reshape)."""
+    def _param_slots(self, params: Mapping[tuple[str, int], Any] | None) -> dict[int, Any] | None:
+        """Carry parameter buffers over from an earlier build of the same net (a reshape), or
+        share them with another (a solver's test nets)."""
         if params is None:
             return None
         slots = {}
@@ -166,19 +170,19 @@ class CompiledNet:
         """Initialise every parameter with its filler, as Caffe's LayerSetUp does."""
         for p in self.artifact.manifest["params"]:
             if p["shared_with"] is None and p["filler"] is not None:
-                fill(p["filler"], self._exec.buffer(p["data"]), self._rng)
+                fill(p["filler"], self._exec.host(p["data"], overwrite=True), self._rng)
 
-    def param_arrays(self) -> dict[tuple[str, int], np.ndarray]:
-        """Every parameter array by (layer, index): what a rebuild hands on."""
-        return {(p["layer"], p["index"]): self._exec.buffer(p["data"])
+    def param_buffers(self) -> dict[tuple[str, int], Any]:
+        """Every parameter's buffer by (layer, index): what a rebuild hands on, and what a
+        solver's test nets share (numpy arrays, or on a GPU the device buffers)."""
+        return {(p["layer"], p["index"]): self._exec.persistent(p["data"])
                 for p in self.artifact.manifest["params"]}  # fmt: skip
 
     def clear_param_diffs(self) -> None:
         """Zero every parameter gradient (they accumulate across backward passes)."""
         for p in self.artifact.manifest["params"]:
-            grad = self._exec.buffer(p["grad"])
-            if grad is not None:
-                grad[...] = 0
+            if p["grad"] is not None:
+                self._exec.zero(p["grad"])
 
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
@@ -261,7 +265,7 @@ class CompiledNet:
     def _fill_data(self, initial: bool = False) -> None:
         for slot, spec, refill in self.artifact.manifest["fills"]:
             if initial or refill:
-                fill(spec, self._exec.buffer(slot), self._rng)
+                fill(spec, self._exec.host(slot, overwrite=True), self._rng)
 
     def _set_inputs(self, arrays: Mapping[str, Any], what: str = "input") -> None:
         for name, array in arrays.items():
@@ -272,7 +276,7 @@ class CompiledNet:
                 )
             if what == "input":
                 slot = self.artifact.manifest["inputs"].get(name)
-                target = self._exec.buffer(slot) if slot is not None else self.blobs[name].data
+                ref = (slot, None) if slot is not None else self.blobs[name]._data_ref
             else:
                 slot = self.artifact.manifest["output_diffs"].get(name)
                 if slot is None:
@@ -280,8 +284,9 @@ class CompiledNet:
                         f"'{name}' is not an output whose gradient backward starts from",
                         hint=f"outputs: {', '.join(self.artifact.manifest['output_diffs'])}",
                     )
-                target = self._exec.buffer(slot)
-            set_array(target, array, f"{what} '{name}'")
+                ref = (slot, None)
+            value = checked_array(array, shape_of(self.artifact.manifest, ref), f"{what} '{name}'")
+            self._exec.host(*ref, overwrite=ref[1] is None)[...] = value
 
     def _step_range(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
         begin, stop = self._steps_between(direction, start, end)
@@ -378,7 +383,7 @@ class CompiledNet:
                 hint="run forward() first, or build without --outputs-only",
             )
         for slot, weight in m["seeds"]:
-            self._exec.buffer(slot)[...] = weight
+            self._exec.host(slot, overwrite=True)[...] = weight
         self._set_inputs(kwargs, "diff")
         self._exec.run("backward", begin, stop)
         self._forwarded = not self._lean
@@ -442,17 +447,35 @@ class CompiledNet:
         return self.blobs[name]
 
 
-def set_array(target: np.ndarray, value: Any, what: str) -> None:
-    """Copy a user's array into a net buffer, refusing a wrong shape or a non-number dtype."""
+def make_executor(artifact: Artifact, params: Mapping[int, Any] | None) -> Executor:
+    """The executor for the artifact's target: the C library here, or the CUDA functions on
+    the GPU chosen by ``caffec.set_device`` (``-gpu N``)."""
+    if artifact.manifest["target"] != "cuda":
+        return Executor(artifact, params)
+    from caffec.runtime import cuda_device, gpu
+    from caffec.runtime.device_executor import DeviceExecutor
+
+    return DeviceExecutor(artifact, cuda_device.open_device(gpu.current_device()), params)
+
+
+def shape_of(manifest: dict[str, Any], ref: BufferRef) -> tuple[int, ...]:
+    """The shape of a buffer, or of the blob view of it."""
+    slot, view = ref
+    return tuple(view["shape"] if view is not None else manifest["buffers"][slot]["shape"])
+
+
+def checked_array(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A user's array for a net buffer of ``shape``, refusing a wrong shape or a non-number
+    dtype (before the buffer is touched)."""
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise UserError(f"{what} has dtype {array.dtype}; give numbers (float32)")
-    if array.shape != target.shape and not (array.size == 1 == target.size):
+    if array.shape != shape and not (array.size == 1 == int(np.prod(shape))):
         raise UserError(
-            f"{what} has shape {_fmt(array.shape)}, the net expects {_fmt(target.shape)}",
+            f"{what} has shape {_fmt(array.shape)}, the net expects {_fmt(shape)}",
             hint="reshape the array, or reshape the net's input (blob.reshape + net.reshape)",
         )
-    target[...] = array.reshape(target.shape)
+    return array.reshape(shape)
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -144,8 +144,6 @@ class TrainingLoop:
         m = net.artifact.manifest
         if not m["update"]:
             raise UserError("the train net was compiled without a solver update step")
-        self._rate = net._exec.of_kind("hyper")
-        self._histories = [net._exec.buffer(slot) for _, slot in m["histories"]]
         self.stop_requested = False
         self.snapshot_requested = False
 
@@ -164,7 +162,7 @@ class TrainingLoop:
             t = self.iter + 1
             s = self.settings
             scaled = rate * math.sqrt(1 - s.momentum2**t) / (1 - s.momentum**t)
-        self._rate[0] = scaled
+        self.net._exec.of_kind("hyper", overwrite=True)[0] = scaled
         self.net._exec.run("update", 0, 1)
 
     def _forward_backward(self) -> float:
@@ -288,9 +286,11 @@ class TrainingLoop:
 
     def _ordered_histories(self) -> list[np.ndarray]:
         """Caffe's order: every parameter's first history, then every second one (Adam...)."""
-        per = self.net.artifact.manifest["solver"]["histories_per_param"]
-        return [self._histories[i * per + h] for h in range(per)
-                for i in range(len(self._histories) // per)]  # fmt: skip
+        m = self.net.artifact.manifest
+        histories = [self.net._exec.host(slot) for _, slot in m["histories"]]
+        per = m["solver"]["histories_per_param"]
+        return [histories[i * per + h] for h in range(per)
+                for i in range(len(histories) // per)]  # fmt: skip
 
     def restore(self, path: str | Path) -> None:
         """Continue from a .solverstate: its weights, histories, iteration and lr position."""

@@ -9,6 +9,7 @@ computation, not the data readers.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,12 @@ def _timed(run: Callable[[], None]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def _run_and_wait(net: CompiledNet, direction: str, begin: int, end: int) -> None:
+    """Run steps of a pass and wait until they are done (on a GPU they run asynchronously)."""
+    net._exec.run(direction, begin, end)
+    net._exec.synchronize()
+
+
 def benchmark(
     net: CompiledNet, iterations: int, log: Callable[[str], None], kernels: bool = False
 ) -> dict[str, float]:
@@ -30,12 +37,12 @@ def benchmark(
     m = net.artifact.manifest
     rng = np.random.default_rng(0)
     for name in m["inputs"]:
-        data = net._exec.buffer(m["inputs"][name])
+        data = net._exec.host(m["inputs"][name])
         data[...] = rng.integers(0, 2, data.shape) if "label" in name else rng.random(data.shape)
-    run = net._exec.run
+    run = functools.partial(_run_and_wait, net)
     forward, backward = m["forward"], m["backward"]
     log("Performing Forward")
-    outputs = net.forward(**{n: net._exec.buffer(s) for n, s in m["inputs"].items()})
+    outputs = net.forward(**{n: net._exec.host(s) for n, s in m["inputs"].items()})
     loss = sum(w * float(np.sum(outputs[n])) for n, w in m["loss_tops"] if n in outputs)
     log(f"Initial loss: {loss:g}")
     if backward:
@@ -88,7 +95,7 @@ def _kernel_report(net: CompiledNet, iterations: int, log: Callable[[str], None]
     times = np.zeros(len(rows))
     for _ in range(iterations):
         for i in range(len(rows)):
-            times[i] += _timed(lambda i=i: net._exec.run("kernels", i, i + 1))
+            times[i] += _timed(lambda i=i: _run_and_wait(net, "kernels", i, i + 1))
     log("Average time per kernel: ")
     for (direction, layer, kernel), total in zip(rows, times, strict=True):
         log(f"{kernel:>28}\t{direction} of {layer}: {total / iterations:.5g} ms.")

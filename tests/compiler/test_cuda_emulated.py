@@ -3,27 +3,24 @@
 The CUDA source of one small training net that uses every primitive (im2col and
 GEMM, col2im, direct depthwise convolution at -O2, an implicit GEMM with its weights
 packed ahead at -O2 (the wide convolution: packing is the C target's alone), MAX/AVE pooling and their gradients, LRN's pooled squares,
-copies, reductions, random maps, the solver's updates) runs under the OpenMP
-emulation of ``tests/cuda_emulator.py`` on the buffers of a C-target net, and
-two SGD steps must give the C target's outputs, gradients and weights. Built
-at -O0 (one kernel per primitive, pooling masks) and -O2 (fused kernels as
-their parts, the argmax found again in backward).
+copies, reductions, random maps, the solver's updates) is built as a CUDA
+artifact and run by the runtime's device executor on the OpenMP emulation of
+``tests/cuda_emulator.py`` (and, marked ``gpu``, on a real GPU), and two SGD
+steps must give the C target's outputs, gradients and weights. Built at -O0 (one kernel per primitive, pooling masks)
+and -O2 (fused kernels as their parts, the argmax found again in backward).
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_emulator import emulate
 from nets import same_params, train_step
 from test_fusion_equivalence import SOLVER
 
 from caffec.codegen.artifact import write_artifact
-from caffec.codegen.cuda import render_cuda
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
@@ -32,8 +29,6 @@ from caffec.compiler.pipeline import (
 )
 from caffec.frontend.loader import parse_net
 from caffec.runtime.net import CompiledNet
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 NET = """
 name: "every_primitive"
@@ -72,15 +67,15 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: 
 
 
 @pytest.mark.parametrize("level", [0, 2])
-def test_cuda_kernels_compute_what_the_c_target_does(level: int, tmp_path: Path) -> None:
+def test_cuda_kernels_compute_what_the_c_target_does(level: int, tmp_path: Path, any_gpu) -> None:
     options = Options(phase="TRAIN", backward=True, solver=SOLVER)
     options = replace(options, **optimization_switches(level))
     net, spans = parse_net(NET)
     kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
-    artifact = write_artifact(kgraph, tmp_path / "c")
-    source, launches = render_cuda(kgraph)
-    c, cuda = CompiledNet(artifact, seed=3), CompiledNet(artifact, seed=3)
-    emulate(cuda, source, launches, tmp_path)
+    c = CompiledNet(write_artifact(kgraph, tmp_path / "c"), seed=3)
+    cuda_artifact = write_artifact(kgraph, tmp_path / "cuda", target="cuda",
+                                   cuda_archs=(any_gpu.arch,))  # fmt: skip
+    cuda = CompiledNet(cuda_artifact, seed=3)
     same_params(c, cuda)
     rng = np.random.default_rng(1)
     feed = {

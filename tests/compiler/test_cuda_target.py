@@ -1,5 +1,5 @@
 """The CUDA target without a GPU: every corpus net's CUDA source builds, and its manifest is
-the C target's.
+the C target's; with one (marked ``gpu``), every corpus net runs there as the C target does.
 
 Each BVLC net is lowered as the equivalence tests run it (TRAIN with a backward pass and
 an SGD update where it has a loss, else TEST; batch 2), rendered as CUDA C and built by
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from conftest import CORPUS
-from test_fusion_equivalence import BVLC, corpus_options
+from test_corpus import pyloss_on_path  # noqa: F401 (a fixture)
+from test_fusion_equivalence import BVLC, check_equivalent, corpus_options
 
 from caffec.codegen.artifact import manifest
 from caffec.codegen.build import build_cuda, c_flags, cuda_flags
@@ -88,3 +89,19 @@ def test_cuda_source_builds_with_the_c_targets_manifest(path: Path, builds: dict
             assert all(d >= 1 for d in launch["grid"] + launch["block"])
     for direction, steps in kgraph.steps().items():
         assert len(launches["steps"][direction]) == len(steps)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("pyloss_on_path")
+@pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_corpus_net_on_the_gpu_equals_the_c_target(path: Path, tmp_path: Path, real_gpu) -> None:
+    """Every layer of the corpus (CaffeNet and GoogLeNet included) forward, backward and
+    updated on the GPU, against the C target's reference build, within 1e-4 relative."""
+    net, spans, options = corpus_options(path)
+    try:
+        check_equivalent(lambda o: layer_graph_of(net, spans, o), options, tmp_path,
+                         cuda_arch=real_gpu.arch, rtol=1e-4)  # fmt: skip
+    except UserError as err:
+        if "cannot compile" not in err.message:
+            raise
+        pytest.skip(err.message)

@@ -44,22 +44,27 @@ def _small(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     return {name: (BATCH, *shape[1:]) for name, shape in shapes.items()}
 
 
-def _compare(a: np.ndarray, b: np.ndarray, what: str) -> None:
+def _compare(a: np.ndarray, b: np.ndarray, what: str, rtol: float = 1e-5) -> None:
     # absolute error relative to the array's largest value, but at least 1e-8: a gradient
     # that cancels to rounding noise (1e-9, either sign) differs by as much as it is large
     scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-3)
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
-def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int, int]:
-    """Build -O0 and -O2 from ``graph_of(options)``, run both, compare; the kernel counts."""
+def check_equivalent(
+    graph_of: object, options: Options, out: Path, cuda_arch: str | None = None, rtol: float = 1e-5
+) -> tuple[int, int]:
+    """Build -O0 and -O2 from ``graph_of(options)``, run both, compare; the kernel counts.
+    With ``cuda_arch`` the -O2 build is the CUDA target's, run on the GPU in use."""
     kgraphs = []
     for level in (0, 2):
         opts = replace(options, **optimization_switches(level))
         kgraphs.append(build_kernel_graph(graph_of(opts), opts))  # type: ignore[operator]
-    with ThreadPoolExecutor(2) as pool:  # the two C compiles at once, on two cores
-        paths = list(pool.map(lambda k, o, r: write_artifact(k, o, reference=r), kgraphs,
-                              [out / "O0", out / "O2"], [True, False]))  # fmt: skip
+    targets = [{"reference": True}, {"target": "cuda", "cuda_archs": (cuda_arch,)}
+               if cuda_arch else {}]  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:  # the two compiles at once, on two cores
+        paths = list(pool.map(lambda k, o, t: write_artifact(k, o, **t), kgraphs,
+                              [out / "O0", out / "O2"], targets))  # fmt: skip
     nets = [CompiledNet(path, seed=7) for path in paths]
     counts = [len(k.kernels()) for k in kgraphs]
     reference, optimised = nets
@@ -104,7 +109,7 @@ def check_equivalent(graph_of: object, options: Options, out: Path) -> tuple[int
         assert results[0].keys() == results[1].keys()
         for key, value in results[0].items():
             assert np.isfinite(value).all(), key
-            _compare(value, results[1][key], f"{key} (iteration {iteration})")
+            _compare(value, results[1][key], f"{key} (iteration {iteration})", rtol)
     return counts[0], counts[1]
 
 

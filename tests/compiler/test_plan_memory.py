@@ -408,11 +408,11 @@ def _compiled(kgraph: KernelGraph, out: Path, poison: bool = False) -> CompiledN
     are (gcc -O1): these tests are about the memory plan, and it compiles in half the time."""
     net = CompiledNet(write_artifact(kgraph, out, reference=True), seed=3)
     if poison:
-        fills = [(slot, net._exec.buffer(slot).copy()) for slot, _, _ in
+        fills = [(slot, net._exec.host(slot).copy()) for slot, _, _ in
                  net.artifact.manifest["fills"]]  # fmt: skip
         net._exec.arena.view(np.uint8)[...] = 0xFF
         for slot, saved in fills:
-            net._exec.buffer(slot)[...] = saved
+            net._exec.host(slot)[...] = saved
     return net
 
 

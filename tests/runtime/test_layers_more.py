@@ -74,7 +74,7 @@ def test_batch_norm(tmp_path: Path, param, phase, shape, use_global, maf, eps, f
     np.testing.assert_allclose(out["y"], y, rtol=1e-10, atol=1e-12)
     for got, expected in zip(params(net), after, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
-    assert all(b._diff is None for b in net.params["x"]), "the statistics are not learned"
+    assert all(not b.learned_diff for b in net.params["x"]), "the statistics are not learned"
     check_gradients(net, feed, ["y"], rng)
 
 

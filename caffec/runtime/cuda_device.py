@@ -1,0 +1,115 @@
+"""One GPU through CuPy: what :class:`~caffec.runtime.device_executor.DeviceExecutor` needs.
+
+Memory is CuPy arrays of bytes from CuPy's allocator (its memory pool, never
+managed memory); allocation, copies, zeroing and launches all go on one
+non-blocking stream, so they run in order and the host waits only when it
+reads a value. Modules
+are the artifact's fat binary, loaded as it is (no compiling at run time).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from caffec.errors import UserError
+from caffec.runtime.artifact import Artifact
+from caffec.runtime.device_executor import DeviceState
+from caffec.runtime.gpu import cupy, device_ids
+
+
+def cupyx() -> Any:
+    """CuPy's companion module (pinned host memory), which comes with CuPy."""
+    import importlib
+
+    return importlib.import_module("cupyx")
+
+
+class CudaDevice:
+    """GPU ``device_id``: allocations, copies, the artifact's functions, launches, graphs."""
+
+    def __init__(self, device_id: int) -> None:
+        device_ids(str(device_id))  # a clear error when there is no such device
+        self.cp = cupy()
+        self.id = device_id
+        self.cp.cuda.Device(device_id).use()
+        properties = self.cp.cuda.runtime.getDeviceProperties(device_id)
+        self.arch = f"{properties['major']}{properties['minor']}"  # what nvcc builds for: "90"
+        self.stream = self.cp.cuda.Stream(non_blocking=True)
+        self.state = DeviceState()
+        self._uploaded: Any = None  # an event after the last run's uploads
+
+    def alloc(self, nbytes: int) -> Any:
+        """Zeroed device memory (the arena, a parameter, the pointer table), zeroed on the
+        stream and taken from its part of the memory pool, so it is ordered with the rest."""
+        with self.stream:
+            return self.cp.zeros(max(nbytes, 1), dtype=self.cp.uint8)
+
+    def view(self, memory: Any, offset: int, nbytes: int) -> Any:
+        return memory[offset : offset + nbytes]
+
+    def pointer(self, memory: Any) -> int:
+        return int(memory.data.ptr)
+
+    def host_bytes(self, nbytes: int) -> np.ndarray:
+        """Zeroed pinned host memory for a buffer's host copy: its copies run asynchronously."""
+        array = cupyx().empty_pinned((max(nbytes, 1),), dtype=np.uint8)[:nbytes]
+        array[...] = 0
+        return array
+
+    def upload(self, memory: Any, host: np.ndarray) -> None:
+        memory.set(host, stream=self.stream)
+
+    def uploads_queued(self) -> None:
+        """Mark the end of a run's uploads: :meth:`wait_for_uploads` waits for them alone."""
+        self._uploaded = self.stream.record()
+
+    def wait_for_uploads(self) -> None:
+        """Wait until the queued uploads have read their host memory (not for the kernels)."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+            self._uploaded = None
+
+    def download(self, memory: Any, host: np.ndarray) -> None:
+        memory.get(stream=self.stream, out=host)
+        self.stream.synchronize()
+
+    def zero(self, memory: Any) -> None:
+        memory.data.memset_async(0, memory.nbytes, self.stream)
+
+    def functions(self, artifact: Artifact, names: list[str]) -> dict[str, Any]:
+        """The kernels ``names`` from the artifact's fat binary."""
+        path = artifact.path / artifact.manifest["library"]
+        try:
+            module = self.cp.RawModule(path=str(path))
+            return {name: module.get_function(name) for name in names}
+        except self.cp.cuda.driver.CUDADriverError as error:
+            raise UserError(
+                f"cannot load {path} on GPU {self.id} (compute capability {self.arch}): {error}",
+                hint=f"compile the net again with --cuda-arch {self.arch}",
+            ) from None
+
+    def launch(self, function: Any, grid: tuple, block: tuple, table: Any, n: int) -> None:
+        function(grid, block, (table, np.int64(n)), stream=self.stream)
+
+    def capture(self, launches: Callable[[], None]) -> Callable[[], None]:
+        """``launches`` recorded once as a CUDA graph; the returned call replays it."""
+        self.stream.begin_capture()
+        try:
+            launches()
+        finally:
+            graph = self.stream.end_capture()
+        return lambda: graph.launch(self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+@functools.cache
+def open_device(device_id: int) -> Any:
+    """The device object for GPU ``device_id``, one per process (executors on one GPU share
+    its stream and its record of which host copies are current)."""
+    return CudaDevice(device_id)

@@ -1,0 +1,188 @@
+"""Running a CUDA-target artifact on a device: the buffers there, copies, launches, graphs.
+
+Every buffer lives on the device: arena buffers in one device allocation at
+the manifest's offsets, parameters, their gradients and the solver's history
+in allocations of their own (which a rebuild, or a test net, shares). The host
+keeps a copy of a buffer (in pinned memory) only once someone reads it, and
+the copies follow Caffe's SyncedMemory rule: :meth:`DeviceExecutor.host`
+brings the device's values over if the device has run since the last copy
+(not when the caller overwrites the whole buffer, as a data batch does), and,
+since the caller may write into the array it gets, the next run first copies
+it back, asynchronously, ahead of its kernels on the stream. So data batches,
+the loss and the values a user looks at cross the bus; parameters and solver
+state stay on the device while training.
+
+A run launches the functions the manifest's ``cuda`` entry lists, in order on
+one stream, per-image loops as one launch per image. A whole pass is captured
+as a CUDA graph the first time and replayed after that. The device itself
+(memory, copies, modules, launches) is behind a small interface,
+:class:`caffec.runtime.cuda_device.CudaDevice`, which the tests replace by a CPU
+emulation of the same generated code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from caffec.runtime.artifact import Artifact
+from caffec.runtime.executor import DTYPES, Executor, blob_view
+
+Launch = tuple[Any, tuple[int, ...], tuple[int, ...], int]  # function, grid, block, image n
+
+
+@dataclass(eq=False)
+class Mirrored:
+    """One buffer on the device and, once it has been read, its copy on the host."""
+
+    device: Any
+    shape: tuple[int, ...]
+    dtype: Any
+    host: np.ndarray | None = None
+    synced: int = -1  # the device's run count when the host copy was last equal to it
+
+
+@dataclass(eq=False)
+class DeviceState:
+    """What every executor on one device shares: how many runs it has started (a host copy
+    older than that is stale) and the host copies that may have been written since."""
+
+    runs: int = 0
+    dirty: dict[Mirrored, None] = field(default_factory=dict)
+
+
+def as_bytes(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1).view(np.uint8)
+
+
+class DeviceExecutor(Executor):
+    """The buffers of one CUDA-target artifact on ``device``, and the calls that run it."""
+
+    def __init__(
+        self, artifact: Artifact, device: Any, params: Mapping[int, Mirrored] | None = None
+    ) -> None:
+        self.artifact = artifact
+        self.manifest = m = artifact.manifest
+        self.dtype = DTYPES[m["dtype"]]
+        self.device = device
+        self.arena = device.alloc(max(m["arena_bytes"], 1))
+        given = params or {}
+        self.mirrors: list[Mirrored] = []
+        for slot, spec in enumerate(m["buffers"]):
+            shape = tuple(spec["shape"])
+            dtype = np.int64 if spec["kind"] == "counter" else self.dtype
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if slot in given:
+                mirror = given[slot]
+            elif spec["offset"] is not None:
+                mirror = Mirrored(device.view(self.arena, spec["offset"], nbytes), shape, dtype)
+            else:
+                mirror = Mirrored(device.alloc(nbytes), shape, dtype)
+            self.mirrors.append(mirror)
+        table = np.array([device.pointer(x.device) for x in self.mirrors], dtype=np.uint64)
+        self._table = device.alloc(table.nbytes)
+        device.upload(self._table, as_bytes(table))
+        cuda = m["cuda"]
+        names = {spec["function"] for specs in cuda["functions"].values() for spec in specs}
+        names |= {
+            spec["function"]
+            for steps in cuda["steps"].values()
+            for step in steps
+            for instr in step
+            for spec in instr.get("before", []) + instr.get("after", [])
+        }
+        self._functions = device.functions(artifact, sorted(names))
+        self._graphs: dict[tuple[str, int, int], Callable[[], None]] = {}
+        self._launch_lists: dict[tuple[str, int, int], list[Launch]] = {}
+
+    # --- the buffers ----------------------------------------------------------------------
+    def host(
+        self, slot: int | None, view: dict[str, Any] | None = None, overwrite: bool = False
+    ) -> Any:
+        """The host copy of buffer ``slot`` (or of its blob ``view``), brought up to date
+        unless the caller will ``overwrite`` all of it (a batch, a fill); the next run copies
+        it back to the device, as the caller may have written it."""
+        if slot is None:
+            return None
+        mirror = self.mirrors[slot]
+        state = self.device.state
+        self.device.wait_for_uploads()  # the last run's copies may still read host memory
+        if mirror.host is None:
+            nbytes = int(np.prod(mirror.shape)) * np.dtype(mirror.dtype).itemsize
+            mirror.host = self.device.host_bytes(nbytes).view(mirror.dtype).reshape(mirror.shape)
+        if mirror.synced != state.runs and not (overwrite and view is None):
+            self.device.download(mirror.device, as_bytes(mirror.host))
+        mirror.synced = state.runs
+        state.dirty[mirror] = None
+        return blob_view(mirror.host, view)
+
+    def persistent(self, slot: int) -> Mirrored:
+        """A parameter slot's buffer, for a rebuild or a test net to share."""
+        return self.mirrors[slot]
+
+    def zero(self, slot: int) -> None:
+        mirror = self.mirrors[slot]
+        self.device.zero(mirror.device)
+        self.device.state.dirty.pop(mirror, None)
+        mirror.synced = -1
+
+    # --- running --------------------------------------------------------------------------
+    def run(self, direction: str, begin: int, end: int) -> None:
+        """Start steps [begin, end) of a pass, or kernels, on the device's stream; a whole
+        pass replays its CUDA graph. Reading any buffer waits for them."""
+        if not self.steps(direction, begin, end):
+            return
+        state = self.device.state
+        for mirror in state.dirty:
+            self.device.upload(mirror.device, as_bytes(mirror.host))
+            mirror.synced = state.runs
+        if state.dirty:
+            self.device.uploads_queued()
+        state.dirty.clear()
+        key = (direction, begin, end)
+        whole = direction != "kernels" and (begin, end) == (0, len(self.manifest[direction]))
+        if whole and key not in self._graphs:
+            launches = self._launches(direction, begin, end)
+            self._graphs[key] = self.device.capture(lambda: self._launch_all(launches))
+        if whole:
+            self._graphs[key]()
+        else:
+            if key not in self._launch_lists:
+                self._launch_lists[key] = self._launches(direction, begin, end)
+            self._launch_all(self._launch_lists[key])
+        state.runs += 1
+
+    def synchronize(self) -> None:
+        self.device.synchronize()
+
+    def _launch_all(self, launches: list[Launch]) -> None:
+        for function, grid, block, n in launches:
+            self.device.launch(function, grid, block, self._table, n)
+
+    def _launches(self, direction: str, begin: int, end: int) -> list[Launch]:
+        """The launches of steps [begin, end): per-image loops unrolled, the partial sums'
+        zeroing before their loop and adding up after it."""
+        steps = self.manifest["cuda"]["steps"]
+        if direction != "kernels":
+            return [launch for step in steps[direction][begin:end] for instr in step
+                    for launch in self._instr_launches(instr, instr["kernels"])]  # fmt: skip
+        kernels = [(instr, k) for d in ("forward", "backward", "update") for step in steps[d]
+                   for instr in step for k in instr["kernels"]][begin:end]  # fmt: skip
+        return [launch for instr, k in kernels for launch in self._instr_launches(instr, [k])]
+
+    def _instr_launches(self, instr: dict[str, Any], kernels: list[str]) -> list[Launch]:
+        """One instruction's launches, or those of ``kernels`` among its kernels alone (a
+        partial sum's zeroing goes with the first, its adding up with the last)."""
+        functions = self.manifest["cuda"]["functions"]
+        before = instr.get("before", []) if kernels[0] == instr["kernels"][0] else []
+        after = instr.get("after", []) if kernels[-1] == instr["kernels"][-1] else []
+        out = [self._launch(spec, 0) for spec in before]
+        for n in range(instr["count"]):
+            out += [self._launch(spec, n) for k in kernels for spec in functions[k]]
+        return out + [self._launch(spec, 0) for spec in after]
+
+    def _launch(self, spec: dict[str, Any], n: int) -> Launch:
+        return self._functions[spec["function"]], tuple(spec["grid"]), tuple(spec["block"]), n

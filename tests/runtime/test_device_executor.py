@@ -1,0 +1,186 @@
+"""The GPU runtime on an emulated device: nets, solvers and the CLI in GPU mode.
+
+``emulated_gpu`` (conftest) makes caffec see one GPU, build CUDA artifacts with
+nvcc, and run them through the runtime's device executor on the CPU emulation
+of the generated CUDA (``tests/cuda_emulator.py``), whose "device memory" is
+apart from the host copies. So what is checked here is the runtime's part:
+which copies it makes and when, graphs, parameters shared on the device, and
+the flags; the same nets in CPU mode are the reference.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cuda_emulator import EmulatedDevice, fake_cupy
+from test_solver import NET, RANDOM_NET
+
+import caffec
+from caffec.cli import main
+from caffec.runtime import gpu
+from caffec.solver import get_solver
+
+
+def _net(tmp_path: Path, seed: int = 4) -> caffec.Net:
+    (tmp_path / "net.prototxt").write_text(NET)
+    return caffec.Net(str(tmp_path / "net.prototxt"), caffec.TRAIN, seed=seed)
+
+
+def _feed(net: caffec.Net) -> None:
+    rng = np.random.default_rng(0)
+    net.blobs["x"].data[...] = rng.standard_normal((4, 3))
+    net.blobs["label"].data[...] = [0, 2, 1, 2]
+
+
+def test_a_net_on_the_device_copies_what_it_must(tmp_path: Path, emulated_gpu) -> None:
+    device: EmulatedDevice = emulated_gpu
+    on_gpu = _net(tmp_path)
+    assert on_gpu.artifact.manifest["target"] == "cuda"
+    gpu.set_mode_cpu()
+    on_cpu = _net(tmp_path)
+    assert on_cpu.artifact.manifest["target"] == "c"
+    for net in (on_cpu, on_gpu):
+        _feed(net)
+        net.forward()
+        net.backward()
+    np.testing.assert_allclose(on_gpu.blobs["loss"].data, on_cpu.blobs["loss"].data, rtol=1e-5)
+    np.testing.assert_allclose(on_gpu.blobs["x"].diff, on_cpu.blobs["x"].diff, rtol=1e-4)
+
+    # a value read twice crosses once; a value the host wrote goes back before the next run
+    downloads = device.downloads
+    first = on_gpu.blobs["sum"].data.copy()
+    np.testing.assert_array_equal(on_gpu.blobs["sum"].data, first)
+    assert device.downloads == downloads + 1
+    for net in (on_cpu, on_gpu):
+        net.params["frozen"][0].data[...] *= -2
+        net.forward()
+    np.testing.assert_allclose(on_gpu.blobs["c"].data, on_cpu.blobs["c"].data, rtol=1e-5)
+
+    # gradients accumulate on the device, and clearing them is done there
+    for net in (on_cpu, on_gpu):
+        net.backward()
+    np.testing.assert_allclose(on_gpu.params["a"][0].diff, on_cpu.params["a"][0].diff, rtol=1e-4)
+    on_gpu.clear_param_diffs()
+    assert not on_gpu.params["a"][0].diff.any()
+
+    # a batch given to forward is written, not fetched first: what comes back is the loss and
+    # the iteration counter (dropout's), read to count one up
+    downloads = device.downloads
+    batch = {"x": np.ones((4, 3)), "label": np.zeros(4)}
+    for net in (on_cpu, on_gpu):
+        net.forward(**batch)
+    assert device.downloads == downloads + 2
+    np.testing.assert_allclose(on_gpu.blobs["loss"].data, on_cpu.blobs["loss"].data, rtol=1e-5)
+
+    # whole passes are graphs, captured once and replayed; partial runs launch directly
+    assert device.captures == 2 and device.replays == 5
+    partial = on_gpu.forward(start="b", end="relu")
+    assert device.captures == 2 and set(partial) == {"loss"}
+    np.testing.assert_allclose(on_gpu.blobs["sum"].data, on_cpu.blobs["sum"].data, rtol=1e-5)
+
+
+def _solver(tmp_path: Path, extra: str = "") -> Path:
+    net = RANDOM_NET + (
+        'layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "label" top: "accuracy" '
+        "include { phase: TEST } }\n"
+    )
+    (tmp_path / "net.prototxt").write_text(net)
+    path = tmp_path / "solver.prototxt"
+    path.write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\ntest_iter: 2\ntest_interval: 5\nbase_lr: 0.05\n'
+        'momentum: 0.9\nweight_decay: 0.001\nlr_policy: "step" gamma: 0.5 stepsize: 7\n'
+        f'max_iter: 12\nsnapshot: 6\nsnapshot_prefix: "{tmp_path / "run"}"\nrandom_seed: 5\n'
+        "display: 1\n" + extra
+    )
+    return path
+
+
+def _train(path: Path, resume: Path | None = None) -> tuple[list[str], object]:
+    lines: list[str] = []
+    solver = get_solver(path, log=lines.append)
+    solver.solve(resume)
+    return lines, solver
+
+
+def test_training_on_the_device_follows_the_c_target(tmp_path: Path, emulated_gpu) -> None:
+    path = _solver(tmp_path)
+    on_gpu, gpu_solver = _train(path)
+    assert gpu_solver.net.artifact.manifest["target"] == "cuda"
+    resumed_lines, resumed = _train(path, tmp_path / "run_iter_6.solverstate")
+    gpu.set_mode_cpu()
+    on_cpu, cpu_solver = _train(path)
+
+    def numbers(lines: list[str]) -> list[float]:
+        return [float(x) for line in lines for x in re.findall(r"= ([-\d.e]+)", line)]
+
+    # the losses, learning rates and the test net's outputs (on the train net's parameters,
+    # shared on the device) as the C target logs them
+    assert len(on_gpu) == len(on_cpu)
+    np.testing.assert_allclose(numbers(on_gpu), numbers(on_cpu), rtol=1e-4, atol=1e-6)
+    for name, blobs in cpu_solver.net.params.items():
+        for a, b, c in zip(blobs, gpu_solver.net.params[name], resumed.net.params[name],
+                           strict=True):  # fmt: skip
+            np.testing.assert_allclose(b.data, a.data, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(c.data, b.data, rtol=1e-5, atol=1e-7)
+    assert emulated_gpu.captures > 0 and resumed_lines
+
+
+def test_the_cli_runs_on_the_device(tmp_path: Path, emulated_gpu, capsys, monkeypatch) -> None:
+    (tmp_path / "net.prototxt").write_text(NET)
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(2).standard_normal((4, 3)),
+             label=np.array([0.0, 1.0, 2.0, 1.0]))  # fmt: skip
+    outputs = {}
+    for target in ("c", "cuda"):
+        artifact = str(tmp_path / f"{target}.caffec")
+        assert main(["compile", str(tmp_path / "net.prototxt"), "--target", target,
+                     "-o", artifact]) == 0  # fmt: skip
+        gpu_flag = ["-gpu", "0"] if target == "cuda" else []
+        out = tmp_path / f"{target}.npz"
+        assert main(["run", artifact, *gpu_flag, "--input", str(tmp_path / "in.npz"),
+                     "--output", str(out)]) == 0  # fmt: skip
+        outputs[target] = dict(np.load(out))
+    np.testing.assert_allclose(outputs["cuda"]["loss"], outputs["c"]["loss"], rtol=1e-5)
+
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "cuda.caffec")]) == 2
+    assert "built for the CUDA target" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "c.caffec"), "-gpu", "0"]) == 2
+    assert "--target cuda" in capsys.readouterr().err
+
+    assert main(["time", "-model", str(tmp_path / "net.prototxt"), "-gpu", "0",
+                 "-iterations", "1"]) == 0  # fmt: skip
+    assert "Average Forward-Backward" in capsys.readouterr().out
+
+    # solver_mode: GPU trains on the solver's device_id; -cpu keeps it on the CPU
+    path = _solver(tmp_path, "solver_mode: GPU\ndevice_id: 0\n")
+    gpu.set_mode_cpu()
+    captures = emulated_gpu.captures
+    assert main(["train", "-solver", str(path)]) == 0
+    assert emulated_gpu.captures > captures and gpu.gpu_mode()
+    gpu.set_mode_cpu()
+    captures = emulated_gpu.captures
+    assert main(["train", "-solver", str(path), "-cpu"]) == 0
+    assert emulated_gpu.captures == captures and not gpu.gpu_mode()
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
+    capsys.readouterr()
+    assert main(["train", "-solver", str(path), "-gpu", "all"]) == 2
+    assert "one GPU" in capsys.readouterr().err
+    path.write_text(path.read_text().replace("device_id: 0", "device_id: 5"))
+    assert main(["train", "-solver", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "asks for solver_mode: GPU on device 5" in err and "-cpu" in err
+
+
+@pytest.mark.parametrize("flag", [["-gpu", "0"], []])
+def test_no_gpu_is_a_clear_error(tmp_path: Path, capsys, monkeypatch, flag) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
+    path = _solver(tmp_path, "" if flag else "solver_mode: GPU\n")
+    assert main(["train", "-solver", str(path), *flag]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device found" in err and "Traceback" not in err
+    assert ("drop -gpu" if flag else "pass -cpu") in err
