@@ -95,7 +95,7 @@ class EmulatedDevice:
         self._recording: list[tuple] | None = None
 
     def alloc(self, nbytes: int) -> np.ndarray:
-        return aligned_bytes(max(nbytes, 1))
+        return aligned_bytes(nbytes)
 
     def view(self, memory: np.ndarray, offset: int, nbytes: int) -> np.ndarray:
         return memory[offset : offset + nbytes]

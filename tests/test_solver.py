@@ -182,6 +182,11 @@ layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "y"
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
 """
 
+SCORED_NET = RANDOM_NET + (  # with a test net's accuracy
+    'layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "label" top: "accuracy" '
+    "include { phase: TEST } }\n"
+)
+
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("BINARYPROTO", ""), ("HDF5", ".h5")])
 def test_resume_continues_the_same_trajectory_bit_for_bit(
@@ -213,11 +218,7 @@ def test_resume_continues_the_same_trajectory_bit_for_bit(
 def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import re
 
-    net = RANDOM_NET + (
-        'layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "label" top: "accuracy" '
-        "include { phase: TEST } }\n"
-    )
-    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "net.prototxt").write_text(SCORED_NET)
     solver = tmp_path / "solver.prototxt"
     solver.write_text(
         f'net: "{tmp_path / "net.prototxt"}"\ntest_iter: 3\ntest_interval: 4\nbase_lr: 0.01\n'

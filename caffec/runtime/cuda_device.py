@@ -46,7 +46,7 @@ class CudaDevice:
         """Zeroed device memory (the arena, a parameter, the pointer table), zeroed on the
         stream and taken from its part of the memory pool, so it is ordered with the rest."""
         with self.stream:
-            return self.cp.zeros(max(nbytes, 1), dtype=self.cp.uint8)
+            return self.cp.zeros(max(nbytes, 1), dtype=self.cp.uint8)[:nbytes]
 
     def view(self, memory: Any, offset: int, nbytes: int) -> Any:
         return memory[offset : offset + nbytes]

@@ -68,7 +68,7 @@ class DeviceExecutor(Executor):
         self.manifest = m = artifact.manifest
         self.dtype = DTYPES[m["dtype"]]
         self.device = device
-        self.arena = device.alloc(max(m["arena_bytes"], 1))
+        self.arena = device.alloc(m["arena_bytes"])
         given = params or {}
         self.mirrors: list[Mirrored] = []
         for slot, spec in enumerate(m["buffers"]):

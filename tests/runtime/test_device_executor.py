@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cuda_emulator import EmulatedDevice, fake_cupy
-from test_solver import NET, RANDOM_NET
+from test_solver import NET, SCORED_NET
 
 import caffec
 from caffec.cli import main
@@ -84,11 +84,7 @@ def test_a_net_on_the_device_copies_what_it_must(tmp_path: Path, emulated_gpu) -
 
 
 def _solver(tmp_path: Path, extra: str = "") -> Path:
-    net = RANDOM_NET + (
-        'layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "label" top: "accuracy" '
-        "include { phase: TEST } }\n"
-    )
-    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "net.prototxt").write_text(SCORED_NET)
     path = tmp_path / "solver.prototxt"
     path.write_text(
         f'net: "{tmp_path / "net.prototxt"}"\ntest_iter: 2\ntest_interval: 5\nbase_lr: 0.05\n'
