@@ -91,8 +91,8 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
 
     helpers["body"] = body  # a fused kernel renders its parts one after another
     kernels = []
-    loop_count = {
-        id(k): instr.count
+    loops = {  # each loop kernel's loop
+        id(k): instr
         for steps in kgraph.steps().values()
         for step in steps
         for instr in step.instrs
@@ -110,8 +110,10 @@ def render(kgraph: KernelGraph, target: str = "c") -> str:
                 if kernel.prim == "fused":
                     what += " " + " + ".join(part.prim for part in kernel.attrs["parts"])
                 comment = f"{what}, {direction} of {where} ({step.layer_type})"
+                loop = loops.get(id(kernel))
                 kernels.append({"name": names[id(kernel)], "comment": comment, "body": text,
-                                "count": loop_count.get(id(kernel), 1)})  # fmt: skip
+                                "count": loop.count if loop else 1,
+                                "threads": loop.threads if loop else 1})  # fmt: skip
     prelude = env.get_template("prelude.c.j2").render(
         version=caffec.__version__, dtype=kgraph.dtype, n_kernels=len(kernels)
     )

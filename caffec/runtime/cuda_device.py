@@ -93,7 +93,8 @@ class CudaDevice:
             ) from None
 
     def launch(self, function: Any, grid: tuple, block: tuple, table: Any, n: int) -> None:
-        function(grid, block, (table, np.int64(n)), stream=self.stream)
+        with self.stream:  # a RawKernel launches on the current stream
+            function(grid, block, (table, np.int64(n)))
 
     def capture(self, launches: Callable[[], None]) -> Callable[[], None]:
         """``launches`` recorded once as a CUDA graph; the returned call replays it."""
