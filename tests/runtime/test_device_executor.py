@@ -82,6 +82,20 @@ def test_a_net_on_the_device_copies_what_it_must(tmp_path: Path, emulated_gpu) -
     assert device.captures == 2 and set(partial) == {"loss"}
     np.testing.assert_allclose(on_gpu.blobs["sum"].data, on_cpu.blobs["sum"].data, rtol=1e-5)
 
+    # a reshape rebuilds the net around the same parameter buffers on the device
+    weights = on_gpu.params["a"][0].data.copy()
+    shared = on_gpu.param_buffers()[("a", 0)]
+    for net in (on_cpu, on_gpu):
+        net.blobs["x"].reshape(2, 3)
+        net.blobs["label"].reshape(2)
+        net.reshape()
+    assert on_gpu.param_buffers()[("a", 0)] is shared
+    np.testing.assert_array_equal(on_gpu.params["a"][0].data, weights)
+    half = {"x": np.full((2, 3), 0.5), "label": np.array([1.0, 0.0])}
+    for net in (on_cpu, on_gpu):
+        net.forward(**half)
+    np.testing.assert_allclose(on_gpu.blobs["loss"].data, on_cpu.blobs["loss"].data, rtol=1e-5)
+
 
 def _solver(tmp_path: Path, extra: str = "") -> Path:
     (tmp_path / "net.prototxt").write_text(SCORED_NET)
