@@ -2,7 +2,8 @@
 
 The CUDA source of one small training net that uses every primitive (im2col and
 GEMM, col2im, direct depthwise convolution at -O2, an implicit GEMM with its weights
-packed ahead at -O2 (the wide convolution: packing is the C target's alone), MAX/AVE pooling and their gradients, LRN's pooled squares,
+packed ahead at -O2 (the wide convolution: packing is the C target's alone), a dense direct
+forward at -O2 (the "dense" one), MAX/AVE pooling and their gradients, LRN's pooled squares,
 copies, reductions, random maps, the solver's updates) is built as a CUDA
 artifact and run by the runtime's device executor on the OpenMP emulation of
 ``tests/cuda_emulator.py`` (and, marked ``gpu``, on a real GPU), and two SGD
@@ -32,13 +33,19 @@ from caffec.runtime.net import CompiledNet
 
 NET = """
 name: "every_primitive"
-layer { name: "in" type: "Input" top: "data" top: "label" top: "wide"
+layer { name: "in" type: "Input" top: "data" top: "label" top: "wide" top: "rows"
         input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } shape { dim: 2 }
-                      shape { dim: 2 dim: 128 dim: 5 dim: 5 } } }
+                      shape { dim: 2 dim: 128 dim: 5 dim: 5 }
+                      shape { dim: 2 dim: 16 dim: 3 dim: 16 } } }
 layer { name: "wide_conv" type: "Convolution" bottom: "wide" top: "wide_conv"
         convolution_param { num_output: 5 kernel_size: 3 stride: 2 pad: 1
                             weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "wide_ip" type: "InnerProduct" bottom: "wide_conv" top: "wide_ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "dense" type: "Convolution" bottom: "rows" top: "dense"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "dense_ip" type: "InnerProduct" bottom: "dense" top: "dense_ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1
@@ -61,7 +68,7 @@ layer { name: "up" type: "Deconvolution" bottom: "cat" top: "up"
 layer { name: "drop" type: "Dropout" bottom: "up" top: "up" dropout_param { dropout_ratio: 0.3 } }
 layer { name: "ip" type: "InnerProduct" bottom: "up" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "wide_ip" top: "sum" }
+layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "wide_ip" bottom: "dense_ip" top: "sum" }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: "loss" }
 """
 
@@ -82,6 +89,7 @@ def test_cuda_kernels_compute_what_the_c_target_does(level: int, tmp_path: Path,
         "data": rng.standard_normal((2, 3, 9, 9)),
         "label": np.array([1.0, 4.0]),
         "wide": rng.standard_normal((2, 128, 5, 5)),
+        "rows": rng.standard_normal((2, 16, 3, 16)),
     }
     for _ in range(2):
         results = []

@@ -9,6 +9,8 @@ reference build always by im2col + GEMM.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +21,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import caffec
+from caffec.codegen.build import c_compiler
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
     optimization_switches,
 )
+from caffec.runtime.net import CompiledNet
 
 
 @st.composite
@@ -115,6 +119,49 @@ def test_weights_packed_before_the_images_agree_with_numpy(
     assert sides == expected
     algorithm = next(layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv")
     assert algorithm == ("implicit_gemm" if case["o"] // case["group"] <= 128 else "im2col_gemm")
+
+
+# Dense, stride 1, at least 16 input channels, at most 64 output channels, rows of 16, 24
+# or 32 outputs: -O2 runs the forward directly with a block of channels' rows in registers
+# (the gradients by im2col + GEMM). 20 channels make blocks whose last one is partial;
+# uneven padding, a 1-wide kernel and 64 channels.
+DIRECT_FORWARD = [
+    {"n": 2, "c": 16, "o": 20, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+     "dilation": 1, "hw": (5, 16)},
+    {"n": 3, "c": 17, "o": 7, "group": 1, "k": (2, 5), "stride": (1, 1), "pad": (0, 2),
+     "dilation": 1, "hw": (4, 32)},
+    {"n": 1, "c": 32, "o": 64, "group": 1, "k": (3, 1), "stride": (1, 1), "pad": (2, 0),
+     "dilation": 1, "hw": (3, 16)},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DIRECT_FORWARD, ids=["partial_block", "wide_row", "64_rows"])
+def test_direct_forward_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
+    _check(tmp_path, case)
+    options = Options(**optimization_switches(2))
+    graph = load_layer_graph(tmp_path / "O2" / "net.prototxt", options)
+    kgraph = build_kernel_graph(graph, options)
+    assert [layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv"] == [
+        "direct_forward"
+    ]
+
+
+@pytest.mark.parametrize("isa", [0, 1])
+def test_direct_forward_on_other_instruction_sets(tmp_path: Path, isa: int) -> None:
+    """The plain C kernel and the 16-byte-vector one, built here by forcing them, compute
+    what this machine's build does."""
+    net = _net(tmp_path, DIRECT_FORWARD[0], 2)
+    copy = tmp_path / f"isa{isa}"
+    shutil.copytree(net.artifact.path, copy)
+    command = [c_compiler(), *net.artifact.manifest["compiler_flags"],
+               f"-DCAFFEC_GEMM_ISA={isa}", "kernels.c", "-o", "kernels.so", "-lm"]  # fmt: skip
+    subprocess.run(command, cwd=copy, check=True)
+    other = CompiledNet(copy)
+    for a, b in zip(net.params["conv"], other.params["conv"], strict=True):
+        b.data[...] = a.data
+    x = np.random.default_rng(3).standard_normal(net.blobs["x"].shape)
+    np.testing.assert_allclose(other.forward(x=x)["y"], net.forward(x=x)["y"], rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
 
 
 def _check(tmp_path: Path, case: dict) -> None:
