@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,13 +112,10 @@ def test_weights_packed_before_the_images_agree_with_numpy(
     tmp_path: Path, case: dict, expected: list
 ) -> None:
     _check(tmp_path, case)
-    options = Options(**optimization_switches(2))
-    kgraph = build_kernel_graph(load_layer_graph(tmp_path / "O2" / "net.prototxt", options),
-                                options)  # fmt: skip
+    kgraph, algorithm = _optimised(tmp_path)
     sides = [[p.attrs["plan"]["prepack"] for k in s.kernels() for p in k.parts() if p.prim == "gemm"]
              for s in kgraph.forward + kgraph.backward if s.layer == "conv"]  # fmt: skip
     assert sides == expected
-    algorithm = next(layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv")
     assert algorithm == ("implicit_gemm" if case["o"] // case["group"] <= 128 else "im2col_gemm")
 
 
@@ -138,12 +136,7 @@ DIRECT_FORWARD = [
 @pytest.mark.parametrize("case", DIRECT_FORWARD, ids=["partial_block", "wide_row", "64_rows"])
 def test_direct_forward_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
     _check(tmp_path, case)
-    options = Options(**optimization_switches(2))
-    graph = load_layer_graph(tmp_path / "O2" / "net.prototxt", options)
-    kgraph = build_kernel_graph(graph, options)
-    assert [layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv"] == [
-        "direct_forward"
-    ]
+    assert _optimised(tmp_path)[1] == "direct_forward"
 
 
 @pytest.mark.parametrize("isa", [0, 1])
@@ -162,6 +155,14 @@ def test_direct_forward_on_other_instruction_sets(tmp_path: Path, isa: int) -> N
     x = np.random.default_rng(3).standard_normal(net.blobs["x"].shape)
     np.testing.assert_allclose(other.forward(x=x)["y"], net.forward(x=x)["y"], rtol=1e-5,
                                atol=1e-5)  # fmt: skip
+
+
+def _optimised(tmp_path: Path) -> tuple[Any, str]:
+    """The kernel graph of the -O2 net :func:`_check` wrote, and its convolution's algorithm."""
+    options = Options(**optimization_switches(2))
+    kgraph = build_kernel_graph(load_layer_graph(tmp_path / "O2" / "net.prototxt", options),
+                                options)  # fmt: skip
+    return kgraph, next(layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv")
 
 
 def _check(tmp_path: Path, case: dict) -> None:
