@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from caffec.errors import CaffecError, UserError
 
@@ -202,16 +203,14 @@ def _read_inputs(specs: list[str]) -> dict[str, object]:
     return arrays
 
 
-def _check_artifact_target(artifact: Path, gpu: str | None) -> None:
+def _check_artifact_target(artifact: Any, gpu: str | None) -> None:
     """A CUDA artifact runs with -gpu, a C one without: say which flag is missing."""
-    from caffec.runtime.artifact import load_artifact
-
-    target = load_artifact(artifact).manifest["target"]
+    target = artifact.manifest["target"]
     if target == "cuda" and gpu is None:
-        raise UserError(f"{artifact} is built for the CUDA target", hint="run it with -gpu 0")
+        raise UserError(f"{artifact.path} is built for the CUDA target", hint="run it with -gpu 0")
     if target == "c" and gpu is not None:
         raise UserError(
-            f"{artifact} is built for the C target, which runs on the CPU",
+            f"{artifact.path} is built for the C target, which runs on the CPU",
             hint="drop -gpu, or compile the net with --target cuda",
         )
 
@@ -219,13 +218,15 @@ def _check_artifact_target(artifact: Path, gpu: str | None) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from caffec.runtime.artifact import load_artifact
     from caffec.runtime.net import CompiledNet
 
     embedded = Path(args.artifact) / "weights.caffemodel"
     weights = args.weights or (embedded if embedded.exists() else None)
-    _check_artifact_target(Path(args.artifact), args.gpu)
+    artifact = load_artifact(args.artifact)  # loaded once: checked, then run
+    _check_artifact_target(artifact, args.gpu)
     _use_gpu(args.gpu)
-    net = CompiledNet(args.artifact, weights, seed=args.seed)
+    net = CompiledNet(artifact, weights, seed=args.seed)
     outputs = net.forward(**_read_inputs(args.input))
     if args.output:
         target = Path(args.output)

@@ -21,13 +21,6 @@ from caffec.runtime.device_executor import DeviceState
 from caffec.runtime.gpu import cupy, device_ids
 
 
-def cupyx() -> Any:
-    """CuPy's companion module (pinned host memory), which comes with CuPy."""
-    import importlib
-
-    return importlib.import_module("cupyx")
-
-
 class CudaDevice:
     """GPU ``device_id``: allocations, copies, the artifact's functions, launches, graphs."""
 
@@ -56,7 +49,9 @@ class CudaDevice:
 
     def host_bytes(self, nbytes: int) -> np.ndarray:
         """Zeroed pinned host memory for a buffer's host copy: its copies run asynchronously."""
-        array = cupyx().empty_pinned((max(nbytes, 1),), dtype=np.uint8)[:nbytes]
+        import cupyx  # CuPy's companion module: present wherever CuPy is
+
+        array = cupyx.empty_pinned((max(nbytes, 1),), dtype=np.uint8)[:nbytes]
         array[...] = 0
         return array
 
