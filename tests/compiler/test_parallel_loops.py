@@ -24,7 +24,9 @@ OPTIONS = Options(phase="TRAIN", shapes={"data": (6, 1, 28, 28)}, backward=True)
 
 
 def lenet(threads: int):  # type: ignore[no-untyped-def]
-    options = replace(OPTIONS, parallel_loops=False)
+    """LeNet's kernel graph with its loops over images on ``threads``; every convolution by
+    im2col + GEMM (conv2's weight gradient would otherwise run direct, in no loop)."""
+    options = replace(OPTIONS, parallel_loops=False, choose_algorithms=False)
     kgraph = build_kernel_graph(load_layer_graph(LENET, options), options)
     parallelize_loops(kgraph, threads=threads)
     kgraph.memory_plan = plan_memory(kgraph, blob_of=kgraph.memory_plan.blob_of)

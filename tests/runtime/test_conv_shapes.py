@@ -121,8 +121,9 @@ def test_weights_packed_before_the_images_agree_with_numpy(
 
 # Dense, stride 1, at least 16 input channels, at most 64 output channels, rows of 16, 24
 # or 32 outputs: -O2 runs the forward directly with a block of channels' rows in registers
-# (the gradients by im2col + GEMM). 20 channels make blocks whose last one is partial;
-# uneven padding, a 1-wide kernel and 64 channels.
+# (and the weight gradient directly, below; the input gradient by im2col + GEMM). 20
+# channels make blocks whose last one is partial; uneven padding, a 1-wide kernel and 64
+# channels.
 DIRECT_FORWARD = [
     {"n": 2, "c": 16, "o": 20, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
      "dilation": 1, "hw": (5, 16)},
@@ -136,13 +137,37 @@ DIRECT_FORWARD = [
 @pytest.mark.parametrize("case", DIRECT_FORWARD, ids=["partial_block", "wide_row", "64_rows"])
 def test_direct_forward_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
     _check(tmp_path, case)
-    assert _optimised(tmp_path)[1] == "direct_forward"
+    assert _optimised(tmp_path)[1] == "direct_forward+direct_filter"
+
+
+# Dense, stride 1, at least 3 input channels, at most 128 output channels, not 1x1: -O2
+# computes the weight gradient directly, whatever the forward does. 33 channels: a partial
+# vector of channels; 11 images of 4x30x30: each thread's images in several chunks, and a
+# 4x3 kernel's rows in one block; 100 channels of a 2x7 kernel: several blocks of channels,
+# and padding wider than the image; a single image.
+DIRECT_FILTER = [
+    {"n": 5, "c": 3, "o": 33, "group": 1, "k": (5, 5), "stride": (1, 1), "pad": (2, 2),
+     "dilation": 1, "hw": (9, 11)},
+    {"n": 11, "c": 4, "o": 16, "group": 1, "k": (4, 3), "stride": (1, 1), "pad": (1, 0),
+     "dilation": 1, "hw": (30, 30)},
+    {"n": 2, "c": 5, "o": 100, "group": 1, "k": (2, 7), "stride": (1, 1), "pad": (0, 4),
+     "dilation": 1, "hw": (6, 5)},
+    {"n": 1, "c": 8, "o": 3, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+     "dilation": 1, "hw": (7, 7)},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DIRECT_FILTER, ids=["partial_vector", "chunks", "100_rows",
+                                                    "one_image"])  # fmt: skip
+def test_direct_weight_gradient_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
+    _check(tmp_path, case)
+    assert _optimised(tmp_path)[1].endswith("+direct_filter")
 
 
 @pytest.mark.parametrize("isa", [0, 1])
-def test_direct_forward_on_other_instruction_sets(tmp_path: Path, isa: int) -> None:
-    """The plain C kernel and the 16-byte-vector one, built here by forcing them, compute
-    what this machine's build does."""
+def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, isa: int) -> None:
+    """The plain C kernels and the 16-byte-vector ones, built here by forcing them, compute
+    what this machine's build does: the direct forward and weight gradient."""
     net = _net(tmp_path, DIRECT_FORWARD[0], 2)
     copy = tmp_path / f"isa{isa}"
     shutil.copytree(net.artifact.path, copy)
@@ -152,9 +177,15 @@ def test_direct_forward_on_other_instruction_sets(tmp_path: Path, isa: int) -> N
     other = CompiledNet(copy)
     for a, b in zip(net.params["conv"], other.params["conv"], strict=True):
         b.data[...] = a.data
-    x = np.random.default_rng(3).standard_normal(net.blobs["x"].shape)
-    np.testing.assert_allclose(other.forward(x=x)["y"], net.forward(x=x)["y"], rtol=1e-5,
-                               atol=1e-5)  # fmt: skip
+    rng = np.random.default_rng(3)
+    x, dy = (rng.standard_normal(net.blobs[name].shape) for name in ("x", "y"))
+    for each in (net, other):
+        each.forward(x=x)
+        each.clear_param_diffs()
+        each.backward(y=dy)
+    np.testing.assert_allclose(other.blobs["y"].data, net.blobs["y"].data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.params["conv"][0].diff, net.params["conv"][0].diff,
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
 
 
 def _optimised(tmp_path: Path) -> tuple[Any, str]:
