@@ -381,22 +381,24 @@ def direct_conv(
     channels: int,
     group: int,
     accumulate: bool,
-    blocked: bool = False,
+    blocking: str | None = None,
 ) -> Kernel:
     """A grouped convolution computed where the data lies, over the whole batch: no columns.
 
     ``geometry`` is im2col's (the image side's C, H, W, the kernel, the column side's
     OH, OW); ``channels`` is the column side's channel count. Weights are laid out
     (channels, C / group, KH, KW), as both Convolution and Deconvolution keep theirs.
-    ``blocked`` (forward, one group, stride and dilation 1): the C target keeps a block of
-    output channels' row sums in registers (see templates/c/conv.c.j2).
+    ``blocking`` (one group, stride and dilation 1): how the C target keeps sums in
+    registers (see templates/c/conv.c.j2): "rows" (forward only), a block of output
+    channels' output rows; "channels", a block of channels by positions (forward, input
+    gradient) or by kernel taps (weight gradient). The CUDA target ignores it.
     """
     if mode not in CONV_MODES:
         raise InternalError(f"unknown convolution mode {mode}")
     reads, write = CONV_MODES[mode]
     attrs = dict(geometry)
     attrs.update(mode=mode, N=batch, M=channels, G=group, CG=geometry["C"] // group,
-                 MG=channels // group, blocked=blocked)  # fmt: skip
+                 MG=channels // group, blocking=blocking)  # fmt: skip
     return Kernel(
         "conv",
         reads=[operands[name] for name in reads],

@@ -141,6 +141,10 @@ def corpus_options(path: Path) -> tuple[Any, Any, Options]:
 @pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
 def test_corpus_net_optimised_equals_reference(path: Path, tmp_path: Path) -> None:
     net, spans, options = corpus_options(path)
+    # in float64: in float32 two orders of summation (FMA or not, blocked or not) differ
+    # enough that a max pooling's near-tie in a deep net (AlexNet, GoogLeNet) can pick
+    # another input, which moves gradients; float32 is checked on LeNet and CaffeNet below
+    options = replace(options, dtype="float64")
     try:
         reference, optimised = check_equivalent(
             lambda o: layer_graph_of(net, spans, o), options, tmp_path

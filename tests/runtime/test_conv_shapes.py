@@ -85,13 +85,14 @@ def test_random_convolutions_agree_with_numpy(tmp_path: Path, case: dict) -> Non
 # over images (the reference build packs them for every image), and with at most 128 weight
 # rows per group unfolds the image as it packs it (an implicit GEMM, forward only): N = 144
 # in two groups, implicit; N = 171, implicit, strided, dilated and padded unevenly; N = 49
-# computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B), 192 rows.
+# computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B), 190 rows
+# (channels that fill no whole vectors of 16: not the direct kernels of the cases below).
 PACKED = [
     {"n": 3, "c": 128, "o": 96, "group": 2, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
      "dilation": 1, "hw": (12, 12)},
     {"n": 2, "c": 64, "o": 32, "group": 1, "k": (3, 5), "stride": (2, 1), "pad": (1, 2),
      "dilation": 2, "hw": (20, 23)},
-    {"n": 2, "c": 128, "o": 192, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+    {"n": 2, "c": 120, "o": 190, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
      "dilation": 1, "hw": (7, 7)},
 ]  # fmt: skip
 
@@ -104,7 +105,7 @@ PACKED = [
     [
         (PACKED[0], [["A"], [None, None]]),
         (PACKED[1], [["A"], [None, None]]),
-        (PACKED[2], [["B"], [None, "B"]]),
+        (PACKED[2], [["B"], [None, "A"]]),
     ],
     ids=["N=144", "N=171", "N=49"],
 )
@@ -120,8 +121,8 @@ def test_weights_packed_before_the_images_agree_with_numpy(
 
 
 # Dense, stride 1, at least 16 input channels, at most 64 output channels, rows of 16, 24
-# or 32 outputs: -O2 runs the forward directly with a block of channels' rows in registers
-# (and the weight gradient directly, below; the input gradient by im2col + GEMM). 20
+# or 32 outputs, and not the channel blocks below: -O2 runs the forward directly with a
+# block of channels' rows in registers (and the weight gradient directly, below). 20
 # channels make blocks whose last one is partial; uneven padding, a 1-wide kernel and 64
 # channels.
 DIRECT_FORWARD = [
@@ -130,14 +131,14 @@ DIRECT_FORWARD = [
     {"n": 3, "c": 17, "o": 7, "group": 1, "k": (2, 5), "stride": (1, 1), "pad": (0, 2),
      "dilation": 1, "hw": (4, 32)},
     {"n": 1, "c": 32, "o": 64, "group": 1, "k": (3, 1), "stride": (1, 1), "pad": (2, 0),
-     "dilation": 1, "hw": (3, 16)},
+     "dilation": 1, "hw": (3, 24)},
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", DIRECT_FORWARD, ids=["partial_block", "wide_row", "64_rows"])
 def test_direct_forward_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
     _check(tmp_path, case)
-    assert _optimised(tmp_path)[1] == "direct_forward+direct_filter"
+    assert _optimised(tmp_path)[1].startswith("direct_forward+direct_filter")
 
 
 # Dense, stride 1, at least 3 input channels, at most 128 output channels, not 1x1: -O2
@@ -161,14 +162,38 @@ DIRECT_FILTER = [
                                                     "one_image"])  # fmt: skip
 def test_direct_weight_gradient_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
     _check(tmp_path, case)
-    assert _optimised(tmp_path)[1].endswith("+direct_filter")
+    assert "+direct_filter" in _optimised(tmp_path)[1]
+
+
+# Dense, stride 1, output channels in whole vectors of 16, rows at most 16 wide or at most
+# 16 input channels: -O2 runs the forward as blocks of positions by channels, and the input
+# gradient likewise where input and output are the same size and the input's channels fill
+# whole vectors. 48 channels: a partial block of channels; 13 wide: a partial block of
+# positions; 5 input channels 40 wide; a single image (both threads copy it).
+DIRECT_CHANNELS = [
+    ({"n": 2, "c": 16, "o": 48, "group": 1, "k": (5, 3), "stride": (1, 1), "pad": (2, 1),
+      "dilation": 1, "hw": (7, 13)}, "direct_channels+direct_filter+direct_data"),
+    ({"n": 3, "c": 5, "o": 32, "group": 1, "k": (3, 5), "stride": (1, 1), "pad": (1, 2),
+      "dilation": 1, "hw": (4, 40)}, "direct_channels+direct_filter"),
+    ({"n": 1, "c": 32, "o": 16, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
+      "dilation": 1, "hw": (5, 16)}, "direct_channels+direct_filter+direct_data"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "algorithm"), DIRECT_CHANNELS,
+                         ids=["partial_blocks", "few_channels", "one_image"])  # fmt: skip
+def test_channel_blocks_agree_with_numpy(tmp_path: Path, case: dict, algorithm: str) -> None:
+    _check(tmp_path, case)
+    assert _optimised(tmp_path)[1] == algorithm
 
 
 @pytest.mark.parametrize("isa", [0, 1])
-def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, isa: int) -> None:
+@pytest.mark.parametrize("case", [DIRECT_FORWARD[0], DIRECT_CHANNELS[0][0]],
+                         ids=["rows", "channels"])  # fmt: skip
+def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, case: dict, isa: int) -> None:
     """The plain C kernels and the 16-byte-vector ones, built here by forcing them, compute
-    what this machine's build does: the direct forward and weight gradient."""
-    net = _net(tmp_path, DIRECT_FORWARD[0], 2)
+    what this machine's build does: the blocked direct forwards and gradients."""
+    net = _net(tmp_path, case, 2)
     copy = tmp_path / f"isa{isa}"
     shutil.copytree(net.artifact.path, copy)
     command = [c_compiler(), *net.artifact.manifest["compiler_flags"],
@@ -184,6 +209,7 @@ def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, isa: int) -> N
         each.clear_param_diffs()
         each.backward(y=dy)
     np.testing.assert_allclose(other.blobs["y"].data, net.blobs["y"].data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.blobs["x"].diff, net.blobs["x"].diff, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(other.params["conv"][0].diff, net.params["conv"][0].diff,
                                rtol=1e-5, atol=1e-4)  # fmt: skip
 
