@@ -67,6 +67,43 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
 """
 
 
+DENSE = """name: "dense" force_backward: true
+input: "data" input_shape { dim: 2 dim: 3 dim: 224 dim: 224 }
+input: "small" input_shape { dim: 2 dim: 16 dim: 14 dim: 14 }
+layer { name: "first" type: "Convolution" bottom: "data" top: "first"
+  convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
+layer { name: "same" type: "Convolution" bottom: "small" top: "same"
+  convolution_param { num_output: 32 kernel_size: 5 pad: 2 } }
+layer { name: "valid" type: "Convolution" bottom: "same" top: "valid"
+  convolution_param { num_output: 48 kernel_size: 3 } }
+layer { name: "partial" type: "Convolution" bottom: "valid" top: "partial"
+  convolution_param { num_output: 20 kernel_size: 3 pad: 1 } }
+layer { name: "strided" type: "Convolution" bottom: "partial" top: "strided"
+  convolution_param { num_output: 32 kernel_size: 3 stride: 2 } }
+"""
+
+
+def test_dense_convolutions_run_direct_where_the_measured_rules_say(tmp_path: Path) -> None:
+    chosen = {layer["name"]: layer.get("algorithm")
+              for layer in _kernel_graph(tmp_path, 2, DENSE).layers}  # fmt: skip
+    assert chosen == {
+        "input": None,
+        # a 224-wide image: its copies would not stay in cache
+        "first": "implicit_gemm",
+        # 14 wide, channels in whole vectors, the input gradient the same size as the output
+        "same": "direct_channels+direct_filter+direct_data",
+        # 12 wide from 14: the input gradient as a forward would do more work
+        "valid": "direct_channels+direct_filter",
+        # 20 output channels fill vectors partly: the forward by columns, but the gradients
+        # (to 48 input channels) run direct
+        "partial": "im2col_gemm+direct_filter+direct_data",
+        "strided": "im2col_gemm",
+    }
+    assert {
+        layer["name"]: layer.get("algorithm") for layer in _kernel_graph(tmp_path, 1, DENSE).layers
+    }["same"] == "im2col_gemm"
+
+
 def test_few_weight_rows_unfold_the_image_as_the_gemm_packs_it(tmp_path: Path) -> None:
     """(What it computes: tests/runtime/test_conv_shapes.py and test_cuda_emulated.py.)"""
     for level, algorithm in ((2, "implicit_gemm"), (0, "im2col_gemm")):

@@ -187,7 +187,7 @@ class _ConvolutionBase:
             ctx.choose_algorithms
             and not self.deconv
             and _dense(group, g)
-            and _channel_blocks_pay(image[1], rows, cols[3])
+            and _channel_blocks_pay(image[1], rows, cols[2:], g.kernel)
         ):
             algorithm = "direct_channels"
         elif (
@@ -205,13 +205,18 @@ class _ConvolutionBase:
         # convolution's products unfold nothing)
         dense = (ctx.choose_algorithms and not self.deconv and _dense(group, g)
                  and algorithm not in ("direct", "gemm_1x1"))  # fmt: skip
+        # one image's copies in the weight gradient: the output gradient transposed (its
+        # channels padded to vectors of 16) and the input padded
+        padded_in = image[1] * (cols[2] + g.kernel[0] - 1) * (cols[3] + g.kernel[1] - 1)
+        filter_copies = positions * -(-rows // 16) * 16 + padded_in
         direct_filter = (dense and rows <= DIRECT_FILTER_MAX_ROWS
-                         and image[1] >= DIRECT_FILTER_MIN_CHANNELS)  # fmt: skip
+                         and image[1] >= DIRECT_FILTER_MIN_CHANNELS
+                         and filter_copies <= DIRECT_FILTER_MAX_COPIES)  # fmt: skip
         # the input gradient is a forward from the output gradient's channels to the
         # input's, over the output padded by what the forward's padding leaves of the
         # kernel: as much work as the forward only where the two are the same size
         direct_data = (dense and image[2:] == cols[2:]
-                       and _channel_blocks_pay(rows, image[1], image[3]))  # fmt: skip
+                       and _channel_blocks_pay(rows, image[1], image[2:], g.kernel))  # fmt: skip
         return {
             "batch": bottom[0], "group": group, "M": rows, "K": depth, "P": positions,
             "geometry": geometry, "pointwise": pointwise, "algorithm": algorithm,
@@ -444,6 +449,10 @@ def _direct_forward_pays(
 # are spread over many products.
 DIRECT_FILTER_MAX_ROWS = 128  # output channels
 DIRECT_FILTER_MIN_CHANNELS = 3  # input channels
+# reals in one image's two copies (1 MB, an L2 cache): VGG's first layer (3 -> 64 channels,
+# 224 wide, 3.4 million) at batch 8 took 36.4 ms instead of 23.7; GoogLeNet's 3b 5x5
+# (108 thousand) gains
+DIRECT_FILTER_MAX_COPIES = 262144
 
 
 # A dense convolution at stride 1 may also run its forward, and its input gradient, as
@@ -464,6 +473,10 @@ DIRECT_FILTER_MIN_CHANNELS = 3  # input channels
 DIRECT_CHANNELS_MULTIPLE = 16  # channels out: whole vectors of 16
 DIRECT_CHANNELS_MAX_WIDTH = 16  # output columns, unless ...
 DIRECT_CHANNELS_MAX_CHANNELS_IN = 16  # ... there are at most this many input channels
+# reals in the padded copy of one image: the layers above that gain copy at most 41
+# thousand (GoogLeNet 4e 3x3); VGG's first layer (3 channels, 224 wide: 153 thousand) at
+# batch 8 loses (forward 28.8 ms instead of 25.5)
+DIRECT_CHANNELS_MAX_COPY = 65536
 DIRECT_MAX_KERNEL_WIDTH = 12  # kernel columns (a block of the weight gradient's taps)
 
 # the forward algorithms that are direct convolutions, and their kernels' blocking
@@ -477,12 +490,15 @@ def _dense(group: int, g: Any) -> bool:
             and tuple(g.stride) == (1, 1) and tuple(g.dilation) == (1, 1))  # fmt: skip
 
 
-def _channel_blocks_pay(channels_in: int, channels_out: int, out_width: int) -> bool:
-    """Whether a dense convolution from ``channels_in`` to ``channels_out`` with output rows
-    ``out_width`` wide runs as blocks of positions by channels (see above)."""
-    return channels_out % DIRECT_CHANNELS_MULTIPLE == 0 and (
-        out_width <= DIRECT_CHANNELS_MAX_WIDTH or channels_in <= DIRECT_CHANNELS_MAX_CHANNELS_IN
-    )
+def _channel_blocks_pay(
+    channels_in: int, channels_out: int, out_size: tuple, kernel: tuple
+) -> bool:
+    """Whether a dense convolution from ``channels_in`` to ``channels_out`` with an output
+    of ``out_size`` (rows, columns) runs as blocks of positions by channels (see above)."""
+    copy = channels_in * (out_size[0] + kernel[0] - 1) * (out_size[1] + kernel[1] - 1)
+    return (channels_out % DIRECT_CHANNELS_MULTIPLE == 0 and copy <= DIRECT_CHANNELS_MAX_COPY
+            and (out_size[1] <= DIRECT_CHANNELS_MAX_WIDTH
+                 or channels_in <= DIRECT_CHANNELS_MAX_CHANNELS_IN))  # fmt: skip
 
 
 def _direct_pays(
