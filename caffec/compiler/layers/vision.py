@@ -467,9 +467,10 @@ DIRECT_FILTER_MAX_COPIES = 262144
 # 5.2; backward 4e 3x3 58.0 / 64.7), and the 28 wide 3a 5x5 (16 input channels, forward
 # 4.0 / 5.4), but the 28 and 56 wide layers with more input channels lose (forward 3b
 # 3x3 106 / 61, conv2 3x3 160 / 139; backward 3a 3x3 78 / 58): the rows of the copy each
-# block reads no longer stay in L1. LeNet's channels (20, 50) fill vectors partly, and
-# lose (forward conv2 1.39 / 1.31). Its input gradient (12 wide from 8) would be a forward
-# over a bigger image than the output's: 4.7 / 2.4 ms.
+# block reads no longer stay in L1. CaffeNet's conv3 at batch 10 (256 -> 384, 13 wide) is
+# even (17.1 and 20.3 / 17.9 and 18.5 in two runs). LeNet's channels (20, 50) fill vectors
+# partly, and lose (forward conv2 1.39 / 1.31). Its input gradient (12 wide from 8) would
+# be a forward over a bigger image than the output's: 4.7 / 2.4 ms.
 DIRECT_CHANNELS_MULTIPLE = 16  # channels out: whole vectors of 16
 DIRECT_CHANNELS_MAX_WIDTH = 16  # output columns, unless ...
 DIRECT_CHANNELS_MAX_CHANNELS_IN = 16  # ... there are at most this many input channels
