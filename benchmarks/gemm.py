@@ -41,6 +41,7 @@ class Shape:
     batch: int = 1  # the kernel's own batch (convolution groups)
     step_b: bool = False  # B advances per image (1x1 convolutions read the image itself)
     weights: bool = False  # A is the same for every image: packed once before them, as in a net
+    weights_b: bool = False  # B is a layer's weights (an inner product's input gradient)
 
 
 def conv_forward(group: str, name: str, m: int, k: int, p: int, images: int, g: int = 1,
@@ -57,9 +58,9 @@ SHAPES = [
     Shape("lenet", "ip1", 64, 500, 800, trans_b=True),
     Shape("lenet", "ip2", 64, 10, 500, trans_b=True),
     Shape("lenet", "ip2 dW", 10, 500, 64, trans_a=True, accumulate=True),
-    Shape("lenet", "ip2 dx", 64, 500, 10),
+    Shape("lenet", "ip2 dx", 64, 500, 10, weights_b=True),
     Shape("lenet", "ip1 dW", 500, 800, 64, trans_a=True, accumulate=True),
-    Shape("lenet", "ip1 dx", 64, 800, 500),
+    Shape("lenet", "ip1 dx", 64, 800, 500, weights_b=True),
     Shape("lenet", "conv2 dW", 50, 500, 64, trans_b=True, accumulate=True, count=64),
     Shape("lenet", "conv2 dcol", 500, 64, 50, trans_a=True, count=64, weights=True),
     Shape("lenet", "conv1 dW", 20, 25, 576, trans_b=True, accumulate=True, count=64),
@@ -121,7 +122,8 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
     a, b, c = (Operand(x, 0, step) for x, step in zip(buffers, steps, strict=True))
     invariant = "a" if shape.weights and shape.count > 1 else None
     kernel = gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b, accumulate=shape.accumulate,
-                  batch=g, strides=strides, invariant=invariant)  # fmt: skip
+                  batch=g, strides=strides, invariant=invariant,
+                  weights_b=shape.weights_b)  # fmt: skip
     packed: list[Buffer] = []
 
     def workspace(name: str, size: tuple[int, ...]) -> Buffer:

@@ -193,9 +193,10 @@ def test_threaded_paths_split_the_work_for_any_thread_count(threads: int) -> Non
         openmp.omp_set_num_threads(before)
 
 
-@pytest.mark.parametrize("isa", [0, 1])
+@pytest.mark.parametrize("isa", [0, 1, 2])
 def test_other_instruction_sets(isa: int) -> None:
-    """The 16-byte-vector kernel and the plain C one, built here by forcing them."""
+    """The 32-byte-vector (AVX) kernel, the 16-byte one and the plain C one, built here by
+    forcing them (GCC lowers vectors wider than the machine's to narrower instructions)."""
     flags = [*c_flags(), f"-DCAFFEC_GEMM_ISA={isa}"]
     for path in ("direct", "packed", "dot"):
         for trans in ("NN", "NT", "TN"):
@@ -214,3 +215,17 @@ def test_small_products_run_on_the_calling_thread_without_copies() -> None:
         assert plan["path"] in ("direct", "dot")
     big = gemm(buffer, buffer, buffer, 1024, 1024, 1024).attrs["plan"]
     assert big["parallel"] and big["path"] == "packed"
+
+
+def test_few_rows_times_weights_read_the_weights_where_they_lie() -> None:
+    """An inner product's input gradient (batch rows times the weights) takes the direct path
+    while K is short; the same shape with other operands, or a long K, is packed."""
+    buffer = Buffer("x", (1,), "value")
+
+    def path(m: int, n: int, k: int, weights_b: bool) -> str:
+        return gemm(buffer, buffer, buffer, m, n, k, weights_b=weights_b).attrs["plan"]["path"]
+
+    assert path(64, 800, 500, weights_b=True) == "direct"
+    assert path(64, 800, 500, weights_b=False) == "packed"
+    assert path(10, 4096, 4096, weights_b=True) == "packed"
+    assert path(256, 800, 500, weights_b=True) == "packed"

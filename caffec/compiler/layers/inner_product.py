@@ -62,4 +62,5 @@ class InnerProduct:
         target = ctx.dx(0)
         if target is not None:
             dx, accumulate = target
-            ctx.emit(gemm(dy, ctx.w(0), dx, m, k, n, trans_b=transpose, accumulate=accumulate))
+            ctx.emit(gemm(dy, ctx.w(0), dx, m, k, n, trans_b=transpose, accumulate=accumulate,
+                          weights_b=True))  # fmt: skip
