@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,11 +90,40 @@ def c_flags(target_cpu: str = "native", reference: bool = False) -> list[str]:
     return flags
 
 
+NO_VECTORISER = "-fno-tree-vectorize"
+# how GCC and Clang say that they failed, not the source
+_CRASH = re.compile(r"internal compiler error|PLEASE submit a bug report")
+
+
+class CompilerCrash(InternalError):
+    """The compiler itself failed on generated code (GCC's "internal compiler error")."""
+
+
 def build_library(source: str, flags: list[str]) -> Path:
-    """The shared library built from ``source`` with ``flags`` (from the cache when there)."""
+    """The shared library built from ``source`` with ``flags`` (from the cache when there).
+
+    Where the C compiler crashes on the source, the build is tried once more without its
+    vectoriser (``-fno-tree-vectorize``), with a warning: GCC 12's vectoriser has crashed on
+    generated kernels, at -O2 as at -O3; the GEMM and convolution kernels are written with
+    vector types, which do not need it, so the cost is in the other kernels' loops."""
     compiler = c_compiler()
-    command = [compiler, *flags, "kernels.c", "-o", "kernels.so", "-lm"]
-    return _cached_build(source, command, _compiler_identity(compiler), "kernels.c", "kernels.so")
+    identity = _compiler_identity(compiler)
+
+    def build(flags: list[str]) -> Path:
+        command = [compiler, *flags, "kernels.c", "-o", "kernels.so", "-lm"]
+        return _cached_build(source, command, identity, "kernels.c", "kernels.so")
+
+    try:
+        return build(flags)
+    except CompilerCrash as crash:
+        if NO_VECTORISER in flags:
+            raise
+        lines = crash.message.splitlines()
+        said = [line.strip() for line in lines if "internal compiler error" in line][:1]
+        print("\n  ".join([f"caffec: warning: {lines[0]}", *said,
+                            f"built again with {NO_VECTORISER}, which is slower"]),
+              file=sys.stderr)  # fmt: skip
+        return build([*flags, NO_VECTORISER])
 
 
 def nvcc() -> str:
@@ -139,15 +169,17 @@ def _cached_build(
         Path(tmp, source_name).write_text(source, encoding="utf-8")
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
         if result.returncode != 0:
-            raise InternalError(_describe_failure(source, result.stderr, source_name))
+            crashed = _CRASH.search(result.stderr)
+            error = CompilerCrash if crashed else InternalError
+            raise error(_describe_failure(source, result.stderr, source_name, bool(crashed)))
         os.replace(Path(tmp, output_name), output)
         if not (entry / source_name).exists():
             os.replace(Path(tmp, source_name), entry / source_name)
     return output
 
 
-def _describe_failure(source: str, stderr: str, source_name: str) -> str:
-    """Name the generated kernel the compiler rejected: such a failure is a caffec bug."""
+def _describe_failure(source: str, stderr: str, source_name: str, crashed: bool = False) -> str:
+    """Name the generated kernel the compiler rejected (or crashed on): a caffec bug."""
     lines = source.splitlines()
     kernel = None
     match = re.search(rf"{re.escape(source_name)}[:(](\d+)", stderr)
@@ -160,7 +192,8 @@ def _describe_failure(source: str, stderr: str, source_name: str) -> str:
     where = f" in kernel {kernel}" if kernel else ""
     first = "\n".join(stderr.strip().splitlines()[:12])
     compiler = "nvcc" if source_name.endswith(".cu") else "the C compiler"
+    what = "crashed on" if crashed else "rejected"
     return (
-        f"{compiler} rejected caffec's generated code{where} (a caffec bug; please report it "
+        f"{compiler} {what} caffec's generated code{where} (a caffec bug; please report it "
         f"with the net):\n{first}"
     )

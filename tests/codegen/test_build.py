@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -60,3 +61,43 @@ def test_target_cpu_is_checked() -> None:
     with pytest.raises(UserError, match="not a CPU name"):
         c_flags("native; rm -rf /")
     assert "-march=x86-64" in c_flags("x86-64")
+
+
+def _crashing_compiler(folder: Path, unless: str) -> str:
+    """A C compiler that crashes as GCC does on its own bugs, unless given the flag ``unless``
+    (then it is the real one)."""
+    wrapper = folder / "crashing-cc"
+    real = os.environ.get("CC", "cc")
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" {unless} "*|*" --version "*) exec {real} "$@";; esac\n'
+        'echo "kernels.c:1:13: internal compiler error: in vectorizable_live_operation" >&2\n'
+        "exit 1\n"
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_a_compiler_crash_is_built_again_without_the_vectoriser(
+    private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """GCC 12's vectoriser has crashed on generated kernels: a compiler that crashes unless
+    the vectoriser is off still gives a working library, and a warning that says so."""
+    flags = c_flags(reference=True)
+    monkeypatch.setenv("CC", _crashing_compiler(tmp_path, "-fno-tree-vectorize"))
+    library = build_library(SOURCE, flags)
+    assert ctypes.CDLL(str(library)).f() == 1
+    warning = capfd.readouterr().err
+    assert "crashed on caffec's generated code in kernel k0_relu_map" in warning
+    assert "internal compiler error: in vectorizable_live_operation" in warning
+    assert "built again with -fno-tree-vectorize" in warning
+
+
+def test_a_compiler_that_crashes_either_way_is_a_caffec_bug(
+    private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = c_flags(reference=True)
+    monkeypatch.setenv("CC", _crashing_compiler(tmp_path, "--never-given"))
+    with pytest.raises(InternalError, match="crashed on caffec's generated code") as info:
+        build_library(SOURCE, flags)
+    assert info.value.exit_status == 1
