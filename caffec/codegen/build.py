@@ -158,20 +158,28 @@ def _cached_build(
     source: str, command: list[str], identity: str, source_name: str, output_name: str
 ) -> Path:
     """Run ``command``, which reads ``source_name`` and writes ``output_name``, on ``source``
-    in a temporary folder of the cache entry its hash names; move the output into place."""
+    in a temporary folder of the cache entry its hash names; move the output into place.
+    A crash of the compiler is kept in the entry too (``crash.txt``, the message), so that
+    the next build of the same source goes to the fallback without crashing it again."""
     key = hashlib.sha256("\0".join([source, identity, *command[1:]]).encode()).hexdigest()
     entry = cache_dir() / Path(source_name).suffix[1:] / key[:2] / key
-    output = entry / output_name
+    output, crash = entry / output_name, entry / "crash.txt"
     if output.exists():
         return output
+    if crash.exists():
+        raise CompilerCrash(crash.read_text(encoding="utf-8"))
     entry.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=entry) as tmp:
         Path(tmp, source_name).write_text(source, encoding="utf-8")
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
         if result.returncode != 0:
-            crashed = _CRASH.search(result.stderr)
-            error = CompilerCrash if crashed else InternalError
-            raise error(_describe_failure(source, result.stderr, source_name, bool(crashed)))
+            crashed = bool(_CRASH.search(result.stderr))
+            message = _describe_failure(source, result.stderr, source_name, crashed)
+            if not crashed:
+                raise InternalError(message)
+            Path(tmp, "crash.txt").write_text(message, encoding="utf-8")
+            os.replace(Path(tmp, "crash.txt"), crash)
+            raise CompilerCrash(message)
         os.replace(Path(tmp, output_name), output)
         if not (entry / source_name).exists():
             os.replace(Path(tmp, source_name), entry / source_name)

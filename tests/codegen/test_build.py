@@ -71,6 +71,7 @@ def _crashing_compiler(folder: Path, unless: str) -> str:
     wrapper.write_text(
         "#!/bin/sh\n"
         f'case " $* " in *" {unless} "*|*" --version "*) exec {real} "$@";; esac\n'
+        f'echo crash >> "{folder}/crashes"\n'
         'echo "kernels.c:1:13: internal compiler error: in vectorizable_live_operation" >&2\n'
         "exit 1\n"
     )
@@ -91,6 +92,10 @@ def test_a_compiler_crash_is_built_again_without_the_vectoriser(
     assert "crashed on caffec's generated code in kernel k0_relu_map" in warning
     assert "internal compiler error: in vectorizable_live_operation" in warning
     assert "built again with -fno-tree-vectorize" in warning
+    # the crash is remembered: the next build of the same source does not crash again
+    assert build_library(SOURCE, flags) == library
+    assert (tmp_path / "crashes").read_text() == "crash\n"
+    assert "built again with -fno-tree-vectorize" in capfd.readouterr().err
 
 
 def test_a_compiler_that_crashes_either_way_is_a_caffec_bug(
