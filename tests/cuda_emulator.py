@@ -91,7 +91,7 @@ class EmulatedDevice:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.state = DeviceState()
-        self.uploads = self.downloads = self.captures = self.replays = 0
+        self.uploads = self.uploads_ahead = self.downloads = self.captures = self.replays = 0
         self._recording: list[tuple] | None = None
 
     def alloc(self, nbytes: int) -> np.ndarray:
@@ -108,6 +108,10 @@ class EmulatedDevice:
 
     def upload(self, memory: np.ndarray, host: np.ndarray) -> None:
         self.uploads += 1
+        memory[...] = host
+
+    def upload_ahead(self, memory: np.ndarray, host: np.ndarray) -> None:
+        self.uploads_ahead += 1
         memory[...] = host
 
     def uploads_queued(self) -> None:

@@ -3,7 +3,9 @@
 Memory is CuPy arrays of bytes from CuPy's allocator (its memory pool, never
 managed memory); allocation, copies, zeroing and launches all go on one
 non-blocking stream, so they run in order and the host waits only when it
-reads a value. Modules
+reads a value. Batches cross the bus on a second stream, into a staging
+buffer each, overlapping the kernels still running; events order the copy
+into place after them and the next batch's copy after that. Modules
 are the artifact's fat binary, loaded as it is (no compiling at run time).
 """
 
@@ -32,8 +34,12 @@ class CudaDevice:
         properties = self.cp.cuda.runtime.getDeviceProperties(device_id)
         self.arch = f"{properties['major']}{properties['minor']}"  # what nvcc builds for: "90"
         self.stream = self.cp.cuda.Stream(non_blocking=True)
+        self.copies = self.cp.cuda.Stream(non_blocking=True)  # batches from the host
         self.state = DeviceState()
-        self._uploaded: Any = None  # an event after the last run's uploads
+        self._uploaded: tuple[Any, ...] = ()  # events after the last run's uploads
+        # per batch buffer (by address): its staging buffer and an event after the last
+        # copy out of it, which the next copy into it waits for
+        self._staging: dict[int, tuple[Any, Any]] = {}
 
     def alloc(self, nbytes: int) -> Any:
         """Zeroed device memory (the arena, a parameter, the pointer table), zeroed on the
@@ -58,15 +64,30 @@ class CudaDevice:
     def upload(self, memory: Any, host: np.ndarray) -> None:
         memory.set(host, stream=self.stream)
 
+    def upload_ahead(self, memory: Any, host: np.ndarray) -> None:
+        """Upload a batch to ``memory`` through its staging buffer: the copy from the host
+        starts now on the copy stream, while the kernels before it on the stream may still
+        read ``memory``'s last batch; the copy into ``memory`` waits for both."""
+        staging, emptied = self._staging.get(self.pointer(memory), (None, None))
+        if staging is None:
+            with self.copies:
+                staging = self.cp.empty(max(host.nbytes, 1), dtype=self.cp.uint8)[: host.nbytes]
+        if emptied is not None:
+            self.copies.wait_event(emptied)
+        staging.set(host, stream=self.copies)
+        self.stream.wait_event(self.copies.record())
+        memory.data.copy_from_device_async(staging.data, host.nbytes, self.stream)
+        self._staging[self.pointer(memory)] = (staging, self.stream.record())
+
     def uploads_queued(self) -> None:
         """Mark the end of a run's uploads: :meth:`wait_for_uploads` waits for them alone."""
-        self._uploaded = self.stream.record()
+        self._uploaded = (self.stream.record(), self.copies.record())
 
     def wait_for_uploads(self) -> None:
         """Wait until the queued uploads have read their host memory (not for the kernels)."""
-        if self._uploaded is not None:
-            self._uploaded.synchronize()
-            self._uploaded = None
+        for event in self._uploaded:
+            event.synchronize()
+        self._uploaded = ()
 
     def download(self, memory: Any, host: np.ndarray) -> None:
         memory.get(stream=self.stream, out=host)

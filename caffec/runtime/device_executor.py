@@ -10,7 +10,10 @@ brings the device's values over if the device has run since the last copy
 since the caller may write into the array it gets, the next run first copies
 it back, asynchronously, ahead of its kernels on the stream. So data batches,
 the loss and the values a user looks at cross the bus; parameters and solver
-state stay on the device while training.
+state stay on the device while training. A batch (a net input) crosses on a
+second stream into a buffer of its own, while the last run's kernels may
+still be running (a training step's backward and update), and is copied
+into place on the device, in order with the kernels.
 
 A run launches the functions the manifest's ``cuda`` entry lists, in order on
 one stream, per-image loops as one launch per image. A whole pass is captured
@@ -43,6 +46,7 @@ class Mirrored:
     dtype: Any
     host: np.ndarray | None = None
     synced: int = -1  # the device's run count when the host copy was last equal to it
+    batch: bool = False  # a net input: uploaded ahead, overlapping the kernels still running
 
 
 @dataclass(eq=False)
@@ -82,6 +86,8 @@ class DeviceExecutor(Executor):
             else:
                 mirror = Mirrored(device.alloc(nbytes), shape, dtype)
             self.mirrors.append(mirror)
+        for slot in m["inputs"].values():
+            self.mirrors[slot].batch = True
         table = np.array([device.pointer(x.device) for x in self.mirrors], dtype=np.uint64)
         self._table = device.alloc(table.nbytes)
         device.upload(self._table, as_bytes(table))
@@ -137,7 +143,8 @@ class DeviceExecutor(Executor):
             return
         state = self.device.state
         for mirror in state.dirty:
-            self.device.upload(mirror.device, as_bytes(mirror.host))
+            upload = self.device.upload_ahead if mirror.batch else self.device.upload
+            upload(mirror.device, as_bytes(mirror.host))
             mirror.synced = state.runs
         if state.dirty:
             self.device.uploads_queued()
