@@ -114,12 +114,6 @@ class EmulatedDevice:
         self.uploads_ahead += 1
         memory[...] = host
 
-    def uploads_queued(self) -> None:
-        pass
-
-    def wait_for_uploads(self) -> None:
-        pass
-
     def download(self, memory: np.ndarray, host: np.ndarray) -> None:
         self.downloads += 1
         host[...] = memory

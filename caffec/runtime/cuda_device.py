@@ -36,7 +36,6 @@ class CudaDevice:
         self.stream = self.cp.cuda.Stream(non_blocking=True)
         self.copies = self.cp.cuda.Stream(non_blocking=True)  # batches from the host
         self.state = DeviceState()
-        self._uploaded: tuple[Any, ...] = ()  # events after the last run's uploads
         # per batch buffer (by address): its staging buffer and an event after the last
         # copy out of it, which the next copy into it waits for
         self._staging: dict[int, tuple[Any, Any]] = {}
@@ -61,33 +60,29 @@ class CudaDevice:
         array[...] = 0
         return array
 
-    def upload(self, memory: Any, host: np.ndarray) -> None:
+    def upload(self, memory: Any, host: np.ndarray) -> Any:
+        """Copy ``host`` (pinned) to ``memory`` in order with the kernels; the returned event
+        says when ``host`` has been read."""
         memory.set(host, stream=self.stream)
+        return self.stream.record()
 
-    def upload_ahead(self, memory: Any, host: np.ndarray) -> None:
+    def upload_ahead(self, memory: Any, host: np.ndarray) -> Any:
         """Upload a batch to ``memory`` through its staging buffer: the copy from the host
         starts now on the copy stream, while the kernels before it on the stream may still
-        read ``memory``'s last batch; the copy into ``memory`` waits for both."""
+        read ``memory``'s last batch; the copy into ``memory`` waits for both. The returned
+        event says when ``host`` has been read."""
         staging, emptied = self._staging.get(self.pointer(memory), (None, None))
-        if staging is None:
+        if staging is None or staging.nbytes != host.nbytes:  # new, or a rebuilt net's
             with self.copies:
                 staging = self.cp.empty(max(host.nbytes, 1), dtype=self.cp.uint8)[: host.nbytes]
         if emptied is not None:
             self.copies.wait_event(emptied)
         staging.set(host, stream=self.copies)
-        self.stream.wait_event(self.copies.record())
+        uploaded = self.copies.record()
+        self.stream.wait_event(uploaded)
         memory.data.copy_from_device_async(staging.data, host.nbytes, self.stream)
         self._staging[self.pointer(memory)] = (staging, self.stream.record())
-
-    def uploads_queued(self) -> None:
-        """Mark the end of a run's uploads: :meth:`wait_for_uploads` waits for them alone."""
-        self._uploaded = (self.stream.record(), self.copies.record())
-
-    def wait_for_uploads(self) -> None:
-        """Wait until the queued uploads have read their host memory (not for the kernels)."""
-        for event in self._uploaded:
-            event.synchronize()
-        self._uploaded = ()
+        return uploaded
 
     def download(self, memory: Any, host: np.ndarray) -> None:
         memory.get(stream=self.stream, out=host)

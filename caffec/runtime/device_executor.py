@@ -47,6 +47,7 @@ class Mirrored:
     host: np.ndarray | None = None
     synced: int = -1  # the device's run count when the host copy was last equal to it
     batch: bool = False  # a net input: uploaded ahead, overlapping the kernels still running
+    read: Any = None  # an event after the upload that last read the host copy, if any
 
 
 @dataclass(eq=False)
@@ -115,7 +116,9 @@ class DeviceExecutor(Executor):
             return None
         mirror = self.mirrors[slot]
         state = self.device.state
-        self.device.wait_for_uploads()  # the last run's copies may still read host memory
+        if mirror.read is not None:  # the last upload may still be reading the host copy
+            mirror.read.synchronize()
+            mirror.read = None
         if mirror.host is None:
             nbytes = int(np.prod(mirror.shape)) * np.dtype(mirror.dtype).itemsize
             mirror.host = self.device.host_bytes(nbytes).view(mirror.dtype).reshape(mirror.shape)
@@ -144,10 +147,8 @@ class DeviceExecutor(Executor):
         state = self.device.state
         for mirror in state.dirty:
             upload = self.device.upload_ahead if mirror.batch else self.device.upload
-            upload(mirror.device, as_bytes(mirror.host))
+            mirror.read = upload(mirror.device, as_bytes(mirror.host))
             mirror.synced = state.runs
-        if state.dirty:
-            self.device.uploads_queued()
         state.dirty.clear()
         key = (direction, begin, end)
         whole = direction != "kernels" and (begin, end) == (0, len(self.manifest[direction]))
