@@ -73,6 +73,10 @@ SHAPES = [
     Shape("caffenet", "fc6", 10, 4096, 9216, trans_b=True),
     Shape("caffenet", "fc7", 10, 4096, 4096, trans_b=True),
     Shape("caffenet", "fc8", 10, 1000, 4096, trans_b=True),
+    # ... and at batch 1 (inference on one image: a matrix times a vector)
+    Shape("caffenet", "fc6 b1", 1, 4096, 9216, trans_b=True),
+    Shape("caffenet", "fc7 b1", 1, 4096, 4096, trans_b=True),
+    Shape("caffenet", "fc8 b1", 1, 1000, 4096, trans_b=True),
     # GoogLeNet (bvlc_googlenet), batch 32, a few inception shapes, forward
     conv_forward("googlenet", "conv2/3x3", 192, 576, 3136, 32),
     conv_forward("googlenet", "3a/1x1", 64, 192, 784, 32, pointwise=True),
