@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks on a machine with an NVIDIA GPU, CuPy and PyTorch but no network and
-# no caffec install: the `gpu`-marked tests, then the GPU benchmark.
+# no caffec install: the `gpu`-marked tests, the GPU benchmark, then GoogLeNet's training
+# step timed layer by layer on the GPU.
 #
 #   bash scripts/gpu_check.sh prepare   # here, with network access: fills .whl/ (the
 #                                       # wheels that machine lacks) and .gpu/ (the corpus
@@ -44,4 +45,10 @@ parallel=$("$python" -c 'import xdist' 2>/dev/null && echo "-n 8" || true)
 "$python" -m pytest -q -m gpu -p no:cacheprovider $parallel tests 2>&1 | tee "$logs/gpu-tests.log" \
     || status=1
 "$python" benchmarks/vs_pytorch.py --gpu 2>&1 | tee "$logs/gpu-benchmark.log" || status=1
+# GoogLeNet's training step layer by layer on the GPU: which layers the generated kernels
+# (the CPU's algorithm choices included) make slow
+timeout 240 "$python" -m caffec time -gpu 0 -iterations 3 \
+    -model .gpu/corpus/bvlc/models/bvlc_googlenet/train_val.prototxt \
+    --shape data=32,3,224,224 --shape label=32 2>&1 | tee "$logs/gpu-time-googlenet.log" \
+    || status=1
 exit $status
