@@ -32,6 +32,13 @@ from caffec.compiler.pipeline import (
 from caffec.runtime.net import CompiledNet
 
 
+def conv(n: int, c: int, o: int, k: tuple, pad: tuple, hw: tuple, group: int = 1,
+         stride: tuple = (1, 1), dilation: int = 1) -> dict:  # fmt: skip
+    """A test case: n images of c channels, hw in size, into o channels by a k kernel."""
+    return {"n": n, "c": c, "o": o, "group": group, "k": k, "stride": stride, "pad": pad,
+            "dilation": dilation, "hw": hw}  # fmt: skip
+
+
 @st.composite
 def convolutions(draw: st.DrawFn) -> dict:
     group = draw(st.integers(1, 3))
@@ -73,10 +80,8 @@ def _net(tmp_path: Path, case: dict, level: int) -> caffec.Net:
 )
 @given(case=convolutions())
 # GCC 12 -O3 once miscompiled these: rows of an im2col, a depthwise weight gradient
-@example(case={"n": 1, "c": 1, "o": 1, "group": 1, "k": (1, 1), "stride": (1, 1),
-               "pad": (1, 0), "dilation": 1, "hw": (4, 7)})  # fmt: skip
-@example(case={"n": 1, "c": 2, "o": 2, "group": 2, "k": (1, 1), "stride": (1, 1),
-               "pad": (2, 0), "dilation": 1, "hw": (1, 2)})  # fmt: skip
+@example(case=conv(1, 1, 1, (1, 1), (1, 0), (4, 7)))
+@example(case=conv(1, 2, 2, (1, 1), (2, 0), (1, 2), group=2))
 def test_random_convolutions_agree_with_numpy(tmp_path: Path, case: dict) -> None:
     _check(tmp_path, case)
 
@@ -88,13 +93,10 @@ def test_random_convolutions_agree_with_numpy(tmp_path: Path, case: dict) -> Non
 # computed as C' = op(B)' op(A)' (the weights then are the micro-kernel's B), 190 rows
 # (channels that fill no whole vectors of 16: not the direct kernels of the cases below).
 PACKED = [
-    {"n": 3, "c": 128, "o": 96, "group": 2, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
-     "dilation": 1, "hw": (12, 12)},
-    {"n": 2, "c": 64, "o": 32, "group": 1, "k": (3, 5), "stride": (2, 1), "pad": (1, 2),
-     "dilation": 2, "hw": (20, 23)},
-    {"n": 2, "c": 120, "o": 190, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
-     "dilation": 1, "hw": (7, 7)},
-]  # fmt: skip
+    conv(3, 128, 96, (3, 3), (1, 1), (12, 12), group=2),
+    conv(2, 64, 32, (3, 5), (1, 2), (20, 23), stride=(2, 1), dilation=2),
+    conv(2, 120, 190, (3, 3), (1, 1), (7, 7)),
+]
 
 
 @pytest.mark.parametrize(
@@ -126,13 +128,10 @@ def test_weights_packed_before_the_images_agree_with_numpy(
 # channels make blocks whose last one is partial; uneven padding, a 1-wide kernel and 64
 # channels.
 DIRECT_FORWARD = [
-    {"n": 2, "c": 16, "o": 20, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
-     "dilation": 1, "hw": (5, 16)},
-    {"n": 3, "c": 17, "o": 7, "group": 1, "k": (2, 5), "stride": (1, 1), "pad": (0, 2),
-     "dilation": 1, "hw": (4, 32)},
-    {"n": 1, "c": 32, "o": 64, "group": 1, "k": (3, 1), "stride": (1, 1), "pad": (2, 0),
-     "dilation": 1, "hw": (3, 24)},
-]  # fmt: skip
+    conv(2, 16, 20, (3, 3), (1, 1), (5, 16)),
+    conv(3, 17, 7, (2, 5), (0, 2), (4, 32)),
+    conv(1, 32, 64, (3, 1), (2, 0), (3, 24)),
+]
 
 
 @pytest.mark.parametrize("case", DIRECT_FORWARD, ids=["partial_block", "wide_row", "64_rows"])
@@ -147,15 +146,11 @@ def test_direct_forward_agrees_with_numpy(tmp_path: Path, case: dict) -> None:
 # 4x3 kernel's rows in one block; 100 channels of a 2x7 kernel: several blocks of channels,
 # and padding wider than the image; a single image.
 DIRECT_FILTER = [
-    {"n": 5, "c": 3, "o": 33, "group": 1, "k": (5, 5), "stride": (1, 1), "pad": (2, 2),
-     "dilation": 1, "hw": (9, 11)},
-    {"n": 11, "c": 4, "o": 16, "group": 1, "k": (4, 3), "stride": (1, 1), "pad": (1, 0),
-     "dilation": 1, "hw": (30, 30)},
-    {"n": 2, "c": 5, "o": 100, "group": 1, "k": (2, 7), "stride": (1, 1), "pad": (0, 4),
-     "dilation": 1, "hw": (6, 5)},
-    {"n": 1, "c": 8, "o": 3, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
-     "dilation": 1, "hw": (7, 7)},
-]  # fmt: skip
+    conv(5, 3, 33, (5, 5), (2, 2), (9, 11)),
+    conv(11, 4, 16, (4, 3), (1, 0), (30, 30)),
+    conv(2, 5, 100, (2, 7), (0, 4), (6, 5)),
+    conv(1, 8, 3, (3, 3), (1, 1), (7, 7)),
+]
 
 
 @pytest.mark.parametrize("case", DIRECT_FILTER, ids=["partial_vector", "chunks", "100_rows",
@@ -171,13 +166,10 @@ def test_direct_weight_gradient_agrees_with_numpy(tmp_path: Path, case: dict) ->
 # whole vectors. 48 channels: a partial block of channels; 13 wide: a partial block of
 # positions; 5 input channels 40 wide; a single image (both threads copy it).
 DIRECT_CHANNELS = [
-    ({"n": 2, "c": 16, "o": 48, "group": 1, "k": (5, 3), "stride": (1, 1), "pad": (2, 1),
-      "dilation": 1, "hw": (7, 13)}, "direct_channels+direct_filter+direct_data"),
-    ({"n": 3, "c": 5, "o": 32, "group": 1, "k": (3, 5), "stride": (1, 1), "pad": (1, 2),
-      "dilation": 1, "hw": (4, 40)}, "direct_channels+direct_filter"),
-    ({"n": 1, "c": 32, "o": 16, "group": 1, "k": (3, 3), "stride": (1, 1), "pad": (1, 1),
-      "dilation": 1, "hw": (5, 16)}, "direct_channels+direct_filter+direct_data"),
-]  # fmt: skip
+    (conv(2, 16, 48, (5, 3), (2, 1), (7, 13)), "direct_channels+direct_filter+direct_data"),
+    (conv(3, 5, 32, (3, 5), (1, 2), (4, 40)), "direct_channels+direct_filter"),
+    (conv(1, 32, 16, (3, 3), (1, 1), (5, 16)), "direct_channels+direct_filter+direct_data"),
+]
 
 
 @pytest.mark.parametrize(("case", "algorithm"), DIRECT_CHANNELS,
