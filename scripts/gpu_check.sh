@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks on a machine with an NVIDIA GPU, CuPy and PyTorch but no network and
 # no caffec install: the `gpu`-marked tests, the GPU benchmark, then GoogLeNet's training
-# step timed layer by layer on the GPU.
+# step timed layer by layer and kernel by kernel on the GPU.
 #
 #   bash scripts/gpu_check.sh prepare   # here, with network access: fills .whl/ (the
 #                                       # wheels that machine lacks) and .gpu/ (the corpus
 #                                       # and Fashion-MNIST); both are git-ignored
 #   bash scripts/gpu_check.sh           # there, from the checkout with .whl/ and .gpu/
+#   GPU_STEPS="tests corpus" bash scripts/gpu_check.sh   # some of the steps: tests, corpus,
+#                                       # benchmark, time (default: all four)
 #
 # The second form installs .whl/ into a temporary folder (nothing outside it changes),
 # runs caffec from the checkout, and writes its logs to $OUT when set, else .gpu/.
@@ -38,17 +40,28 @@ export CAFFEC_FASHION_MNIST="$PWD/.gpu/fashion-mnist" PYTHONUNBUFFERED=1
 logs=${OUT:-.gpu}
 mkdir -p "$logs"
 nvidia-smi -L || true
+"$python" -c 'import cupy; print("CuPy", cupy.__version__, "CUDA runtime", cupy.cuda.runtime.runtimeGetVersion())' || true
 status=0
-# the corpus nets each compile C and CUDA: several test processes when pytest-xdist is there
-parallel=$("$python" -c 'import xdist' 2>/dev/null && echo "-n 8" || true)
+# each step has its own time limit, so that one that hangs leaves the others their turn;
+# the quick tests first, then the corpus (each net compiles C and CUDA: several test
+# processes when pytest-xdist is there), then the timings
+parallel=$("$python" -c 'import xdist' 2>/dev/null && echo "-n 12" || true)
+steps=" ${GPU_STEPS:-tests corpus benchmark time} "
+step() {  # step NAME SECONDS COMMAND...: COMMAND's output to the screen and $logs/gpu-NAME.log
+    local name=$1 seconds=$2
+    shift 2
+    [[ $steps == *" $name "* ]] || return 0
+    echo "== $name (at most $seconds s)"
+    timeout "$seconds" "$@" 2>&1 | tee "$logs/gpu-$name.log" || status=1
+}
+pytest=("$python" -m pytest -q -m gpu -p no:cacheprovider -rfEs --tb=short -o faulthandler_timeout=90)
+step tests 100 "${pytest[@]}" -rP tests --ignore=tests/compiler/test_cuda_target.py
 # shellcheck disable=SC2086
-"$python" -m pytest -q -m gpu -p no:cacheprovider $parallel tests 2>&1 | tee "$logs/gpu-tests.log" \
-    || status=1
-"$python" benchmarks/vs_pytorch.py --gpu 2>&1 | tee "$logs/gpu-benchmark.log" || status=1
-# GoogLeNet's training step layer by layer on the GPU: which layers the generated kernels
-# (the CPU's algorithm choices included) make slow
-timeout 240 "$python" -m caffec time -gpu 0 -iterations 3 \
+step corpus 90 "${pytest[@]}" $parallel tests/compiler/test_cuda_target.py
+step benchmark 110 "$python" benchmarks/vs_pytorch.py --gpu
+# GoogLeNet's training step layer by layer and kernel by kernel on the GPU: which layers
+# the generated kernels (the CPU's algorithm choices included) make slow
+step time 70 "$python" -m caffec time -gpu 0 -iterations 3 --kernels \
     -model .gpu/corpus/bvlc/models/bvlc_googlenet/train_val.prototxt \
-    --shape data=32,3,224,224 --shape label=32 2>&1 | tee "$logs/gpu-time-googlenet.log" \
-    || status=1
+    --shape data=32,3,224,224 --shape label=32
 exit $status

@@ -128,8 +128,13 @@ def test_signals_snapshot_and_stop(tmp_path: Path) -> None:
 @pytest.mark.gpu
 def test_lenet_trains_on_the_gpu_as_on_the_cpu(small_fashion: Path, tmp_path: Path,
                                                monkeypatch, real_gpu) -> None:  # fmt: skip
-    """500 iterations from the same seed on GPU 0 and on the CPU: the logged losses agree
-    within 1e-3 and the test accuracy is the same."""
+    """500 iterations from the same seed on GPU 0 and on the CPU. In float64 the logged
+    losses agree within 1e-3 and the test accuracies are the same. In float32 the two
+    targets' orders of summation differ in the last bit, and SGD amplifies that (seen on an
+    H200: 1e-4 at iteration 20, 2e-2 later, test accuracies 0.814 and 0.824 or 0.844 on two
+    machines' CPUs; two C builds for different vector widths drift 1e-2 apart too), so there
+    the first loss (before any update) is the same, every loss is near, and the accuracies
+    are close."""
     from caffec.runtime import gpu
     from caffec.solver import get_solver
 
@@ -144,23 +149,28 @@ def test_lenet_trains_on_the_gpu_as_on_the_cpu(small_fashion: Path, tmp_path: Pa
         'weight_decay: 0.0005\nlr_policy: "inv"\ngamma: 0.0001\npower: 0.75\ndisplay: 20\n'
         'max_iter: 500\nsnapshot_prefix: "lenet"\nrandom_seed: 1701\n'
     )
-    logs = {}
-    for where in ("gpu", "cpu"):
-        lines: list[str] = []
-        if where == "cpu":
-            gpu.set_mode_cpu()
-        solver = get_solver("solver.prototxt", log=lines.append)
-        assert solver.net.artifact.manifest["target"] == ("cuda" if where == "gpu" else "c")
-        solver.solve()
-        logs[where] = lines
 
-    def curve(lines: list[str], pattern: str) -> list[float]:
-        return [float(x) for line in lines for x in re.findall(pattern, line)]
+    def curve(lines: list[str], pattern: str) -> np.ndarray:
+        return np.array([float(x) for line in lines for x in re.findall(pattern, line)])
 
-    losses = {
-        w: curve(lines, r"Iteration \d+ \(.*\), loss = ([\d.e-]+)") for w, lines in logs.items()
-    }
-    assert len(losses["gpu"]) == len(losses["cpu"]) >= 25
-    np.testing.assert_allclose(losses["gpu"], losses["cpu"], atol=1e-3)
-    accuracy = {w: curve(lines, r"accuracy = ([\d.]+)") for w, lines in logs.items()}
-    assert accuracy["gpu"] == pytest.approx(accuracy["cpu"], abs=1e-3) and accuracy["cpu"][-1] > 0.6
+    losses, accuracy = {}, {}
+    for dtype in ("float64", "float32"):
+        for where in ("gpu", "cpu"):
+            lines: list[str] = []
+            (gpu.set_mode_gpu if where == "gpu" else gpu.set_mode_cpu)()
+            solver = get_solver("solver.prototxt", log=lines.append, dtype=dtype)
+            assert solver.net.artifact.manifest["target"] == ("cuda" if where == "gpu" else "c")
+            solver.solve()
+            losses[dtype, where] = curve(lines, r"Iteration \d+ \(.*\), loss = ([\d.e-]+)")
+            accuracy[dtype, where] = curve(lines, r"accuracy = ([\d.]+)")
+        drift = np.abs(losses[dtype, "gpu"] - losses[dtype, "cpu"])
+        print(f"{dtype}: largest loss difference {drift.max():.2g}, accuracy "
+              f"{accuracy[dtype, 'gpu'][-1]} (GPU), {accuracy[dtype, 'cpu'][-1]} (CPU)")  # fmt: skip
+    assert len(losses["float64", "gpu"]) == len(losses["float64", "cpu"]) >= 25
+    np.testing.assert_allclose(losses["float64", "gpu"], losses["float64", "cpu"], atol=1e-3)
+    np.testing.assert_allclose(accuracy["float64", "gpu"], accuracy["float64", "cpu"], atol=1e-3)
+    float32 = losses["float32", "gpu"], losses["float32", "cpu"]
+    assert float32[0][0] == pytest.approx(float32[1][0], rel=1e-5)
+    np.testing.assert_allclose(*float32, atol=0.05)
+    assert accuracy["float32", "gpu"][-1] == pytest.approx(accuracy["float32", "cpu"][-1], abs=0.05)
+    assert min(accuracy["float32", "gpu"][-1], accuracy["float32", "cpu"][-1]) > 0.6

@@ -56,8 +56,9 @@ def c_compiler() -> str:
 
 @functools.cache
 def _compiler_identity(compiler: str) -> str:
+    """What ``compiler --version`` says, whole: nvcc names its release on the fourth line."""
     result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
-    return result.stdout.splitlines()[0] if result.stdout else compiler
+    return result.stdout.strip() or compiler
 
 
 @functools.cache

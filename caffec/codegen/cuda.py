@@ -7,10 +7,11 @@ code differs. Every primitive becomes an ``extern "C" __global__`` function
 ``n`` of a per-image loop. A fused kernel becomes its parts, one function
 each, launched in order on one stream (the stream orders them, as the C
 target's sequential blocks do). Elementwise work runs in grid-stride loops
-with its sizes compiled in; a GEMM is a tiled shared-memory kernel, its
-batch on the grid's z axis. Where the C target scatters (pooling gradients,
-col2im), a thread per destination element gathers instead, so no two
-threads write one place and the sums do not depend on timing.
+with its sizes compiled in; a GEMM is a tiled shared-memory kernel, each
+thread computing up to 4x4 elements of C, its batch on the grid's z axis.
+Where the C target scatters (pooling gradients, col2im), a thread per
+destination element gathers instead, so no two threads write one place and
+the sums do not depend on timing.
 
 What the runtime needs to launch them is in the manifest's ``cuda`` entry:
 for each kernel its functions with their grid and block, and for each step
@@ -33,7 +34,8 @@ from caffec.compiler.primitives import pmap, reduce
 
 BLOCK = 256  # threads per block of a grid-stride kernel
 MAX_BLOCKS = 8192  # enough to fill any current GPU; the loops stride over the rest
-TILE = 16  # a GEMM block's tile of C is TILE x TILE, its K step TILE
+TILE = 16  # a GEMM block has TILE x TILE threads and steps through K by TILE
+MULTIPROCESSORS = 132  # an H100's or H200's: a grid of fewer blocks leaves some idle
 
 
 def environment() -> jinja2.Environment:
@@ -76,15 +78,42 @@ def work_items(part: Kernel) -> int:
 def geometry(part: Kernel) -> tuple[list[int], list[int]]:
     """The grid and block a function is launched with."""
     if part.prim == "gemm":
-        a = part.attrs
-        return [-(-a["N"] // TILE), -(-a["M"] // TILE), a["batch"]], [TILE, TILE, 1]
-    if part.prim == "reduce" and part.attrs["out_size"] == 1:  # one block for everything
-        return [1, 1, 1], [BLOCK, 1, 1]
+        a, (reach, slices) = part.attrs, gemm_layout(part.attrs)
+        side = TILE * reach
+        return [-(-a["N"] // side), -(-a["M"] // side), a["batch"]], [TILE, TILE, slices]
+    if part.prim == "reduce" and reduce_per_block(part.attrs):
+        return [min(MAX_BLOCKS, part.attrs["out_size"]), 1, 1], [BLOCK, 1, 1]
     if part.prim == "conv" and part.attrs["mode"] == "filter":  # a block per weight
         a = part.attrs
         return [min(MAX_BLOCKS, a["M"] * a["CG"] * a["KH"] * a["KW"]), 1, 1], [BLOCK, 1, 1]
     blocks = min(MAX_BLOCKS, max(1, -(-work_items(part) // BLOCK)))
     return [blocks, 1, 1], [BLOCK, 1, 1]
+
+
+def gemm_layout(attrs: dict[str, Any]) -> tuple[int, int]:
+    """How a GEMM's block works: (reach, slices). Each thread computes reach x reach
+    elements of C: 4 (a 64x64 tile per block, four multiply-adds per value read from shared
+    memory) where the grid still has a block for every multiprocessor, else 2, else 1. With
+    a grid too small even then and a long K (a weight gradient: few outputs, a sum over
+    every pixel), the block's threads are 4 slices of K, whose sums are added in order."""
+
+    def blocks(side: int) -> int:
+        return -(-attrs["N"] // side) * -(-attrs["M"] // side) * attrs["batch"]
+
+    for reach in (4, 2):
+        if blocks(TILE * reach) >= MULTIPROCESSORS:
+            return reach, 1
+    return 1, (4 if blocks(TILE) < MULTIPROCESSORS and attrs["K"] >= 16 * TILE else 1)
+
+
+def reduce_per_block(attrs: dict[str, Any]) -> bool:
+    """Whether a reduction runs a block per output (its threads share the output's elements)
+    rather than a thread per output: where the outputs are too few to fill the GPU with
+    threads and each sums more elements than a block has threads (a bias gradient: one
+    output per channel, a sum over every image's pixels)."""
+    return (
+        attrs["out_size"] < MULTIPROCESSORS * BLOCK and attrs["total"] // attrs["out_size"] >= BLOCK
+    ) or attrs["out_size"] == 1
 
 
 def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
@@ -97,6 +126,8 @@ def render_cuda(kgraph: KernelGraph) -> tuple[str, dict[str, Any]]:
         "expr_c": expression,
         "aliased": aliased,
         "tile": TILE,
+        "gemm_layout": gemm_layout,
+        "reduce_per_block": reduce_per_block,
         "block": BLOCK,
     }
     functions: list[dict[str, str]] = []

@@ -188,6 +188,33 @@ def test_the_cli_runs_on_the_device(tmp_path: Path, emulated_gpu, capsys, monkey
     assert "asks for solver_mode: GPU on device 5" in err and "-cpu" in err
 
 
+def test_time_waits_for_the_warm_up_before_timing(tmp_path: Path, emulated_gpu,
+                                                 monkeypatch) -> None:  # fmt: skip
+    """On a GPU the passes run asynchronously: the warm-up backward must be waited for, else
+    the first step timed (the data layer's) waits for it (seen on an H200: 56 ms)."""
+    from caffec.runtime.device_executor import DeviceExecutor
+
+    calls = []
+    run, synchronize = DeviceExecutor.run, DeviceExecutor.synchronize
+
+    def recorded_run(self, direction: str, begin: int, end: int) -> None:
+        calls.append((direction, begin, end))
+        run(self, direction, begin, end)
+
+    def recorded_synchronize(self) -> None:
+        calls.append("synchronize")
+        synchronize(self)
+
+    monkeypatch.setattr(DeviceExecutor, "run", recorded_run)
+    monkeypatch.setattr(DeviceExecutor, "synchronize", recorded_synchronize)
+    (tmp_path / "net.prototxt").write_text(NET)
+    assert main(["time", "-model", str(tmp_path / "net.prototxt"), "-gpu", "0",
+                 "-iterations", "1"]) == 0  # fmt: skip
+    first_timed = calls.index(("forward", 0, 1))
+    warm_up = max(i for i, c in enumerate(calls[:first_timed]) if c != "synchronize")
+    assert calls[warm_up][0] == "backward" and "synchronize" in calls[warm_up:first_timed]
+
+
 @pytest.mark.parametrize("flag", [["-gpu", "0"], []])
 def test_no_gpu_is_a_clear_error(tmp_path: Path, capsys, monkeypatch, flag) -> None:
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
