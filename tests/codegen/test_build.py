@@ -106,3 +106,23 @@ def test_a_compiler_that_crashes_either_way_is_a_caffec_bug(
     with pytest.raises(InternalError, match="crashed on caffec's generated code") as info:
         build_library(SOURCE, flags)
     assert info.value.exit_status == 1
+
+
+def test_the_cache_tells_compiler_releases_apart(
+    private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nvcc's first line of ``--version`` is the same for every release: the whole text keys
+    the cache, so another release of a compiler builds anew."""
+    flags = c_flags(reference=True)
+    libraries = []
+    for release in ("12.9", "13.0"):
+        wrapper = tmp_path / f"cc-{release}"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'case " $* " in *" --version "*) echo "A compiler driver"; echo "release {release}";'
+            f' exit 0;; esac\nexec {os.environ.get("CC", "cc")} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("CC", str(wrapper))
+        libraries.append(build_library(SOURCE, flags))
+    assert libraries[0] != libraries[1]
