@@ -88,6 +88,26 @@ layer { name: "few_loss" type: "SoftmaxWithLoss" bottom: "few_ip" bottom: "label
 LAYOUTS = [(2, 1), (4, 1), (1, 4)]  # (reach, slices): see cuda.gemm_layout
 
 
+def test_the_gpu_layouts_follow_the_grid_size() -> None:
+    """GoogLeNet's shapes at batch 32: a large C gets 64x64 tiles, smaller ones 32x32 or
+    16x16 (a block per multiprocessor at least), a weight gradient (small C, long K) slices
+    of K; bias gradients reduce by blocks."""
+    layout = cuda_codegen.gemm_layout
+
+    def gemm(m: int, n: int, k: int) -> tuple[int, int]:
+        return layout({"M": m, "N": n, "K": k, "batch": 1})
+
+    assert gemm(192, 3136, 576) == (4, 1)  # conv2/3x3, one image
+    assert gemm(64, 3136, 64) == (2, 1)  # conv2/3x3_reduce, one image
+    assert gemm(128, 784, 96 * 9) == (1, 1)  # inception_3a/3x3: 392 blocks of 16x16
+    assert gemm(64, 147, 12544) == (1, 4)  # conv1's weight gradient, one image
+    assert gemm(10, 5, 20) == (1, 1)  # small everything
+    by_block = cuda_codegen.reduce_per_block
+    assert by_block({"out_size": 64, "total": 32 * 64 * 112 * 112})  # conv1's bias gradient
+    assert not by_block({"out_size": 1000, "total": 32 * 1000})  # a classifier's, batch 32
+    assert by_block({"out_size": 1, "total": 10})  # one output: one block
+
+
 @pytest.mark.parametrize(("level", "forced"), [(0, False), (2, False), (2, True)])
 def test_cuda_kernels_compute_what_the_c_target_does(
     level: int, forced: bool, tmp_path: Path, any_gpu, monkeypatch: pytest.MonkeyPatch
