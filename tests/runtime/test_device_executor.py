@@ -215,6 +215,31 @@ def test_time_waits_for_the_warm_up_before_timing(tmp_path: Path, emulated_gpu,
     assert calls[warm_up][0] == "backward" and "synchronize" in calls[warm_up:first_timed]
 
 
+def test_time_names_the_kernels_a_gpu_does_not_launch(tmp_path: Path, emulated_gpu,
+                                                      capsys) -> None:  # fmt: skip
+    """A convolution's weights packed ahead (the C target's implicit GEMM) are a kernel that
+    launches nothing on a GPU: ``--kernels`` says so instead of timing a wait."""
+    (tmp_path / "net.prototxt").write_text(PACKED_NET)
+    assert main(["time", "-model", str(tmp_path / "net.prototxt"), "-gpu", "0",
+                 "-iterations", "1", "--kernels"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if "_convolution_" in line]
+    assert any("k0_convolution_pack\tforward of wide_conv: nothing to launch" in r for r in rows)
+    assert all(re.search(r": [\d.e-]+ ms\.$", r) for r in rows if "_pack" not in r)
+
+
+PACKED_NET = """
+name: "packed"
+layer { name: "in" type: "Input" top: "wide" top: "label"
+        input_param { shape { dim: 2 dim: 128 dim: 5 dim: 5 } shape { dim: 2 } } }
+layer { name: "wide_conv" type: "Convolution" bottom: "wide" top: "wide_conv"
+        convolution_param { num_output: 5 kernel_size: 3 stride: 2 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "wide_conv" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
 @pytest.mark.parametrize("flag", [["-gpu", "0"], []])
 def test_no_gpu_is_a_clear_error(tmp_path: Path, capsys, monkeypatch, flag) -> None:
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
