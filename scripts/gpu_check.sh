@@ -32,6 +32,15 @@ if [ "${1:-}" = prepare ]; then
     exit 0
 fi
 
+steps=" ${GPU_STEPS:-tests corpus benchmark time} "
+for name in $steps; do
+    case $name in
+        tests | corpus | benchmark | time) ;;
+        *) echo "gpu_check.sh: GPU_STEPS names '$name', which is not a step" \
+            "(the steps: tests corpus benchmark time)" >&2; exit 2 ;;
+    esac
+done
+
 site=$(mktemp -d)
 "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
@@ -46,7 +55,6 @@ status=0
 # the quick tests first, then the corpus (each net compiles C and CUDA: several test
 # processes when pytest-xdist is there), then the timings
 parallel=$("$python" -c 'import xdist' 2>/dev/null && echo "-n 12" || true)
-steps=" ${GPU_STEPS:-tests corpus benchmark time} "
 step() {  # step NAME SECONDS COMMAND...: COMMAND's output to the screen and $logs/gpu-NAME.log
     local name=$1 seconds=$2
     shift 2
