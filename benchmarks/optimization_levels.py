@@ -26,7 +26,7 @@ from caffec.compiler.pipeline import (
     load_layer_graph,
     optimization_switches,
 )
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
 from caffec.runtime.net import CompiledNet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -62,9 +62,9 @@ GPU_CASES = [
 
 def with_inputs(path: Path, phase: str, shapes: dict[str, tuple[int, ...]], out: Path) -> Path:
     """The net of ``phase`` with its data layers replaced by one Input layer of ``shapes``."""
-    from caffec.frontend import caffe_pb2
+    from caffec.formats import caffe_pb2
+    from caffec.formats.text_writer import format_text
     from caffec.frontend.loader import read_net, select_phase
-    from caffec.frontend.textformat import format_text
 
     net, spans = read_net(path)
     net, _ = select_phase(net, spans, phase, (), 0)

@@ -78,9 +78,10 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
-    from caffec.frontend import caffe_pb2
-    from caffec.frontend.textformat import format_text, read_text_file
-    from caffec.frontend.upgrade import upgrade_net, upgrade_solver
+    from caffec.formats import caffe_pb2
+    from caffec.formats.text_writer import format_text
+    from caffec.formats.upgrade import upgrade_net, upgrade_solver
+    from caffec.frontend.textformat import read_text_file
 
     try:
         net, spans = read_text_file(args.file, caffe_pb2.NetParameter)
@@ -92,7 +93,9 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
             raise net_error from None
         text = format_text(upgrade_solver(solver, spans)[0])
     if args.output:
-        _write_atomically(Path(args.output), text)
+        from caffec.formats.atomic import write_text_atomically
+
+        write_text_atomically(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -381,20 +384,10 @@ def _cmd_compute_mean(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from caffec.frontend.binaryproto import describe_file
+    from caffec.tools.inspect import describe_file
 
     sys.stdout.write(describe_file(args.file))
     return 0
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {err.strerror}") from err
 
 
 def _net_options(parser: argparse.ArgumentParser) -> None:

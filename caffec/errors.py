@@ -10,7 +10,7 @@ that says what would fix it, so the message is useful without a traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +87,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     by_case = [c for c in candidates if c.lower() == word.lower()]
     close = by_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape as messages write it: ``64x1x28x28``, or ``scalar``."""
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"

@@ -114,8 +114,8 @@ class Solver:
     def _compile(self, source: Any, phase: str, state: Any, seed: int, target_cpu: str,
                  solver: Any = None, params: Any = None) -> CompiledNet:  # fmt: skip
         from caffec.compiler.pipeline import Options, layer_graph_of
+        from caffec.formats.upgrade import upgrade_net
         from caffec.frontend.loader import read_net
-        from caffec.frontend.upgrade import upgrade_net
 
         kind, value = source
         options = Options(

@@ -1,4 +1,4 @@
-"""Generate caffec/frontend/caffe_pb2.py from caffec/frontend/caffe.proto.
+"""Generate caffec/formats/caffe_pb2.py from caffec/formats/caffe.proto.
 
     python scripts/generate_schema.py           # rewrite caffe_pb2.py
     python scripts/generate_schema.py --check   # exit 1 if caffe_pb2.py is stale
@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTO = ROOT / "caffec" / "frontend" / "caffe.proto"
-MODULE = ROOT / "caffec" / "frontend" / "caffe_pb2.py"
+PROTO = ROOT / "caffec" / "formats" / "caffe.proto"
+MODULE = ROOT / "caffec" / "formats" / "caffe_pb2.py"
 
 LINE_LIMIT = 99  # longest line written (the project's limit is 100)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from caffec.cli import main
-from caffec.frontend.idx import read_idx
+from caffec.formats.idx import read_idx
 
 # Debian's dataset-fashion-mnist, or a copy elsewhere (scripts/gpu_check.sh carries one)
 FASHION = Path(os.environ.get("CAFFEC_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))

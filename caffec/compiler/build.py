@@ -13,7 +13,7 @@ from typing import Any
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.registry import lookup
 from caffec.errors import UserError, did_you_mean
-from caffec.frontend.source_map import SourceMap
+from caffec.formats.source_map import SourceMap
 
 
 def _layer_label(param: Any, index: int) -> str:

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from caffec.compiler.ir import LayerGraph, Op, ParamBlob, Value
-from caffec.compiler.layers.common import fmt
 from caffec.compiler.passes.params import filler_dict
+from caffec.errors import shape_text
 
 
 def _shape(value: Value) -> str:
-    return "?" if value.shape is None else fmt(value.shape)
+    return "?" if value.shape is None else shape_text(value.shape)
 
 
 def _value_text(value: Value) -> str:
@@ -19,7 +19,7 @@ def _value_text(value: Value) -> str:
 
 
 def _params_text(params: list[ParamBlob]) -> str:
-    return ", ".join(f"{p.role} {fmt(p.shape)}" for p in params)
+    return ", ".join(f"{p.role} {shape_text(p.shape)}" for p in params)
 
 
 def _op_columns(op: Op) -> list[str]:

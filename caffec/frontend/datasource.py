@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.runtime.data import optional_module
+from caffec.formats import caffe_pb2
+from caffec.formats.databases import first_record
+from caffec.formats.datum import parse_datum
+from caffec.formats.optional import optional_module
 
 Shape = tuple[int, ...]
 
@@ -28,11 +30,9 @@ def resolve(source: str, base_dir: Path) -> Path | None:
 def first_datum(path: Path, backend: str) -> caffe_pb2.Datum:
     """The first record of an LMDB or LevelDB database, as a Datum.
 
-    The database is opened through the runtime's shared handle: a process may
+    The database is opened through the process's shared handle: a process may
     already be reading it (a net being rebuilt), and LMDB allows one open.
     """
-    from caffec.runtime.data import first_record, parse_datum
-
     item = first_record(path, backend)
     if item is None:
         raise UserError(f"the database {path} is empty")

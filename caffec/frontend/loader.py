@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
+from caffec.formats.source_map import SourceMap
+from caffec.formats.upgrade import upgrade_net, upgrade_solver
 from caffec.frontend.netstate import filter_net, make_state
-from caffec.frontend.source_map import SourceMap
 from caffec.frontend.textformat import parse_text, read_text_file
-from caffec.frontend.upgrade import upgrade_net, upgrade_solver
 
 
 def read_net(path: str | Path) -> tuple[caffe_pb2.NetParameter, SourceMap]:

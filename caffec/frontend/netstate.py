@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from caffec.errors import InternalError, UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.source_map import Path, SourceMap
+from caffec.formats import caffe_pb2
+from caffec.formats.source_map import Path, SourceMap
 
 NetParameter = caffe_pb2.NetParameter
 NetState = caffe_pb2.NetState
@@ -65,7 +65,7 @@ def filter_net(
 ) -> tuple[NetParameter, SourceMap]:
     """A copy of ``net`` holding only the layers that run in ``state``, and its moved spans.
 
-    ``net`` must be in the current format (run :func:`caffec.frontend.upgrade.upgrade_net`
+    ``net`` must be in the current format (run :func:`caffec.formats.upgrade.upgrade_net`
     first). The result's ``state`` field is set to ``state``, so later stages
     know which phase they build.
     """

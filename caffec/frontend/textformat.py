@@ -1,4 +1,5 @@
-"""The protobuf text format (.prototxt): reading it into typed messages and writing it back.
+"""The protobuf text format (.prototxt): reading it into typed messages (writing it back:
+:mod:`caffec.formats.text_writer`).
 
 caffec parses the text itself, with the lark grammar in ``prototxt.lark``,
 instead of using protobuf's ``text_format``, because every later stage needs
@@ -15,7 +16,6 @@ import functools
 import math
 import os
 import re
-import struct
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,11 +23,12 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedToken
 
 from caffec.errors import Span, UserError, did_you_mean
-from caffec.frontend.source_map import Path as FieldPath
-from caffec.frontend.source_map import SourceMap
+from caffec.formats.source_map import Path as FieldPath
+from caffec.formats.source_map import SourceMap
+from caffec.formats.text_writer import is_map
+from caffec.frontend.syntax_errors import describe_token, shorten, syntax_tree
 
 M = TypeVar("M", bound=Message)
 
@@ -51,7 +52,7 @@ def parse_text(
     """Parse protobuf text into a new ``message_class``, with the span of every field."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    tree = _syntax_tree(text, filename)
+    tree = syntax_tree(_parser(), text, filename)
     message = message_class()
     source_map = SourceMap()
     source_map[()] = Span(filename, 1, 1)
@@ -85,134 +86,6 @@ def read_text_file(path: str | os.PathLike[str], message_class: type[M]) -> tupl
             hint="save it as UTF-8; binary files such as .caffemodel are read by another reader",
         ) from None
     return parse_text(text, message_class, filename=name)
-
-
-# --- syntax errors -------------------------------------------------------------------------
-
-_CLOSERS = {"LBRACE": "RBRACE", "LANGLE": "RANGLE", "LSQB": "RSQB"}
-_OPENERS = {"RBRACE": "'{'", "RANGLE": "'<'", "RSQB": "'['"}
-_WORDS = {
-    "NAME": "a field name",
-    "COLON": "':'",
-    "LBRACE": "'{'",
-    "LANGLE": "'<'",
-    "LSQB": "'['",
-    "COMMA": "','",
-    "RSQB": "']'",
-    "RBRACE": "'}'",
-    "RANGLE": "'>'",
-    "$END": "end of file",
-}
-_FIELD_HINT = "a field is written 'name: value' or 'name { ... }'"
-_VALUE_HINT = (
-    "a value is a number, a string in quotes, a name (an enum value, true or false), "
-    "a message in { } or a list in [ ]"
-)
-
-
-def _syntax_tree(text: str, filename: str) -> Tree:
-    """Parse ``text`` with the grammar, turning lark's exceptions into plain-worded errors."""
-    try:
-        return _parser().parse(text)
-    except UnexpectedCharacters as err:
-        raise _bad_character(text, err, filename) from None
-    except UnexpectedToken as err:
-        raise _bad_token(err, filename) from None
-
-
-def _bad_character(text: str, err: UnexpectedCharacters, filename: str) -> UserError:
-    span = Span(filename, err.line, err.column)
-    char = err.char
-    if char in "\"'":
-        return UserError(
-            "unterminated string: a string must end on the line where it starts",
-            span=span,
-            hint=f"close it with {char}; write a line break inside a string as \\n",
-        )
-    if char.isdigit() or char == ".":
-        word = re.match(r"(?:[eE][+-]|[\w.])+", text[err.pos_in_stream :])
-        return UserError(
-            f"invalid number '{word.group() if word else char}'",
-            span=span,
-            hint="numbers are written like 42, -7, 0x1F, 017, 0.5, 1e-4 or 1.0f",
-        )
-    return UserError(f"unexpected character {char!r}", span=span, hint=_FIELD_HINT)
-
-
-def _bad_token(err: UnexpectedToken, filename: str) -> UserError:
-    token = err.token
-    stack = err.state.value_stack if err.state is not None else []
-    closer, opened = _innermost_open(stack)
-    # err.accepts replays the parser on each terminal: unlike err.expected, which LALR's merged
-    # states make too wide, it is exactly what could come next here.
-    expected = set(err.accepts)
-    if "NAME" in expected:
-        expected.discard("COMMA")  # a separator between fields is optional: not worth listing
-    close_words = f"{_WORDS[closer]} to close {opened}" if closer in expected else ""
-    if token.type == "$END":
-        # lark places the end token on the last real token; point just after it.
-        span = Span(filename, token.end_line or 1, token.end_column or 1)
-        found = "end of file"
-    else:
-        span = Span(filename, token.line, token.column)
-        found = _describe_token(token)
-
-    if token.type in _OPENERS and closer is None and "INT" not in expected:
-        return UserError(
-            f"unexpected {found}: there is no open {_OPENERS[token.type]} to close",
-            span=span,
-            hint="remove it, or look above for a missing opening bracket",
-        )
-    if token.type == "$END" and close_words:
-        return UserError(
-            f"unexpected end of file: expected {close_words}",
-            span=span,
-            hint=f"add {_WORDS[closer]} where it should end",
-        )
-    hint = _FIELD_HINT
-    if {"INT", "STRING"} <= expected:
-        words = ["a value"] + ([close_words] if close_words else [])
-        hint = _VALUE_HINT
-    elif "INT" in expected:
-        words = ["a number or inf/nan after '-'"]
-        hint = _VALUE_HINT
-    else:
-        words = [
-            close_words if name == closer else _WORDS[name] for name in _WORDS if name in expected
-        ]
-    after = ""
-    if "COLON" in expected and stack and isinstance(stack[-1], Token):
-        after = f" after '{stack[-1]}'"
-    listed = ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
-    return UserError(f"expected {listed}{after}, found {found}", span=span, hint=hint)
-
-
-def _innermost_open(stack: list) -> tuple[str | None, str]:
-    """The closer the innermost open bracket needs, and words for where it was opened."""
-    for index in range(len(stack) - 1, -1, -1):
-        item = stack[index]
-        if isinstance(item, Token) and item.type in _CLOSERS:
-            before = index - 1
-            if before >= 0 and isinstance(stack[before], Token) and stack[before].type == "COLON":
-                before -= 1
-            if before >= 0 and isinstance(stack[before], Token) and stack[before].type == "NAME":
-                owner = stack[before]
-                return _CLOSERS[item.type], f"'{owner}' opened at {owner.line}:{owner.column}"
-            what = "the list" if item.type == "LSQB" else "the message"
-            return _CLOSERS[item.type], f"{what} opened at {item.line}:{item.column}"
-    return None, ""
-
-
-def _describe_token(token: Token) -> str:
-    if token.type == "STRING":
-        return f"string {_shorten(token.value)}"
-    if token.type in ("INT", "FLOAT"):
-        return f"number {token.value}"
-    return f"'{token.value}'"
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- conversion through the descriptor -----------------------------------------------------
@@ -268,10 +141,6 @@ def _type_word(field: FieldDescriptor) -> str:
     return _TYPE_WORDS[field.type]
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
 def _first_token(node: Tree | Token) -> Token:
     """The token a value starts at: its sign, opening bracket or first string."""
     return node if isinstance(node, Token) else node.children[0]
@@ -293,12 +162,12 @@ def _written(node: Tree | Token) -> str:
 def _describe(node: Tree | Token) -> str:
     """How a value appears in an error message: 'string "3"', 'number 3.5', 'a message'."""
     if isinstance(node, Token):
-        return _describe_token(node)
+        return describe_token(node)
     if node.data == "negative":
         number = node.children[1]
         return f"'{_written(node)}'" if number.type == "NAME" else f"number {_written(node)}"
     if node.data == "string":
-        return f"string {_shorten(' '.join(part.value for part in node.children))}"
+        return f"string {shorten(' '.join(part.value for part in node.children))}"
     return "a message" if node.data == "message" else "a list"
 
 
@@ -406,7 +275,7 @@ class _Converter:
     ) -> None:
         """Append one element to a repeated field (or one entry to a map)."""
         container = getattr(message, field.name)
-        if _is_map(field):
+        if is_map(field):
             entry = message_factory.GetMessageClass(field.message_type)()
             self.submessage(entry, field, node, path, depth)
             if field.message_type.fields_by_name["value"].cpp_type == _FD.CPPTYPE_MESSAGE:
@@ -628,98 +497,3 @@ class _Converter:
             hint="a surrogate \\uD800-\\uDBFF must be followed by \\uDC00-\\uDFFF; "
             "code points end at \\U0010FFFF",
         )
-
-
-# --- writing -------------------------------------------------------------------------------
-
-_BYTE_ESCAPES = [
-    chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:03o}" for b in range(256)
-]
-_BYTE_ESCAPES[ord("\n")] = "\\n"
-_BYTE_ESCAPES[ord("\r")] = "\\r"
-_BYTE_ESCAPES[ord("\t")] = "\\t"
-_BYTE_ESCAPES[ord('"')] = '\\"'
-_BYTE_ESCAPES[ord("\\")] = "\\\\"
-_NEEDS_ESCAPE = re.compile(r'["\\]|[^\x20-\x7e]')
-
-
-def format_text(message: Message) -> str:
-    """Write ``message`` in Caffe's text style; ``parse_text`` reads it back to an equal message."""
-    lines: list[str] = []
-    _write_fields(message, "", lines)
-    return "".join(lines)
-
-
-def _write_fields(message: Message, indent: str, lines: list[str]) -> None:
-    for field, value in message.ListFields():
-        if _is_map(field):
-            entry_class = message_factory.GetMessageClass(field.message_type)
-            for key in sorted(value):
-                entry = entry_class(key=key)
-                if isinstance(value[key], Message):
-                    entry.value.CopyFrom(value[key])
-                else:
-                    entry.value = value[key]
-                _write_field(field, entry, indent, lines)
-        elif field.is_repeated:
-            for element in value:
-                _write_field(field, element, indent, lines)
-        else:
-            _write_field(field, value, indent, lines)
-
-
-def _write_field(field: FieldDescriptor, value: object, indent: str, lines: list[str]) -> None:
-    if field.cpp_type == _FD.CPPTYPE_MESSAGE:
-        lines.append(f"{indent}{field.name} {{\n")
-        _write_fields(value, indent + "  ", lines)
-        lines.append(f"{indent}}}\n")
-    else:
-        lines.append(f"{indent}{field.name}: {_format_scalar(field, value)}\n")
-
-
-def _format_scalar(field: FieldDescriptor, value: object) -> str:
-    kind = field.cpp_type
-    if kind == _FD.CPPTYPE_STRING:
-        if field.type == _FD.TYPE_BYTES:
-            return '"' + "".join(_BYTE_ESCAPES[b] for b in value) + '"'
-        return '"' + _NEEDS_ESCAPE.sub(_escape_char, value) + '"'
-    if kind == _FD.CPPTYPE_BOOL:
-        return "true" if value else "false"
-    if kind == _FD.CPPTYPE_ENUM:
-        named = field.enum_type.values_by_number.get(value)
-        return named.name if named is not None else str(value)
-    if kind == _FD.CPPTYPE_FLOAT:
-        return _format_float32(value)
-    if kind == _FD.CPPTYPE_DOUBLE:
-        return repr(value)
-    return str(value)
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    """Printable non-ASCII text stays readable; everything ambiguous becomes an escape."""
-    char = match.group()
-    code = ord(char)
-    if code < 0x80:
-        return _BYTE_ESCAPES[code]
-    if char.isprintable():
-        return char
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _to_float32(number: float) -> float:
-    try:
-        return struct.unpack("f", struct.pack("f", number))[0]
-    except OverflowError:
-        return math.copysign(math.inf, number)
-
-
-def _format_float32(value: float) -> str:
-    """The shortest decimal that reads back to the same float32 (0.1f prints as 0.1)."""
-    if not math.isfinite(value):
-        return repr(value)
-    for digits in range(1, 10):  # nine significant digits always identify a float32
-        shortest = float(f"{value:.{digits}g}")
-        if _to_float32(shortest) == value:
-            break
-    text = repr(shortest)  # repr, not %g, so that 100 prints as 100 rather than 1e+02
-    return text[:-2] if text.endswith(".0") else text

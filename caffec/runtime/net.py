@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from caffec.errors import UserError
+from caffec.errors import UserError, shape_text
 from caffec.runtime.artifact import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
@@ -187,11 +187,11 @@ class CompiledNet:
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
         if str(path).endswith(".h5"):
-            from caffec.frontend.hdf5_snapshot import read_hdf5_weights
+            from caffec.formats.hdf5_snapshot import read_hdf5_weights
 
             by_name = read_hdf5_weights(path)
         else:
-            from caffec.frontend.weights import read_weights
+            from caffec.formats.weights import read_weights
 
             by_name = read_weights(path).blobs_by_name()
         for name, blobs in by_name.items():
@@ -208,7 +208,8 @@ class CompiledNet:
                 if not source.matches(dest.shape):
                     raise UserError(
                         f"layer '{name}': cannot copy param {i}: the weights in {path} have "
-                        f"shape {_fmt(source.shape)}, the net's parameter has {_fmt(dest.shape)}",
+                        f"shape {shape_text(source.shape)}, the net's parameter has "
+                        f"{shape_text(dest.shape)}",
                         hint="the layer's num_output, kernel or input size differs from the "
                         "net the weights were trained with",
                     )
@@ -217,13 +218,13 @@ class CompiledNet:
     def save(self, path: str | Path) -> None:
         """Write the weights as a .caffemodel (or Caffe's HDF5 form, for a .h5 path)."""
         if str(path).endswith(".h5"):
-            from caffec.frontend.hdf5_snapshot import write_hdf5_weights
+            from caffec.formats.hdf5_snapshot import write_hdf5_weights
 
             write_hdf5_weights(path, [(layer.name, [b.data for b in layer.blobs])
                                       for layer in self.layers])  # fmt: skip
             return
-        from caffec.frontend import caffe_pb2
-        from caffec.frontend.binaryproto import write_caffemodel
+        from caffec.formats import caffe_pb2
+        from caffec.formats.binaryproto_writer import write_caffemodel
 
         net = caffe_pb2.NetParameter(name=self.artifact.manifest["name"])
         blobs = []
@@ -243,8 +244,10 @@ class CompiledNet:
         data, labels = np.asarray(data), np.asarray(labels).reshape(-1)
         if data.shape[1:] != self.blobs[top].data.shape[1:] or len(data) != len(labels):
             raise UserError(
-                f"set_input_arrays: data {_fmt(data.shape)} and labels {_fmt(labels.shape)} do not "
-                f"fit the layer's {_fmt(self.blobs[top].data.shape)} batches with one label each"
+                f"set_input_arrays: data {shape_text(data.shape)} and labels "
+                f"{shape_text(labels.shape)} do not "
+                f"fit the layer's {shape_text(self.blobs[top].data.shape)} batches with one label "
+                "each"
             )
         if len(data) % batch:
             raise UserError(
@@ -402,7 +405,7 @@ class CompiledNet:
         if getattr(self, "_open_feeders", None) is None:
             self._open_feeders: dict[str, Any] = {}
         if spec["layer"] not in self._open_feeders:
-            from caffec.runtime.data import make_feeder
+            from caffec.runtime.feeder import make_feeder
 
             m = self.artifact.manifest
             shapes = {t: self.blobs[t].data.shape for t in spec["tops"]}
@@ -472,11 +475,7 @@ def checked_array(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         raise UserError(f"{what} has dtype {array.dtype}; give numbers (float32)")
     if array.shape != shape and not (array.size == 1 == int(np.prod(shape))):
         raise UserError(
-            f"{what} has shape {_fmt(array.shape)}, the net expects {_fmt(shape)}",
+            f"{what} has shape {shape_text(array.shape)}, the net expects {shape_text(shape)}",
             hint="reshape the array, or reshape the net's input (blob.reshape + net.reshape)",
         )
     return array.reshape(shape)
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"

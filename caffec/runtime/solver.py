@@ -275,11 +275,11 @@ class TrainingLoop:
         self.log(f"Snapshotting solver state to {kind} file {state}")
         history = self._ordered_histories()
         if kind == "HDF5":
-            from caffec.frontend.hdf5_snapshot import write_hdf5_solverstate
+            from caffec.formats.hdf5_snapshot import write_hdf5_solverstate
 
             write_hdf5_solverstate(state, self.iter, str(model), history, self.current_step)
         else:
-            from caffec.frontend.binaryproto import write_solverstate
+            from caffec.formats.binaryproto_writer import write_solverstate
 
             write_solverstate(state, self.iter, str(model), history, self.current_step)
         return model, state
@@ -295,11 +295,11 @@ class TrainingLoop:
     def restore(self, path: str | Path) -> None:
         """Continue from a .solverstate: its weights, histories, iteration and lr position."""
         if str(path).endswith(".h5"):
-            from caffec.frontend.hdf5_snapshot import read_hdf5_solverstate
+            from caffec.formats.hdf5_snapshot import read_hdf5_solverstate
 
             iteration, learned_net, current_step, history = read_hdf5_solverstate(path)
         else:
-            from caffec.frontend.binaryproto import read_solverstate
+            from caffec.formats.binaryproto import read_solverstate
 
             state, history = read_solverstate(path)
             iteration, learned_net, current_step = state.iter, state.learned_net, state.current_step

@@ -25,12 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.binaryproto import write_blobproto
-from caffec.frontend.idx import read_idx
-from caffec.runtime.data import datum_array, iter_db, optional_module, parse_datum, parse_image_list
-from caffec.runtime.transform import fmt, read_image, resize_bilinear
+from caffec.errors import UserError, shape_text
+from caffec.formats import caffe_pb2
+from caffec.formats.binaryproto_writer import write_blobproto
+from caffec.formats.databases import iter_db
+from caffec.formats.datum import datum_array, parse_datum
+from caffec.formats.idx import read_idx
+from caffec.formats.images import pillow, read_image, resize_bilinear
+from caffec.formats.lists import parse_image_list
+from caffec.formats.optional import optional_module
 
 __all__ = ["compute_mean", "convert_imageset", "convert_mnist"]
 
@@ -177,14 +180,14 @@ def convert_mnist(images: PathLike, labels: PathLike, out: PathLike, backend: st
     classes = read_idx(labels)
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
         raise UserError(
-            f"{images} holds {pixels.dtype.name} {fmt(pixels.shape)}; MNIST images are uint8 "
-            "NxHxW (an idx3-ubyte file)",
+            f"{images} holds {pixels.dtype.name} {shape_text(pixels.shape)}; MNIST images "
+            "are uint8 NxHxW (an idx3-ubyte file)",
             hint="give the images file first and the labels file second",
         )
     if classes.ndim != 1 or classes.dtype.kind not in "iu":
         raise UserError(
-            f"{labels} holds {classes.dtype.name} {fmt(classes.shape)}; MNIST labels are one "
-            "integer per image (an idx1-ubyte file)",
+            f"{labels} holds {classes.dtype.name} {shape_text(classes.shape)}; MNIST labels "
+            "are one integer per image (an idx1-ubyte file)",
             hint="give the images file first and the labels file second",
         )
     if len(pixels) != len(classes):
@@ -213,7 +216,6 @@ def _match_ext(name: str, encoding: str) -> bool:
 
 def _encode(image: np.ndarray, encoding: str, where: str) -> bytes:
     """A (C, H, W) BGR or gray uint8 image as an encoded file (OpenCV's imencode)."""
-    from caffec.runtime.transform import pillow
 
     form = _FORMATS.get(encoding)
     if form is None:
@@ -292,8 +294,8 @@ def convert_imageset(
                     first_shape = image.shape
                 elif image.shape != first_shape:
                     raise UserError(
-                        f"{where}: the image {path} is {fmt(image.shape)}, the first one was "
-                        f"{fmt(first_shape)}",
+                        f"{where}: the image {path} is {shape_text(image.shape)}, the first one "
+                        f"was {shape_text(first_shape)}",
                         hint="resize the images (resize_height, resize_width), or leave "
                         "check_size off",
                     )
@@ -336,7 +338,8 @@ def compute_mean(db: PathLike, out: PathLike, backend: str = "lmdb") -> np.ndarr
             total = np.zeros(image.shape, dtype=np.float64)
         elif image.shape != total.shape:
             raise UserError(
-                f"{where} is {fmt(image.shape)}, the records before it are {fmt(total.shape)}",
+                f"{where} is {shape_text(image.shape)}, the records before it are "
+                f"{shape_text(total.shape)}",
                 hint="a mean image needs images of one size; resize them when converting",
             )
         total += image

@@ -14,8 +14,8 @@ from conftest import CORPUS
 from caffec.compiler.build import build_layer_graph
 from caffec.compiler.ir import LayerGraph
 from caffec.compiler.pipeline import Options, run_passes
+from caffec.formats.upgrade import upgrade_net
 from caffec.frontend.loader import read_net, read_solver, select_phase
-from caffec.frontend.upgrade import upgrade_net
 
 PROTOTXTS = sorted(CORPUS.rglob("*.prototxt")) if CORPUS.is_dir() else []
 NETS = [p for p in PROTOTXTS if "solver" not in p.name]
@@ -185,7 +185,7 @@ def test_missing_source_names_the_flag_to_give(
 
 def test_data_shape_from_an_lmdb_source(tmp_path: Path) -> None:
     lmdb = pytest.importorskip("lmdb")
-    from caffec.frontend import caffe_pb2
+    from caffec.formats import caffe_pb2
 
     datum = caffe_pb2.Datum(channels=1, height=28, width=28, data=bytes(784), label=3)
     with lmdb.open(str(tmp_path / "train_lmdb"), map_size=1 << 20) as env:

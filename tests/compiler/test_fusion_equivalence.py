@@ -30,7 +30,7 @@ from caffec.compiler.pipeline import (
     optimization_switches,
 )
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
 from caffec.frontend.loader import read_net
 from caffec.runtime.net import CompiledNet
 

@@ -21,7 +21,7 @@ from caffec.compiler.pipeline import (
     load_layer_graph,
     optimization_switches,
 )
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
 from caffec.frontend.loader import parse_net
 from caffec.runtime.net import CompiledNet
 

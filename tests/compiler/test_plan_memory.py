@@ -364,7 +364,7 @@ def test_elementwise_maps_write_in_place_but_never_over_an_input() -> None:
 
 
 def lenet_options(**kw: object) -> Options:
-    from caffec.frontend import caffe_pb2
+    from caffec.formats import caffe_pb2
 
     solver = caffe_pb2.SolverParameter(
         type="SGD", base_lr=0.01, momentum=0.9, weight_decay=5e-4, clip_gradients=10.0

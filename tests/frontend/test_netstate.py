@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from caffec.errors import InternalError, UserError
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
+from caffec.formats.source_map import SourceMap
+from caffec.formats.upgrade import upgrade_net
 from caffec.frontend.netstate import (
     filter_net,
     layer_included,
@@ -15,9 +17,7 @@ from caffec.frontend.netstate import (
     make_state,
     state_meets_rule,
 )
-from caffec.frontend.source_map import SourceMap
 from caffec.frontend.textformat import parse_text
-from caffec.frontend.upgrade import upgrade_net
 
 BVLC = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "bvlc"
 needs_corpus = pytest.mark.skipif(not BVLC.is_dir(), reason="../shared/corpus is not here")

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.textformat import format_text, parse_text, read_text_file
+from caffec.formats import caffe_pb2
+from caffec.formats.text_writer import format_text
+from caffec.frontend.textformat import parse_text, read_text_file
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CORPUS = SHARED / "corpus" / "bvlc"

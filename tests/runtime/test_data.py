@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.binaryproto import write_blobproto
-from caffec.runtime.data import make_feeder
-from caffec.runtime.transform import resize_bilinear
+from caffec.formats import caffe_pb2
+from caffec.formats.binaryproto_writer import write_blobproto
+from caffec.formats.images import resize_bilinear
+from caffec.runtime.feeder import make_feeder
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow (the `data` extra) is not installed")
 
@@ -137,7 +137,7 @@ def test_two_readers_of_one_database_in_one_process(tmp_path: Path, backend: str
     and LevelDB locks a database, so the readers share one handle."""
     if backend == "LEVELDB":
         _plyvel_or_skip()
-    from caffec.runtime.data import _HANDLES, first_record
+    from caffec.formats.databases import _HANDLES, first_record
 
     x = images(6)
     db = write_db(tmp_path / "db", [(b"%d" % i, raw_datum(x[i], i)) for i in range(6)], backend)

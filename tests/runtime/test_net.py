@@ -15,7 +15,7 @@ from conftest import REPO
 
 import caffec
 from caffec.errors import UserError
-from caffec.frontend.idx import read_idx
+from caffec.formats.idx import read_idx
 
 LENET = REPO / "examples/mnist/lenet.prototxt"
 FASHION = Path("/usr/share/datasets/fashion-mnist")

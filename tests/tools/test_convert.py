@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.binaryproto import read_blobproto
-from caffec.frontend.idx import read_idx
-from caffec.runtime.data import make_feeder
+from caffec.formats import caffe_pb2
+from caffec.formats.binaryproto import read_blobproto
+from caffec.formats.idx import read_idx
+from caffec.runtime.feeder import make_feeder
 from caffec.tools import compute_mean, convert_imageset, convert_mnist
 
 lmdb = pytest.importorskip("lmdb", reason="lmdb (the `data` extra) is not installed")

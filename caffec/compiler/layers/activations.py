@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from caffec.compiler.ir import Op, ParamBlob, Shape
-from caffec.compiler.layers.common import SameShape, count, fmt
+from caffec.compiler.layers.common import SameShape, count
 from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
-from caffec.frontend import caffe_pb2
+from caffec.errors import shape_text
+from caffec.formats import caffe_pb2
 
 
 class Elementwise(SameShape):
@@ -146,7 +147,9 @@ class Dropout(SameShape):
 class PReLU(SameShape):
     def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
         if len(bottoms[0]) < 2:
-            raise ShapeError(f"PReLU needs a bottom of at least 2 axes, got {fmt(bottoms[0])}")
+            raise ShapeError(
+                f"PReLU needs a bottom of at least 2 axes, got {shape_text(bottoms[0])}"
+            )
         return [bottoms[0]]
 
     def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:

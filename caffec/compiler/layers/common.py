@@ -8,6 +8,7 @@ from typing import Any
 
 from caffec.compiler.ir import Shape
 from caffec.compiler.registry import ShapeError
+from caffec.errors import shape_text
 
 
 def canonical_axis(axis: int, ndim: int, what: str = "axis") -> int:
@@ -25,24 +26,21 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
     return math.prod(shape[start:end])
 
 
-def fmt(shape: Sequence[int]) -> str:
-    """A shape as people write it: ``64x1x28x28``, or ``scalar``."""
-    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
-
-
 def require_same_shapes(bottoms: list[Shape], what: str = "bottoms") -> None:
     """All bottoms must have one shape (Eltwise, Convolution's several bottoms...)."""
     for shape in bottoms[1:]:
         if shape != bottoms[0]:
             raise ShapeError(
-                f"all {what} must have the same shape, got " + ", ".join(fmt(s) for s in bottoms)
+                f"all {what} must have the same shape, got "
+                + ", ".join(shape_text(s) for s in bottoms)
             )
 
 
 def require_axes(shape: Shape, ndim: int, layer_kind: str) -> None:
     if len(shape) != ndim:
         raise ShapeError(
-            f"{layer_kind} needs a {ndim}-D bottom (num, channels, height, width), got {fmt(shape)}"
+            f"{layer_kind} needs a {ndim}-D bottom (num, channels, height, width), got "
+            f"{shape_text(shape)}"
         )
 
 

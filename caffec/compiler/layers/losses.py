@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from caffec.compiler.ir import Op, Shape
-from caffec.compiler.layers.common import SameShape, canonical_axis, count, fmt
+from caffec.compiler.layers.common import SameShape, canonical_axis, count
 from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
+from caffec.errors import shape_text
 
 SCALAR: Shape = ()
 
@@ -16,7 +17,7 @@ def _same_batch(bottoms: list[Shape]) -> None:
     """Caffe's LossLayer check: data and label agree on the first axis."""
     if bottoms[0][:1] != bottoms[1][:1]:
         raise ShapeError(
-            f"the data {fmt(bottoms[0])} and the label {fmt(bottoms[1])} "
+            f"the data {shape_text(bottoms[0])} and the label {shape_text(bottoms[1])} "
             "must have the same first (batch) axis"
         )
 
@@ -25,7 +26,8 @@ def _labels_per_prediction(scores: Shape, labels: Shape, axis: int) -> None:
     expected = count(scores, 0, axis) * count(scores, axis + 1)
     if count(labels) != expected:
         raise ShapeError(
-            f"{count(labels)} labels for predictions of shape {fmt(scores)}: with the class axis "
+            f"{count(labels)} labels for predictions of shape {shape_text(scores)}: with the "
+            "class axis "
             f"{axis} there must be one label per prediction, {expected} in all"
         )
 
@@ -191,7 +193,7 @@ class SigmoidCrossEntropyLoss:
         _same_batch(bottoms)
         if count(bottoms[0]) != count(bottoms[1]):
             raise ShapeError(
-                f"the scores {fmt(bottoms[0])} and the targets {fmt(bottoms[1])} "
+                f"the scores {shape_text(bottoms[0])} and the targets {shape_text(bottoms[1])} "
                 "must have the same number of elements"
             )
         return [SCALAR]
@@ -254,7 +256,8 @@ class EuclideanLoss:
         _same_batch(bottoms)
         if count(bottoms[0], 1) != count(bottoms[1], 1):
             raise ShapeError(
-                f"the inputs {fmt(bottoms[0])} and {fmt(bottoms[1])} must have the same "
+                f"the inputs {shape_text(bottoms[0])} and {shape_text(bottoms[1])} must have the "
+                "same "
                 "number of elements per item"
             )
         return [SCALAR]
@@ -296,12 +299,13 @@ class ContrastiveLoss:
         a, b, similar = bottoms
         if a != b or count(a, 2) != 1:
             raise ShapeError(
-                f"the two feature bottoms must be N x C (x 1 x 1) and equal, got {fmt(a)} and "
-                f"{fmt(b)}"
+                f"the two feature bottoms must be N x C (x 1 x 1) and equal, got {shape_text(a)} "
+                "and "
+                f"{shape_text(b)}"
             )
         if count(similar, 1) != 1 or similar[:1] != a[:1]:
             raise ShapeError(
-                f"the similarity bottom must hold one value per pair, got {fmt(similar)}"
+                f"the similarity bottom must hold one value per pair, got {shape_text(similar)}"
             )
         return [SCALAR]
 

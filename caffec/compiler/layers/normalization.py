@@ -6,10 +6,11 @@ from typing import Any
 
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.kernels import Buffer
-from caffec.compiler.layers.common import SameShape, canonical_axis, count, fmt
+from caffec.compiler.layers.common import SameShape, canonical_axis, count
 from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import ShapeError, register_layer
-from caffec.frontend import caffe_pb2
+from caffec.errors import shape_text
+from caffec.formats import caffe_pb2
 
 ROW: Shape = (1, 1, 1)  # a 1-element buffer broadcast over an (outer, mid, inner) view
 
@@ -161,12 +162,13 @@ def affine_shape(p: Any, bottoms: list[Shape]) -> tuple[int, Shape]:
         end = len(bottom) if p.num_axes == -1 else axis + p.num_axes
         if end > len(bottom):
             raise ShapeError(
-                f"axis {axis} + num_axes {p.num_axes} runs past the bottom {fmt(bottom)}"
+                f"axis {axis} + num_axes {p.num_axes} runs past the bottom {shape_text(bottom)}"
             )
         operand = bottom[axis:end]
     if tuple(bottom[axis : axis + len(operand)]) != tuple(operand):
         raise ShapeError(
-            f"the operand {fmt(operand)} does not match the bottom {fmt(bottom)} from axis {axis}"
+            f"the operand {shape_text(operand)} does not match the bottom {shape_text(bottom)} "
+            f"from axis {axis}"
         )
     return axis, tuple(operand)
 

@@ -8,7 +8,7 @@ from caffec.compiler.ir import Op, Shape
 from caffec.compiler.layers.common import canonical_axis, count
 from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.registry import register_layer
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
 
 OPS = caffe_pb2.ReductionParameter
 

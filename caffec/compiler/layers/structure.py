@@ -6,9 +6,10 @@ from typing import Any
 
 from caffec.compiler.ir import Op, Shape
 from caffec.compiler.kernels import Operand
-from caffec.compiler.layers.common import canonical_axis, count, fmt, require_same_shapes
+from caffec.compiler.layers.common import canonical_axis, count, require_same_shapes
 from caffec.compiler.primitives import pmap, strided_copy
 from caffec.compiler.registry import ShapeError, register_layer
+from caffec.errors import shape_text
 
 
 def copy_all(source: Any, dest: Any, size: int, accumulate: bool = False) -> Any:
@@ -80,7 +81,7 @@ class Concat:
             ):
                 raise ShapeError(
                     f"bottoms must agree on every axis but the concat axis {axis}, got "
-                    + ", ".join(fmt(s) for s in bottoms)
+                    + ", ".join(shape_text(s) for s in bottoms)
                 )
         top = list(first)
         top[axis] = sum(s[axis] for s in bottoms)
@@ -195,10 +196,14 @@ class Reshape(Reinterpret):
         total = count(bottom)
         if -1 in top:
             if known == 0 or total % known:
-                raise ShapeError(f"cannot infer the -1 dim: {total} elements into {fmt(top)}")
+                raise ShapeError(
+                    f"cannot infer the -1 dim: {total} elements into {shape_text(top)}"
+                )
             top[top.index(-1)] = total // known
         if count(top) != total:
-            raise ShapeError(f"reshaping {fmt(bottom)} to {fmt(top)} changes the element count")
+            raise ShapeError(
+                f"reshaping {shape_text(bottom)} to {shape_text(top)} changes the element count"
+            )
         return [tuple(top)]
 
 

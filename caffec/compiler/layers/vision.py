@@ -12,7 +12,6 @@ from caffec.compiler.layers.common import (
     SameShape,
     canonical_axis,
     count,
-    fmt,
     require_axes,
     require_same_shapes,
 )
@@ -35,7 +34,7 @@ from caffec.compiler.primitives import (
     strided_copy,
 )
 from caffec.compiler.registry import ShapeError, register_layer
-from caffec.errors import UserError
+from caffec.errors import UserError, shape_text
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def conv_geometry(layer: Any, bottom: Shape) -> ConvGeometry:
     axis = canonical_axis(p.axis, len(bottom))
     n = len(bottom) - axis - 1
     if n < 1:
-        raise ShapeError(f"the bottom {fmt(bottom)} has no spatial axes after axis {axis}")
+        raise ShapeError(f"the bottom {shape_text(bottom)} has no spatial axes after axis {axis}")
     kernel = _h_w(p, "kernel_size", 0, n)
     if not len(p.kernel_size) and not p.HasField("kernel_h"):
         raise ShapeError("no kernel size", hint="set kernel_size (or kernel_h and kernel_w)")
@@ -717,7 +716,8 @@ class Crop:
         big, like = bottoms
         if len(big) != len(like):
             raise ShapeError(
-                f"both bottoms need the same number of axes, got {fmt(big)} and {fmt(like)}"
+                f"both bottoms need the same number of axes, got {shape_text(big)} and "
+                f"{shape_text(like)}"
             )
         axis = canonical_axis(p.axis, len(big))
         cropped = len(big) - axis

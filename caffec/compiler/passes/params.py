@@ -7,9 +7,9 @@ from typing import Any
 from google.protobuf import json_format
 
 from caffec.compiler.ir import LayerGraph, Op
-from caffec.compiler.layers.common import count, fmt
+from caffec.compiler.layers.common import count
 from caffec.compiler.registry import ShapeError, lookup
-from caffec.errors import UserError
+from caffec.errors import UserError, shape_text
 from caffec.runtime import fillers
 
 
@@ -57,7 +57,7 @@ def create_params(graph: LayerGraph) -> LayerGraph:
             if not same:
                 raise UserError(
                     f"cannot share param '{ps.name}' with layer '{owner.name}': its shape "
-                    f"{fmt(mine)} differs from {fmt(theirs)}",
+                    f"{shape_text(mine)} differs from {shape_text(theirs)}",
                     span=op.span,
                     layer=op.name,
                 )

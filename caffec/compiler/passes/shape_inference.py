@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from caffec.compiler.ir import LayerGraph, Shape
-from caffec.compiler.layers.common import fmt
 from caffec.compiler.registry import InferContext, ShapeError, lookup
-from caffec.errors import InternalError, UserError
+from caffec.errors import InternalError, UserError, shape_text
 
 
 def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGraph:
@@ -19,7 +18,7 @@ def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGra
         try:
             tops = spec.infer(op.param, bottoms, ctx)
         except ShapeError as err:
-            seen = ", ".join(f"{v.blob} {fmt(v.shape)}" for v in op.bottoms)  # type: ignore[arg-type]
+            seen = ", ".join(f"{v.blob} {shape_text(v.shape)}" for v in op.bottoms)  # type: ignore[arg-type]
             message = f"{op.type}: {err.message}" + (f" (bottoms: {seen})" if seen else "")
             raise UserError(message, span=op.span, layer=op.name, hint=err.hint) from None
         except UserError as err:
@@ -33,7 +32,7 @@ def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGra
         for value, shape in zip(op.tops, tops, strict=True):
             if any(d <= 0 for d in shape):
                 raise UserError(
-                    f"{op.type}: top '{value.blob}' would have the empty shape {fmt(shape)}",
+                    f"{op.type}: top '{value.blob}' would have the empty shape {shape_text(shape)}",
                     span=op.span,
                     layer=op.name,
                 )
@@ -51,4 +50,4 @@ def _check_overrides(graph: LayerGraph, ctx: InferContext) -> None:
                 hint=f"data tops in this net: {', '.join(data_tops) or 'none'}",
             )
         if not shape or any(d <= 0 for d in shape):
-            raise UserError(f"--shape {name}={fmt(shape)}: dimensions must be positive")
+            raise UserError(f"--shape {name}={shape_text(shape)}: dimensions must be positive")

@@ -9,19 +9,20 @@ from pathlib import Path
 import pytest
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.source_map import SourceMap
-from caffec.frontend.textformat import format_text, parse_text
-from caffec.frontend.upgrade import (
+from caffec.formats import caffe_pb2
+from caffec.formats.field_moves import UpgradeWarning
+from caffec.formats.source_map import SourceMap
+from caffec.formats.text_writer import format_text
+from caffec.formats.upgrade import (
     SOLVER_TYPE_NAMES,
-    V0_TYPE_NAMES,
     V1_TYPE_NAMES,
-    UpgradeWarning,
     net_needs_upgrade,
     solver_needs_upgrade,
     upgrade_net,
     upgrade_solver,
 )
+from caffec.formats.upgrade_v0 import V0_TYPE_NAMES
+from caffec.frontend.textformat import parse_text
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 BVLC = SHARED / "corpus" / "bvlc"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from caffec.frontend import caffe_pb2
-from caffec.frontend.weights import read_weights
+from caffec.formats import caffe_pb2
+from caffec.formats.weights import read_weights
 
 
 def test_v1_caffemodel_upgrades_with_its_blobs(tmp_path: Path) -> None:

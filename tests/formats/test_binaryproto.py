@@ -17,19 +17,21 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from caffec.errors import UserError
-from caffec.frontend import caffe_pb2
-from caffec.frontend.binaryproto import (
+from caffec.formats import caffe_pb2
+from caffec.formats.binaryproto import (
     Blob,
-    describe_file,
     read_blobproto,
     read_blobproto_vector,
     read_caffemodel,
     read_solverstate,
+)
+from caffec.formats.binaryproto_writer import (
     write_blobproto,
     write_blobproto_vector,
     write_caffemodel,
     write_solverstate,
 )
+from caffec.tools.inspect import describe_file
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LENET = SHARED / "corpus" / "weights" / "lenet_iter_10000.caffemodel"

@@ -35,22 +35,16 @@ so an error found later still points at what the user wrote.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
-
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from caffec.errors import InternalError, Span, UserError, did_you_mean
-from caffec.frontend import caffe_pb2
-from caffec.frontend.source_map import Path, SourceMap
+from caffec.errors import InternalError, UserError
+from caffec.formats import caffe_pb2
+from caffec.formats.field_moves import copy_fields, put
+from caffec.formats.source_map import Path, SourceMap
+from caffec.formats.upgrade_v0 import v0_to_v1
 
 NetParameter = caffe_pb2.NetParameter
 SolverParameter = caffe_pb2.SolverParameter
-
-
-class UpgradeWarning(UserWarning):
-    """An old-format field that has no home in the current format and is dropped, as in Caffe."""
 
 
 # V1LayerParameter.LayerType enum name -> the current format's type string.
@@ -97,34 +91,6 @@ V1_TYPE_NAMES: dict[str, str] = {
     "THRESHOLD": "Threshold",
 }
 
-# V0 type string -> V1LayerParameter.LayerType enum name ("padding" is folded away instead).
-V0_TYPE_NAMES: dict[str, str] = {
-    "accuracy": "ACCURACY",
-    "bnll": "BNLL",
-    "concat": "CONCAT",
-    "conv": "CONVOLUTION",
-    "data": "DATA",
-    "dropout": "DROPOUT",
-    "euclidean_loss": "EUCLIDEAN_LOSS",
-    "flatten": "FLATTEN",
-    "hdf5_data": "HDF5_DATA",
-    "hdf5_output": "HDF5_OUTPUT",
-    "im2col": "IM2COL",
-    "images": "IMAGE_DATA",
-    "infogain_loss": "INFOGAIN_LOSS",
-    "innerproduct": "INNER_PRODUCT",
-    "lrn": "LRN",
-    "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
-    "pool": "POOLING",
-    "relu": "RELU",
-    "sigmoid": "SIGMOID",
-    "softmax": "SOFTMAX",
-    "softmax_loss": "SOFTMAX_LOSS",
-    "split": "SPLIT",
-    "tanh": "TANH",
-    "window_data": "WINDOW_DATA",
-}
-
 # SolverParameter.SolverType enum name -> the solver's type string.
 SOLVER_TYPE_NAMES: dict[str, str] = {
     "SGD": "SGD",
@@ -133,83 +99,6 @@ SOLVER_TYPE_NAMES: dict[str, str] = {
     "RMSPROP": "RMSProp",
     "ADADELTA": "AdaDelta",
     "ADAM": "Adam",
-}
-
-# V0 fields that land in the same V1 field whatever the layer type.
-_V0_COMMON: dict[str, tuple[str, ...]] = {
-    "name": ("name",),
-    "blobs": ("blobs",),
-    "blobs_lr": ("blobs_lr",),
-    "weight_decay": ("weight_decay",),
-    "scale": ("transform_param", "scale"),
-    "meanfile": ("transform_param", "mean_file"),
-    "cropsize": ("transform_param", "crop_size"),
-    "mirror": ("transform_param", "mirror"),
-}
-
-
-def _in(param: str, field: str, *types: str) -> dict[str, tuple[str, ...]]:
-    return {t: (param, field) for t in types}
-
-
-# V0 fields whose V1 home depends on the V0 layer type; a type not listed has no home.
-_V0_BY_TYPE: dict[str, dict[str, tuple[str, ...]]] = {
-    "num_output": {
-        "conv": ("convolution_param", "num_output"),
-        "innerproduct": ("inner_product_param", "num_output"),
-    },
-    "biasterm": {
-        "conv": ("convolution_param", "bias_term"),
-        "innerproduct": ("inner_product_param", "bias_term"),
-    },
-    "weight_filler": {
-        "conv": ("convolution_param", "weight_filler"),
-        "innerproduct": ("inner_product_param", "weight_filler"),
-    },
-    "bias_filler": {
-        "conv": ("convolution_param", "bias_filler"),
-        "innerproduct": ("inner_product_param", "bias_filler"),
-    },
-    "pad": {"conv": ("convolution_param", "pad"), "pool": ("pooling_param", "pad")},
-    "kernelsize": {
-        "conv": ("convolution_param", "kernel_size"),
-        "pool": ("pooling_param", "kernel_size"),
-    },
-    "group": _in("convolution_param", "group", "conv"),
-    "stride": {"conv": ("convolution_param", "stride"), "pool": ("pooling_param", "stride")},
-    "pool": _in("pooling_param", "pool", "pool"),
-    "dropout_ratio": _in("dropout_param", "dropout_ratio", "dropout"),
-    "local_size": _in("lrn_param", "local_size", "lrn"),
-    "alpha": _in("lrn_param", "alpha", "lrn"),
-    "beta": _in("lrn_param", "beta", "lrn"),
-    "k": _in("lrn_param", "k", "lrn"),
-    "source": {
-        "data": ("data_param", "source"),
-        "hdf5_data": ("hdf5_data_param", "source"),
-        "images": ("image_data_param", "source"),
-        "window_data": ("window_data_param", "source"),
-        "infogain_loss": ("infogain_loss_param", "source"),
-    },
-    "batchsize": {
-        "data": ("data_param", "batch_size"),
-        "hdf5_data": ("hdf5_data_param", "batch_size"),
-        "images": ("image_data_param", "batch_size"),
-        "window_data": ("window_data_param", "batch_size"),
-    },
-    "rand_skip": {
-        "data": ("data_param", "rand_skip"),
-        "images": ("image_data_param", "rand_skip"),
-    },
-    "shuffle_images": _in("image_data_param", "shuffle", "images"),
-    "new_height": _in("image_data_param", "new_height", "images"),
-    "new_width": _in("image_data_param", "new_width", "images"),
-    "concat_dim": _in("concat_param", "concat_dim", "concat"),
-    "det_fg_threshold": _in("window_data_param", "fg_threshold", "window_data"),
-    "det_bg_threshold": _in("window_data_param", "bg_threshold", "window_data"),
-    "det_fg_fraction": _in("window_data_param", "fg_fraction", "window_data"),
-    "det_context_pad": _in("window_data_param", "context_pad", "window_data"),
-    "det_crop_mode": _in("window_data_param", "crop_mode", "window_data"),
-    "hdf5_output_param": {"hdf5_output": ("hdf5_output_param",)},
 }
 
 # V1 per-blob lists -> the ParamSpec field each element becomes.
@@ -290,7 +179,7 @@ def upgrade_net(
         )
     out = net
     if net_needs_v0_upgrade(out):
-        out, spans = _v0_to_v1(out, spans)
+        out, spans = v0_to_v1(out, spans)
     if net_needs_v1_upgrade(out):
         out, spans = _v1_to_current(out, spans)
     if out is net:
@@ -301,163 +190,10 @@ def upgrade_net(
     return out, spans
 
 
-def _v0_to_v1(net: NetParameter, spans: SourceMap) -> tuple[NetParameter, SourceMap]:
-    """V0 ``layers { layer {...} }`` -> V1 ``layers {...}``, folding padding layers away."""
-    entries = net.layers
-    for i, entry in enumerate(entries):
-        if not entry.HasField("layer"):
-            raise UserError(
-                "this V0 net also has a V1-style 'layers' entry (one without an inner "
-                "'layer { ... }')",
-                span=spans.get(("layers", i)),
-                layer=entry.name or None,
-                hint="in a V0 net every entry must be 'layers { layer { name type ... } "
-                "bottom top }'; write them all in one format",
-            )
-        _check_v0_type(entry, spans.get(("layers", i, "layer", "type")) or spans.get(("layers", i)))
-
-    # Fold each padding layer into the conv/pool layer that reads its output.
-    last_writer: dict[str, int] = {}
-    folded: dict[int, int] = {}  # consumer's old index -> padding layer's old index
-    rewired: dict[int, list[str]] = {}
-    for i, entry in enumerate(entries):
-        for j, blob in enumerate(entry.bottom):
-            src = last_writer.get(blob)
-            if src is None or entries[src].layer.type != "padding":
-                continue
-            _check_padding_consumer(entries, i, src, spans)
-            folded[i] = src
-            rewired.setdefault(i, list(entry.bottom))[j] = entries[src].bottom[0]
-        for blob in entry.top:
-            last_writer[blob] = i
-
-    kept = [i for i, entry in enumerate(entries) if entry.layer.type != "padding"]
-    out = NetParameter()
-    _copy_fields(net, out, skip=("layers",))
-    for i in kept:
-        entry = entries[i]
-        if i in folded:
-            entry = _with_padding(entry, entries[folded[i]], rewired[i])
-        _v0_layer_to_v1(entry, out.layers.add(), spans, i)
-
-    new_index = {old: new for new, old in enumerate(kept)}
-    pad_owner = {pad: consumer for consumer, pad in folded.items()}
-    v0_types = [entry.layer.type for entry in entries]
-
-    def rename(path: Path) -> Path | None:
-        if len(path) < 2 or path[0] != "layers":
-            return path
-        i, rest = path[1], path[2:]
-        if i not in new_index:
-            # The padding layer's own 'pad' becomes its consumer's pad; the rest goes.
-            if rest != ("layer", "pad") or i not in pad_owner:
-                return None
-            i = pad_owner[i]
-        k = new_index[i]
-        if rest[:1] != ("layer",):
-            return ("layers", k, *rest)
-        if len(rest) == 1:
-            return None
-        field, tail = rest[1], rest[2:]
-        if field == "type":
-            return ("layers", k, "type")
-        target = _v0_target(str(field), v0_types[i])
-        if target is None:
-            return ("layers", k)
-        source_repeated = caffe_pb2.V0LayerParameter.DESCRIPTOR.fields_by_name[field].is_repeated
-        if not source_repeated and _field_at(caffe_pb2.V1LayerParameter, target).is_repeated:
-            tail = (0, *tail)
-        return ("layers", k, *target, *tail)
-
-    return out, spans.move(rename)
-
-
-def _check_v0_type(entry: Message, span: Span | None) -> None:
-    v0 = entry.layer
-    if v0.type == "padding" or v0.type in V0_TYPE_NAMES:
-        return
-    if not v0.HasField("type"):
-        message, hint = "V0 layer has no 'type'", None
-    else:
-        message = f"unknown V0 layer type '{v0.type}'"
-        hint = did_you_mean(v0.type, [*V0_TYPE_NAMES, "padding"])
-    raise UserError(
-        message,
-        span=span,
-        layer=v0.name or None,
-        hint=hint or "V0 layer types are: " + ", ".join(sorted([*V0_TYPE_NAMES, "padding"])),
-    )
-
-
-def _check_padding_consumer(entries: Sequence[Message], i: int, src: int, spans: SourceMap) -> None:
-    """Caffe folds a padding layer only into a single-input conv or pool layer."""
-    consumer, padding = entries[i], entries[src]
-    problem = None
-    if consumer.layer.type not in ("conv", "pool"):
-        problem = (
-            f"reads the output of padding layer '{padding.layer.name}', but only 'conv' and "
-            f"'pool' layers can absorb a V0 padding layer (this one is '{consumer.layer.type}')"
-        )
-    elif len(consumer.bottom) != 1:
-        problem = "reads a padding layer's output but has more than one bottom"
-    elif len(padding.bottom) != 1 or len(padding.top) != 1:
-        problem = f"reads padding layer '{padding.layer.name}', which needs one bottom and one top"
-    if problem is not None:
-        raise UserError(
-            problem,
-            span=spans.get(("layers", i)),
-            layer=consumer.layer.name or None,
-            hint="give the conv/pool layer a 'pad' instead of a separate padding layer",
-        )
-
-
-def _with_padding(entry: Message, padding: Message, bottoms: list[str]) -> Message:
-    """``entry`` reading the padding layer's input directly, with the padding layer's pad."""
-    folded = caffe_pb2.V1LayerParameter()
-    folded.CopyFrom(entry)
-    folded.layer.pad = padding.layer.pad
-    del folded.bottom[:]
-    folded.bottom.extend(bottoms)
-    return folded
-
-
-def _v0_target(field: str, v0_type: str) -> tuple[str, ...] | None:
-    """Where V0 field ``field`` of a layer of ``v0_type`` goes in V1, or None if nowhere."""
-    if field in _V0_COMMON:
-        return _V0_COMMON[field]
-    return _V0_BY_TYPE.get(field, {}).get(v0_type)
-
-
-def _v0_layer_to_v1(entry: Message, out: Message, spans: SourceMap, i: int) -> None:
-    v0 = entry.layer
-    out.bottom.extend(entry.bottom)
-    out.top.extend(entry.top)
-    out.type = caffe_pb2.V1LayerParameter.LayerType.Value(V0_TYPE_NAMES[v0.type])
-    for field, value in v0.ListFields():
-        if field.name == "type":
-            continue
-        target = _v0_target(field.name, v0.type)
-        if target is None:
-            span = spans.get(("layers", i, "layer", field.name))
-            where = f"{span}: " if span is not None else ""
-            warnings.warn(
-                UpgradeWarning(
-                    f"{where}V0 field '{field.name}' means nothing for a '{v0.type}' layer "
-                    f"('{v0.name}'); dropped, as Caffe does"
-                ),
-                stacklevel=2,
-            )
-            continue
-        if field.name == "pool":
-            pool_method = caffe_pb2.V0LayerParameter.PoolMethod.Name(value)
-            value = caffe_pb2.PoolingParameter.PoolMethod.Value(pool_method)
-        _put(out, target, value, field.is_repeated)
-
-
 def _v1_to_current(net: NetParameter, spans: SourceMap) -> tuple[NetParameter, SourceMap]:
     """V1 ``layers {...}`` -> current ``layer {...}``, one for one and in order."""
     out = NetParameter()
-    _copy_fields(net, out, skip=("layers",))
+    copy_fields(net, out, skip=("layers",))
     v1_types: list[str | None] = []
     for v1 in net.layers:
         type_name = (
@@ -510,7 +246,7 @@ def _v1_layer_to_current(v1: Message, type_name: str | None, layer: Message) -> 
                     item = caffe_pb2.ParamSpec.DimCheckMode.Value(mode)
                 setattr(layer.param[k], _V1_PARAM_FIELDS[name], item)
         else:
-            _put(layer, (name,), value, field.is_repeated)
+            put(layer, (name,), value, field.is_repeated)
     data_param = _DATA_PARAMS.get(type_name or "")
     if data_param is not None and layer.HasField(data_param):
         old = getattr(layer, data_param)
@@ -676,48 +412,3 @@ def _inline_nets(solver: SolverParameter) -> list[tuple[Path, NetParameter]]:
     for i, net in enumerate(solver.test_net_param):
         nets.append((("test_net_param", i), net))
     return nets
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _field_at(message_class: type[Message], path: Sequence[str]) -> FieldDescriptor:
-    """The FieldDescriptor at the end of ``path``, starting from ``message_class``."""
-    descriptor = message_class.DESCRIPTOR
-    field = None
-    for name in path:
-        field = descriptor.fields_by_name[name]
-        descriptor = field.message_type
-    return field
-
-
-def _put(message: Message, path: Sequence[str], value: object, value_is_list: bool) -> None:
-    """Store ``value`` at ``path`` under ``message``, appending where the target is repeated."""
-    for name in path[:-1]:
-        message = getattr(message, name)
-    name = path[-1]
-    field = message.DESCRIPTOR.fields_by_name.get(name)
-    if field is None:
-        raise InternalError(
-            f"caffec's Caffe schema has no field {message.DESCRIPTOR.name}.{name}",
-            hint="the upgrade tables and caffe.proto disagree; please report this",
-        )
-    values = list(value) if value_is_list else [value]
-    if field.is_repeated:
-        container = getattr(message, name)
-        for item in values:
-            if field.message_type is not None:
-                container.add().CopyFrom(item)
-            else:
-                container.append(item)
-    elif field.message_type is not None:
-        getattr(message, name).CopyFrom(values[-1])
-    else:
-        setattr(message, name, values[-1])
-
-
-def _copy_fields(src: Message, dst: Message, skip: Sequence[str]) -> None:
-    """Copy every set field of ``src`` into ``dst`` (same type) except those in ``skip``."""
-    for field, value in src.ListFields():
-        if field.name not in skip:
-            _put(dst, (field.name,), value, field.is_repeated)

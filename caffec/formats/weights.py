@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caffec.frontend.binaryproto import CaffeModel, read_caffemodel
-from caffec.frontend.upgrade import upgrade_net
+from caffec.formats.binaryproto import CaffeModel, read_caffemodel
+from caffec.formats.upgrade import upgrade_net
 
 
 def read_weights(path: str | Path) -> CaffeModel:

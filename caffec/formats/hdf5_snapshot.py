@@ -7,27 +7,21 @@ a group ``history`` of datasets 0, 1, ... Needs h5py (the ``data`` extra).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from caffec.errors import UserError
-from caffec.frontend.binaryproto import Blob
-from caffec.runtime.data import optional_module
+from caffec.formats.atomic import replacing
+from caffec.formats.binaryproto import Blob
+from caffec.formats.optional import optional_module
 
 
 def _write_atomically(path: Path, fill: object) -> None:
     h5py = optional_module("h5py", "h5py")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)  # type: ignore[operator]
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        fill(f)  # type: ignore[operator]
 
 
 def write_hdf5_weights(

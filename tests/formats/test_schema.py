@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from caffec.frontend import caffe_pb2
+from caffec.formats import caffe_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -81,12 +81,12 @@ def test_checked_in_module_is_current():
     pytest.importorskip("grpc_tools", reason="grpcio-tools (the `test` extra) is not installed")
     generator = _generator()
     expected = generator.module_text()
-    actual = (REPO / "caffec" / "frontend" / "caffe_pb2.py").read_text(encoding="utf-8")
+    actual = (REPO / "caffec" / "formats" / "caffe_pb2.py").read_text(encoding="utf-8")
     assert actual == expected, "caffe_pb2.py is stale: run `python scripts/generate_schema.py`"
 
 
 def test_module_lines_fit():
-    text = (REPO / "caffec" / "frontend" / "caffe_pb2.py").read_text(encoding="utf-8")
+    text = (REPO / "caffec" / "formats" / "caffe_pb2.py").read_text(encoding="utf-8")
     assert text.startswith('"""') and "DO NOT EDIT" in text.split('"""')[1]
     assert max(len(line) for line in text.splitlines()) < 100
 
@@ -443,14 +443,14 @@ def test_uses_a_private_descriptor_pool():
         "other = descriptor_pb2.FileDescriptorProto(name='caffe.proto', package='caffe')\n"
         "other.message_type.add(name='BlobShape')\n"
         "descriptor_pool.Default().Add(other)\n"
-        "from caffec.frontend import caffe_pb2\n"
+        "from caffec.formats import caffe_pb2\n"
         "assert not descriptor_pool.Default().FindFileByName('caffe.proto').message_types_by_name"
         ".get('NetParameter')\n"
         "shape = caffe_pb2.BlobShape(dim=[2, 3])\n"
         "assert list(caffe_pb2.BlobShape.FromString(shape.SerializeToString()).dim) == [2, 3]\n"
     )
     clean = "from google.protobuf import descriptor_pool\n" + (
-        "from caffec.frontend import caffe_pb2\n"
+        "from caffec.formats import caffe_pb2\n"
         "try:\n"
         "    descriptor_pool.Default().FindFileByName('caffe.proto')\n"
         "except KeyError:\n"
