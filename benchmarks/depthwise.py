@@ -25,7 +25,7 @@ NET = Path(__file__).resolve().parent / "nets/mobilenet_blocks.prototxt"
 def build(choose_algorithms: bool) -> Any:
     from caffec.compiler.pipeline import Options, optimization_switches
     from caffec.net import compile_file
-    from caffec.runtime.net import CompiledNet
+    from caffec.runtime.compiled_net import CompiledNet
 
     options = Options(phase="TRAIN", backward=True, **optimization_switches(2))
     options = replace(options, choose_algorithms=choose_algorithms)

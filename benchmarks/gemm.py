@@ -114,8 +114,8 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
     """The generated GEMM of ``shape`` in a library with ``run(buf, count, reps)``, its plan,
     and the size of the buffer its weights are packed into before the images (0: none)."""
     import caffec
-    from caffec.codegen.build import build_library, c_flags
     from caffec.codegen.c import aliased, environment, expression, pointer
+    from caffec.codegen.toolchain import build_library, c_flags
     from caffec.compiler.kernels import Buffer, Operand
     from caffec.compiler.primitives import gemm, prepack
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
@@ -27,7 +27,7 @@ from caffec.compiler.pipeline import (
     optimization_switches,
 )
 from caffec.formats import caffe_pb2
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 REPO = Path(__file__).resolve().parents[1]
 SOLVER = caffe_pb2.SolverParameter(type="SGD", base_lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -15,7 +15,7 @@ def __getattr__(name: str):  # the API loads on first use, so `import caffec` st
 
         return Net
     if name in ("TRAIN", "TEST"):
-        from caffec.runtime import net
+        from caffec.runtime import compiled_net as net
 
         return getattr(net, name)
     if name in ("set_mode_cpu", "set_mode_gpu", "set_device"):

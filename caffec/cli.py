@@ -114,7 +114,7 @@ def _use_gpu(gpu: str | None) -> None:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import shutil
 
-    from caffec.codegen.artifact import write_artifact
+    from caffec.codegen.artifact_writer import write_artifact
     from caffec.compiler.pipeline import (
         Options,
         build_kernel_graph,
@@ -141,7 +141,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     write_artifact(kgraph, out, args.target_cpu, args.target, tuple(args.cuda_arch or ["90"]),
                    options.reference_build)  # fmt: skip
     if args.weights:
-        from caffec.runtime.net import CompiledNet
+        from caffec.runtime.compiled_net import CompiledNet
 
         CompiledNet(out, args.weights)  # refuse weights that do not fit, before embedding them
         shutil.copyfile(args.weights, out / "weights.caffemodel")
@@ -167,7 +167,7 @@ def _report(artifact: Path) -> str:
     persistent = itemsize * sum(math.prod(b["shape"]) for b in m["buffers"] if b["offset"] is None)
     probe = (
         "import resource, numpy as np\n"
-        "from caffec.runtime.net import CompiledNet\n"
+        "from caffec.runtime.compiled_net import CompiledNet\n"
         f"net = CompiledNet({str(artifact)!r})\n"
         "net.forward(**{n: np.zeros(net.blobs[n].data.shape) for n in net.inputs})\n"
         "net.backward() if net.artifact.manifest['backward'] else None\n"
@@ -221,8 +221,8 @@ def _check_artifact_target(artifact: Any, gpu: str | None) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from caffec.runtime.artifact import load_artifact
-    from caffec.runtime.net import CompiledNet
+    from caffec.runtime.artifact_loader import load_artifact
+    from caffec.runtime.compiled_net import CompiledNet
 
     embedded = Path(args.artifact) / "weights.caffemodel"
     weights = args.weights or (embedded if embedded.exists() else None)
@@ -305,7 +305,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     import numpy as np
 
     from caffec.net import Net
-    from caffec.runtime.solver import caffe_log
+    from caffec.runtime.training import caffe_log
 
     _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
@@ -332,8 +332,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 def _cmd_time(args: argparse.Namespace) -> int:
     from caffec.net import Net
-    from caffec.runtime.solver import caffe_log
     from caffec.runtime.timing import benchmark
+    from caffec.runtime.training import caffe_log
 
     _use_gpu(args.gpu)
     if args.iterations < 1:
@@ -349,7 +349,7 @@ def _cmd_time(args: argparse.Namespace) -> int:
 
 
 def caffec_phase(name: str) -> int:
-    from caffec.runtime.net import TEST, TRAIN
+    from caffec.runtime.compiled_net import TEST, TRAIN
 
     return TRAIN if name == "TRAIN" else TEST
 

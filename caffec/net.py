@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from caffec.errors import UserError
-from caffec.runtime.net import TEST, TRAIN, CompiledNet
+from caffec.runtime.compiled_net import TEST, TRAIN, CompiledNet
 
 PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
@@ -47,8 +47,8 @@ def compile_cached(
     sources decide some), the options, the solver and the target, so a change to
     any of them compiles anew and an unchanged net compiles once.
     """
-    from caffec.codegen.artifact import write_artifact
-    from caffec.codegen.build import cache_dir, compiler_fingerprint
+    from caffec.codegen.artifact_writer import write_artifact
+    from caffec.codegen.toolchain import cache_dir, compiler_fingerprint
     from caffec.compiler.pipeline import build_kernel_graph
 
     shapes = {v.name: v.shape for v in graph.values.values()}

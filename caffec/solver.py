@@ -13,8 +13,8 @@ from typing import Any
 
 from caffec.errors import UserError
 from caffec.net import compile_cached, cuda_arch_of_mode
-from caffec.runtime.net import CompiledNet
-from caffec.runtime.solver import SolverSettings, TrainingLoop, caffe_log
+from caffec.runtime.compiled_net import CompiledNet
+from caffec.runtime.training import SolverSettings, TrainingLoop, caffe_log
 
 
 def _settings(param: Any) -> SolverSettings:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cuda_emulator import EmulatedDevice, fake_cupy
 
-from caffec.compiler.build import build_layer_graph
+from caffec.compiler.graph_builder import build_layer_graph
 from caffec.compiler.ir import LayerGraph
 from caffec.compiler.pipeline import Options, run_passes
 from caffec.frontend.loader import parse_net, select_phase

@@ -10,7 +10,7 @@ import pytest
 
 import caffec
 from caffec.errors import UserError
-from caffec.runtime.solver import SolverSettings, learning_rate
+from caffec.runtime.training import SolverSettings, learning_rate
 from caffec.solver import SGDSolver, get_solver
 
 NET = """
@@ -245,7 +245,7 @@ def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_progress_bar_only_on_a_terminal() -> None:
     import io
 
-    from caffec.runtime.solver import Progress
+    from caffec.runtime.training import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

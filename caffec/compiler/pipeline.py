@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from caffec.compiler.build import build_layer_graph
+from caffec.compiler.graph_builder import build_layer_graph
 from caffec.compiler.ir import LayerGraph, Shape
 from caffec.compiler.kernels import KernelGraph
 from caffec.compiler.passes.autodiff import autodiff

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
-from caffec.runtime.artifact import Artifact
+from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.device_executor import DeviceState
 from caffec.runtime.gpu import cupy, device_ids
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from caffec.runtime.artifact import Artifact
+from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.executor import DTYPES, Executor, blob_view
 
 Launch = tuple[Any, tuple[int, ...], tuple[int, ...], int]  # function, grid, block, image n

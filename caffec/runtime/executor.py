@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
-from caffec.runtime.artifact import Artifact
+from caffec.runtime.artifact_loader import Artifact
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 ALIGN = 64

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 
 def _timed(run: Callable[[], None]) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from caffec.codegen.build import build_library, c_flags
+from caffec.codegen.toolchain import build_library, c_flags
 from caffec.errors import InternalError
 
 SOURCE = "static void k0_relu_map(void** buf, long n) { (void)buf; (void)n; }\nint f(void) { return 1; }\n"
@@ -34,7 +34,7 @@ def test_second_build_comes_from_the_cache(private_cache: Path) -> None:
 
 def test_concurrent_builds_of_the_same_source_both_succeed(private_cache: Path) -> None:
     code = (
-        "from caffec.codegen.build import build_library, c_flags\n"
+        "from caffec.codegen.toolchain import build_library, c_flags\n"
         f"print(build_library({SOURCE + '/* race */'!r}, c_flags(reference=True)))\n"
     )
     env = {**os.environ, "CAFFEC_CACHE_DIR": str(private_cache)}

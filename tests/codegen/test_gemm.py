@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import caffec
-from caffec.codegen.build import build_library, c_flags
 from caffec.codegen.c import aliased, environment, expression, pointer
+from caffec.codegen.toolchain import build_library, c_flags
 from caffec.compiler.kernels import Buffer, Operand
 from caffec.compiler.primitives import gemm
 

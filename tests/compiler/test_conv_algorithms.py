@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from caffec.codegen.build import build_cuda, cuda_flags
 from caffec.codegen.cuda import render_cuda
+from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import CORPUS
 
-from caffec.compiler.build import build_layer_graph
+from caffec.compiler.graph_builder import build_layer_graph
 from caffec.compiler.ir import LayerGraph
 from caffec.compiler.pipeline import Options, run_passes
 from caffec.formats.upgrade import upgrade_net

@@ -24,7 +24,7 @@ from nets import same_params, train_step
 from test_fusion_equivalence import SOLVER
 
 from caffec.codegen import cuda as cuda_codegen
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
@@ -32,7 +32,7 @@ from caffec.compiler.pipeline import (
     optimization_switches,
 )
 from caffec.frontend.loader import parse_net
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 NET = """
 name: "every_primitive"

@@ -19,10 +19,10 @@ from conftest import CORPUS
 from test_corpus import pyloss_on_path  # noqa: F401 (a fixture)
 from test_fusion_equivalence import BVLC, check_equivalent, corpus_options
 
-from caffec.codegen.artifact import manifest
-from caffec.codegen.build import build_cuda, c_flags, cuda_flags
+from caffec.codegen.artifact_writer import manifest
 from caffec.codegen.c import kernel_names, render
 from caffec.codegen.cuda import render_cuda
+from caffec.codegen.toolchain import build_cuda, c_flags, cuda_flags
 from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of, optimization_switches
 from caffec.errors import UserError
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import CORPUS
 from test_corpus import DATA_SHAPES, NETS, TEST_STAGES, pyloss_on_path  # noqa: F401
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
@@ -32,7 +32,7 @@ from caffec.compiler.pipeline import (
 from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.frontend.loader import read_net
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 BVLC = [p for p in NETS if p.is_relative_to(CORPUS / "bvlc")]
 LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.prototxt"

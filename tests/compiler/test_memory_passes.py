@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from nets import same_params, train_step
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
@@ -23,7 +23,7 @@ from caffec.compiler.pipeline import (
 )
 from caffec.formats import caffe_pb2
 from caffec.frontend.loader import parse_net
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.prototxt"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.kernels import Loop
 from caffec.compiler.passes.parallel_loops import parallelize_loops
 from caffec.compiler.passes.plan_memory import plan_memory
@@ -17,7 +17,7 @@ from caffec.compiler.pipeline import (
     load_layer_graph,
     optimization_switches,
 )
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.prototxt"
 OPTIONS = Options(phase="TRAIN", shapes={"data": (6, 1, 28, 28)}, backward=True)

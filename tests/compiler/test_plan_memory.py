@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from nets import same_params, train_step
 from test_corpus import DATA_SHAPES, NETS, compile_net, pyloss_on_path  # noqa: F401
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.kernels import (
     BlobBinding,
     Buffer,
@@ -36,7 +36,7 @@ from caffec.compiler.pipeline import (
 )
 from caffec.errors import UserError
 from caffec.frontend.loader import read_net
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 BVLC_NETS = [p for p in NETS if p.is_relative_to(CORPUS / "bvlc")]
 LENET = Path(__file__).resolve().parents[2] / "examples/mnist/lenet_train_test.prototxt"
@@ -373,7 +373,7 @@ def lenet_options(**kw: object) -> Options:
 
 
 def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
-    from caffec.codegen.artifact import plan_offsets
+    from caffec.codegen.artifact_writer import plan_offsets
 
     graph = load_layer_graph(LENET, lenet_options())
     planned = build_kernel_graph(graph, lenet_options())

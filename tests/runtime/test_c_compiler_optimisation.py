@@ -17,9 +17,9 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from caffec.codegen.artifact import write_artifact
+from caffec.codegen.artifact_writer import write_artifact
 from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 
 def _net(case: dict) -> str:

@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import caffec
-from caffec.codegen.build import c_compiler
+from caffec.codegen.toolchain import c_compiler
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
     optimization_switches,
 )
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 
 def conv(n: int, c: int, o: int, k: tuple, pad: tuple, hw: tuple, group: int = 1,

@@ -73,7 +73,7 @@ def test_random_lenet_equals_a_numpy_forward(tmp_path: Path) -> None:
 
 def test_an_artifact_runs_without_the_compiler(tmp_path: Path, lenet_weights: Path) -> None:
     """A fresh process that cannot import lark, networkx or jinja2 still runs the artifact."""
-    from caffec.codegen.artifact import write_artifact
+    from caffec.codegen.artifact_writer import write_artifact
     from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
 
     out = tmp_path / "lenet.caffec"
@@ -85,7 +85,7 @@ import sys
 for name in ("lark", "networkx", "jinja2"):
     sys.modules[name] = None  # importing any of them now fails
 import numpy as np
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 net = CompiledNet({str(out)!r}, {str(lenet_weights)!r})
 np.save({str(tmp_path / "prob.npy")!r}, net.forward(data=np.load({str(tmp_path / "x.npy")!r}))["prob"])
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("lark", "networkx", "jinja2") and sys.modules[m]))
@@ -145,9 +145,9 @@ def test_partial_forward_and_backward(lenet_net: caffec.Net) -> None:
 def test_partial_runs_never_split_a_fused_kernel(tmp_path: Path) -> None:
     """ip1's GEMM and relu1 run as one kernel at -O2: an artifact refuses to stop between
     them; caffec.Net rebuilds itself once without fusion, keeping parameters and inputs."""
-    from caffec.codegen.artifact import write_artifact
+    from caffec.codegen.artifact_writer import write_artifact
     from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
-    from caffec.runtime.net import CompiledNet
+    from caffec.runtime.compiled_net import CompiledNet
 
     lenet = REPO / "examples/mnist/lenet.prototxt"
     options = Options(shapes={"data": (4, 1, 28, 28)})
@@ -267,9 +267,9 @@ def test_big_deploy_nets_compile_and_run(corpus: Path, model: str, shape: tuple)
 
 def test_an_artifact_compiled_again_in_the_same_folder_runs_its_new_code(tmp_path: Path) -> None:
     """dlopen would hand back the library first loaded from that path."""
-    from caffec.codegen.artifact import write_artifact
+    from caffec.codegen.artifact_writer import write_artifact
     from caffec.compiler.pipeline import Options, build_kernel_graph, load_layer_graph
-    from caffec.runtime.net import CompiledNet
+    from caffec.runtime.compiled_net import CompiledNet
 
     out = tmp_path / "net.caffec"
     for scale in (2.0, 3.0):

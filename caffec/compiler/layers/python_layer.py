@@ -15,7 +15,7 @@ import numpy as np
 
 from caffec.compiler.ir import Shape
 from caffec.compiler.registry import ShapeError, register_layer
-from caffec.runtime.net import LegacyAxes
+from caffec.runtime.compiled_net import LegacyAxes
 
 
 class ShapeOnlyBlob(LegacyAxes):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError, shape_text
-from caffec.runtime.artifact import Artifact, load_artifact
+from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
 

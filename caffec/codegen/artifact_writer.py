@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from caffec.codegen.build import build_cuda, build_library, c_flags, cuda_flags
 from caffec.codegen.c import ABI_VERSION, kernel_names, render
 from caffec.codegen.cuda import render_cuda
+from caffec.codegen.toolchain import build_cuda, build_library, c_flags, cuda_flags
 from caffec.compiler.kernels import BlobBinding, KernelGraph
 from caffec.compiler.passes.plan_memory import replan
 from caffec.errors import UserError

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
-from caffec.runtime.net import CompiledNet
+from caffec.runtime.compiled_net import CompiledNet
 
 
 @dataclass
