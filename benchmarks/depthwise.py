@@ -12,7 +12,6 @@ three rounds, best round each. Prints ratios direct / im2col (below 1: direct is
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ NET = Path(__file__).resolve().parent / "nets/mobilenet_blocks.prototxt"
 
 
 def build(choose_algorithms: bool) -> Any:
-    from caffec.compiler.pipeline import Options, optimization_switches
-    from caffec.net import compile_file
+    from caffec.compiler.pipeline import Options
+    from caffec.driver import NetSource, compile_cached, cpu_target
     from caffec.runtime.compiled_net import CompiledNet
 
-    options = Options(phase="TRAIN", backward=True, **optimization_switches(2))
-    options = replace(options, choose_algorithms=choose_algorithms)
-    net = CompiledNet(compile_file(NET, options))
+    options = Options(phase="TRAIN", backward=True, choose_algorithms=choose_algorithms,
+                      target=cpu_target())  # fmt: skip
+    net = CompiledNet(compile_cached(NetSource.from_file(NET), options))
     rng = np.random.default_rng(0)
     net.blobs["data"].data[...] = rng.random(net.blobs["data"].data.shape)
     net.blobs["label"].data[...] = rng.integers(0, 10, net.blobs["label"].data.shape)

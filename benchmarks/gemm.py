@@ -114,10 +114,11 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
     """The generated GEMM of ``shape`` in a library with ``run(buf, count, reps)``, its plan,
     and the size of the buffer its weights are packed into before the images (0: none)."""
     import caffec
-    from caffec.codegen.c import aliased, environment, expression, pointer
+    from caffec.codegen.c import CRenderer
     from caffec.codegen.toolchain import build_library, c_flags
     from caffec.compiler.kernels import Buffer, Operand
-    from caffec.compiler.primitives import gemm, prepack
+    from caffec.compiler.primitives import gemm
+    from caffec.compiler.targets.cpu import CpuTarget, plan_gemm, prepack
 
     m, n, k, g = shape.m, shape.n, shape.k, shape.batch
     strides = (m * k, k * n, m * n) if g > 1 else (0, 0, 0)
@@ -125,9 +126,9 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
     buffers = [Buffer(name, (1,), "value", index=i) for i, name in enumerate("ABC")]
     a, b, c = (Operand(x, 0, step) for x, step in zip(buffers, steps, strict=True))
     invariant = "a" if shape.weights and shape.count > 1 else None
-    kernel = gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b, accumulate=shape.accumulate,
-                  batch=g, strides=strides, invariant=invariant,
-                  weights_b=shape.weights_b)  # fmt: skip
+    kernel = plan_gemm(gemm(a, b, c, m, n, k, shape.trans_a, shape.trans_b,
+                            accumulate=shape.accumulate, batch=g, strides=strides,
+                            invariant=invariant, weights_b=shape.weights_b))  # fmt: skip
     packed: list[Buffer] = []
 
     def workspace(name: str, size: tuple[int, ...]) -> Buffer:
@@ -135,12 +136,10 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
         return packed[-1]
 
     packs, kernel = prepack(kernel, workspace)
-    env = environment("c")
-    helpers = {"ptr": pointer, "expr_c": expression, "aliased": aliased}
-    prelude = env.get_template("prelude.c.j2")
-    functions = [("k0_pack", env.get_template("pack.c.j2").render(kernel=p, **helpers))
-                 for p in packs]  # fmt: skip
-    functions.append(("k1_gemm", env.get_template("gemm.c.j2").render(kernel=kernel, **helpers)))
+    renderer = CRenderer(CpuTarget())
+    prelude = renderer.env.get_template("prelude.c.j2")
+    functions = [("k0_pack", renderer.body(p)) for p in packs]
+    functions.append(("k1_gemm", renderer.body(kernel)))
     source = prelude.render(version=caffec.__version__, dtype=dtype, n_kernels=len(functions))
     for name, body in functions:
         source += f"\nstatic void {name}(void** buf, long n) {{\n    (void)n;\n{body}}}\n"

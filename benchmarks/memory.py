@@ -21,7 +21,6 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ def main() -> None:
     for label, name, phase, shape in NETS:
         path = REPO / name if name.startswith("examples/") else args.corpus / name
         base = Options(phase=phase, shapes={"data": shape}, backward=phase == "TRAIN")
-        reference, naive = arena(path, replace(base, **optimization_switches(0)))
+        reference, naive = arena(path, replace(base, opt_level=0))
         default, _ = arena(path, base)
         lean, _ = arena(path, replace(base, keep_blobs=False))
         cells = [f"{naive / MIB:.1f}"] + [

@@ -24,7 +24,6 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
 from caffec.formats import caffe_pb2
 from caffec.runtime.compiled_net import CompiledNet
@@ -35,9 +34,9 @@ SOLVER = caffe_pb2.SolverParameter(type="SGD", base_lr=0.01, momentum=0.9, weigh
 
 def build(path: Path, options: Options, level: int, out: Path) -> tuple[CompiledNet, int, int]:
     """The net at ``-O level``, its kernel count and its arena in bytes."""
-    opts = replace(options, **optimization_switches(level))
+    opts = replace(options, opt_level=level)
     kgraph = build_kernel_graph(load_layer_graph(path, opts), opts)
-    artifact = write_artifact(kgraph, out / f"O{level}", reference=opts.reference_build)
+    artifact = write_artifact(kgraph, out / f"O{level}")
     net = CompiledNet(artifact, seed=1)
     return net, len(kgraph.kernels()), kgraph.memory_plan.arena_bytes
 

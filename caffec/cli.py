@@ -53,27 +53,21 @@ def _level_option(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_dump(args: argparse.Namespace) -> int:
     from caffec.compiler.dump import FORMATS, kernels_to_text
-    from caffec.compiler.pipeline import (
-        KERNEL_PASSES,
-        Options,
-        build_kernel_graph,
-        load_layer_graph,
-        optimization_switches,
-    )
+    from caffec.compiler.pipeline import KERNEL_PASSES, Options
+    from caffec.driver import NetSource, kernel_graph, layer_graph
 
     options = Options(
         phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
-        keep_blobs=not args.outputs_only, **optimization_switches(args.O),
+        keep_blobs=not args.outputs_only, opt_level=args.O,
     )  # fmt: skip
-    if args.after in KERNEL_PASSES:
+    source = NetSource.from_file(args.net)
+    if args.after in {p.name for p in KERNEL_PASSES}:
         if args.format != "text":
             raise UserError(f"--after {args.after} shows the kernel graph, as text only",
                             hint="drop --format, or stop at a layer-graph pass")  # fmt: skip
-        graph = load_layer_graph(args.net, options)
-        sys.stdout.write(kernels_to_text(build_kernel_graph(graph, options, args.after)))
+        sys.stdout.write(kernels_to_text(kernel_graph(source, options, args.after)))
         return 0
-    graph = load_layer_graph(args.net, options, after=args.after)
-    sys.stdout.write(FORMATS[args.format](graph))
+    sys.stdout.write(FORMATS[args.format](layer_graph(source, options, args.after)))
     return 0
 
 
@@ -114,20 +108,10 @@ def _use_gpu(gpu: str | None) -> None:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import shutil
 
-    from caffec.codegen.artifact_writer import write_artifact
-    from caffec.compiler.pipeline import (
-        Options,
-        build_kernel_graph,
-        load_layer_graph,
-        optimization_switches,
-    )
+    from caffec.compiler.pipeline import Options
+    from caffec.compiler.targets.cuda import CudaTarget
+    from caffec.driver import NetSource, compile_to, cpu_target
 
-    phase = "TRAIN" if args.train else args.phase
-    options = Options(
-        phase=phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
-        dtype=args.dtype, backward=True if args.train else None,
-        keep_blobs=not args.outputs_only, **optimization_switches(args.O),
-    )  # fmt: skip
     if args.target == "cuda" and (args.weights or args.report):
         raise UserError(
             f"{'--weights' if args.weights else '--report'} runs the net on this machine's CPU, "
@@ -135,11 +119,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             hint="give the weights to `caffec run ARTIFACT -gpu 0 --weights FILE` instead, or "
             "build for the C target",
         )
-    graph = load_layer_graph(args.net, options)
+    target = (CudaTarget(archs=tuple(args.cuda_arch or ["90"])) if args.target == "cuda"
+              else cpu_target(args.target_cpu))  # fmt: skip
+    options = Options(
+        phase="TRAIN" if args.train else args.phase, stages=args.stage, level=args.level,
+        shapes=dict(args.shape), dtype=args.dtype, backward=True if args.train else None,
+        keep_blobs=not args.outputs_only, opt_level=args.O, target=target,
+    )  # fmt: skip
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
-    kgraph = build_kernel_graph(graph, options)
-    write_artifact(kgraph, out, args.target_cpu, args.target, tuple(args.cuda_arch or ["90"]),
-                   options.reference_build)  # fmt: skip
+    kgraph = compile_to(NetSource.from_file(args.net), options, out)
     if args.weights:
         from caffec.runtime.compiled_net import CompiledNet
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from caffec.compiler.pipeline import Options
+from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
 from caffec.runtime.compiled_net import TEST, TRAIN, CompiledNet
 
@@ -19,79 +19,6 @@ def phase_name(phase: Any) -> str:
     if phase not in PHASES:
         raise UserError(f"unknown phase {phase!r}", hint="use caffec.TRAIN or caffec.TEST")
     return PHASES[phase]
-
-
-def cuda_arch_of_mode() -> str | None:
-    """The compute capability to build for when ``caffec.set_mode_gpu()`` is in force (that
-    of the device ``set_device`` chose), else None: the C target."""
-    from caffec.runtime import gpu
-
-    if not gpu.gpu_mode():
-        return None
-    from caffec.runtime.cuda_device import open_device
-
-    return str(open_device(gpu.current_device()).arch)
-
-
-def compile_cached(
-    graph: Any,
-    source: bytes,
-    options: Any,
-    target_cpu: str = "native",
-    cuda_arch: str | None = None,
-) -> Path:
-    """The artifact directory of ``graph`` (a layer graph built from ``source``), cached:
-    for the C target, or with ``cuda_arch`` (a compute capability) the CUDA target.
-
-    The key covers caffec's own code, the net's text, every value's shape (data
-    sources decide some), the options, the solver and the target, so a change to
-    any of them compiles anew and an unchanged net compiles once.
-    """
-    from caffec.codegen.artifact_writer import write_artifact
-    from caffec.codegen.toolchain import cache_dir, compiler_fingerprint
-    from caffec.compiler.pipeline import build_kernel_graph
-
-    shapes = {v.name: v.shape for v in graph.values.values()}
-    chosen = {f.name: getattr(options, f.name) for f in fields(options)}
-    if options.solver is not None:
-        chosen["solver"] = options.solver.SerializeToString().hex()
-    chosen["base_dir"] = str(options.base_dir.resolve())
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                compiler_fingerprint(),
-                source.hex(),
-                sorted(shapes.items()),
-                chosen,
-                target_cpu,
-                cuda_arch,
-            ],
-            default=str,
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    out = cache_dir() / "artifacts" / key[:2] / key
-    if not (out / "manifest.json").exists():
-        kgraph = build_kernel_graph(graph, options)
-        if cuda_arch is None:
-            write_artifact(kgraph, out, target_cpu, reference=options.reference_build)
-        else:
-            write_artifact(kgraph, out, target="cuda", cuda_archs=(cuda_arch,))
-    return out
-
-
-def compile_file(
-    network_file: str | Path,
-    options: Any,
-    target_cpu: str = "native",
-    cuda_arch: str | None = None,
-) -> Path:
-    """:func:`compile_cached` for a prototxt file."""
-    from caffec.compiler.pipeline import load_layer_graph
-
-    graph = load_layer_graph(network_file, options)
-    options = replace(options, base_dir=Path(network_file).parent)
-    return compile_cached(graph, Path(network_file).read_bytes(), options, target_cpu, cuda_arch)
 
 
 class Net(CompiledNet):
@@ -120,8 +47,6 @@ class Net(CompiledNet):
         target_cpu: str = "native",
         opt_level: int = 2,
     ) -> None:
-        from caffec.compiler.pipeline import Options, optimization_switches
-
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -137,12 +62,10 @@ class Net(CompiledNet):
         self._network_file = Path(network_file)
         self._options = Options(
             phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
-            dtype=dtype, backward=backward, **optimization_switches(opt_level),
+            dtype=dtype, backward=backward, opt_level=opt_level, target=mode_target(target_cpu),
         )  # fmt: skip
-        self._target_cpu = target_cpu
-        self._cuda_arch = cuda_arch_of_mode()
         self._seed = seed
-        artifact = compile_file(self._network_file, self._options, target_cpu, self._cuda_arch)
+        artifact = compile_cached(NetSource.from_file(self._network_file), self._options)
         super().__init__(artifact, weights, seed=seed)
 
     def reshape(self) -> None:
@@ -163,10 +86,8 @@ class Net(CompiledNet):
     def _cut_fused_kernel(self, direction: str, before: str, after: str) -> None:
         """A partial run that would cut a fused kernel: rebuild once without fusion (-O1,
         cached), parameters and blobs carried over, as Caffe runs any layer range."""
-        from caffec.compiler.pipeline import optimization_switches
-
         blobs = {name: (b.data.copy(), b.diff.copy()) for name, b in self.blobs.items()}
-        self._rebuild(replace(self._options, **optimization_switches(1)))
+        self._rebuild(replace(self._options, opt_level=1))
         for name, (data, diff) in blobs.items():
             self.blobs[name].data[...] = data
             self.blobs[name].diff[...] = diff
@@ -175,9 +96,7 @@ class Net(CompiledNet):
         """Compile again with ``options`` (cached) and carry the parameters over."""
         self._options = options
         params = self.param_buffers()
-        artifact = compile_file(
-            self._network_file, self._options, self._target_cpu, self._cuda_arch
-        )
+        artifact = compile_cached(NetSource.from_file(self._network_file), self._options)
         counter = int(self._exec.counter[1])
         self.close()  # the data readers were sized for the old build
         CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)

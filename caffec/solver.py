@@ -7,12 +7,14 @@ and runs on the train net's parameter arrays (no copies).
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from caffec.compiler.pipeline import Options
+from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
-from caffec.net import compile_cached, cuda_arch_of_mode
+from caffec.frontend.loader import read_solver
 from caffec.runtime.compiled_net import CompiledNet
 from caffec.runtime.training import SolverSettings, TrainingLoop, caffe_log
 
@@ -84,15 +86,13 @@ class Solver:
         dtype: str = "float32",
         outputs_only: bool = False,
     ) -> None:
-        from caffec.frontend.loader import read_solver
-
         self.path = Path(solver_file)
         self.dtype = dtype
         self.keep_blobs = not outputs_only
         self.param, _ = read_solver(self.path)
         p = self.param
-        self.cuda_arch = cuda_arch_of_mode()
-        if asks_for_gpu(p) and self.cuda_arch is None and not cpu_fallback:
+        self.target = mode_target(target_cpu)
+        if asks_for_gpu(p) and self.target.name != "cuda" and not cpu_fallback:
             raise UserError(
                 f"{self.path} asks for solver_mode: GPU, and caffec is in CPU mode",
                 hint="call caffec.set_mode_gpu() first (caffec train does), or allow the CPU "
@@ -102,21 +102,17 @@ class Solver:
         seed = p.random_seed if p.random_seed >= 0 else 0
         train, tests = _net_sources(p)
         train_state = p.train_state if p.HasField("train_state") else None
-        self.net = self._compile(train, "TRAIN", train_state, seed, target_cpu, solver=p)
+        self.net = self._compile(train, "TRAIN", train_state, seed, solver=p)
         shared = self.net.param_buffers()
         self.test_nets = [
             self._compile(source, "TEST", p.test_state[i] if p.test_state else None, seed,
-                          target_cpu, params=shared)
+                          params=shared)
             for i, source in enumerate(tests)
         ]  # fmt: skip
         self.loop = TrainingLoop(self.settings, self.net, self.test_nets, log)
 
-    def _compile(self, source: Any, phase: str, state: Any, seed: int, target_cpu: str,
-                 solver: Any = None, params: Any = None) -> CompiledNet:  # fmt: skip
-        from caffec.compiler.pipeline import Options, layer_graph_of
-        from caffec.formats.upgrade import upgrade_net
-        from caffec.frontend.loader import read_net
-
+    def _compile(self, source: Any, phase: str, state: Any, seed: int, solver: Any = None,
+                 params: Any = None) -> CompiledNet:  # fmt: skip
         kind, value = source
         options = Options(
             phase=phase,
@@ -126,24 +122,18 @@ class Solver:
             solver=solver,
             dtype=self.dtype,
             keep_blobs=self.keep_blobs,
+            target=self.target,
         )
         if kind.endswith("_param"):
-            net, spans = upgrade_net(value)
-            options = replace(options, base_dir=self.path.parent)
-            text = value.SerializeToString()
+            net = NetSource.inline(value, self.path.parent)
+        elif not Path(value).exists():
+            raise UserError(
+                f"the solver's net file '{value}' does not exist",
+                hint="Caffe resolves it from the working directory; run from there",
+            )
         else:
-            path = Path(value)
-            if not path.exists():
-                raise UserError(
-                    f"the solver's net file '{value}' does not exist",
-                    hint="Caffe resolves it from the working directory; run from there",
-                )
-            net, spans = read_net(path)
-            options = replace(options, base_dir=path.parent)
-            text = path.read_bytes()
-        graph = layer_graph_of(net, spans, options)
-        artifact = compile_cached(graph, text, options, target_cpu, self.cuda_arch)
-        return CompiledNet(artifact, seed=seed, params=params)
+            net = NetSource.from_file(value)
+        return CompiledNet(compile_cached(net, options), seed=seed, params=params)
 
     @property
     def iter(self) -> int:

@@ -87,6 +87,7 @@ class EmulatedDevice:
     """
 
     arch = "90"
+    multiprocessors = 132  # an H100's or H200's
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

@@ -1,5 +1,7 @@
-"""Rendering a scheduled kernel graph into C or CUDA source and building it.
+"""Code generation: a kernel graph rendered for its target and built, written as an artifact.
 
-Arrives with the C-target issue; the folder exists so the package layout is
-the one DESIGN.md describes from the first commit.
+:mod:`.renderer` is what every target's generator provides; :mod:`.c` and
+:mod:`.cuda` render the templates of ``caffec/templates/<target>``;
+:mod:`.toolchain` runs the C compiler and nvcc through the build cache;
+:mod:`.artifact_writer` writes the directory the runtime loads.
 """

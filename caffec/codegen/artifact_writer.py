@@ -17,32 +17,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from caffec.codegen.c import ABI_VERSION, kernel_names, render
-from caffec.codegen.cuda import render_cuda
-from caffec.codegen.toolchain import build_cuda, build_library, c_flags, cuda_flags
+from caffec.codegen.c import ABI_VERSION
+from caffec.codegen.renderer import Rendered, Renderer, kernel_names, renderer_for
 from caffec.compiler.kernels import BlobBinding, KernelGraph
-from caffec.compiler.passes.plan_memory import replan
-from caffec.errors import UserError
+from caffec.errors import InternalError, UserError
 
 FORMAT_VERSION = 2  # 2: blobs may be views of part of a buffer
-SOURCES = {"c": ("kernels.c", "kernels.so"), "cuda": ("kernels.cu", "kernels.fatbin")}
 
 
-def plan_offsets(kgraph: KernelGraph, itemsize: int) -> tuple[dict[int, int], int]:
-    """Arena byte offsets by buffer slot for every non-persistent buffer, and the arena's size.
-
-    The layout is the memory-planning pass's (:mod:`caffec.compiler.passes.plan_memory`):
-    buffers whose lifetimes do not overlap share bytes. A graph built with
-    ``Options(plan_memory=False)``, or one the pass never saw, gets the reference layout:
-    every buffer its own bytes, one after another.
-    """
-    plan = replan(kgraph, itemsize)
-    return {b.index: offset for b, offset in plan.offsets.items()}, plan.arena_bytes
-
-
-def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) -> dict[str, Any]:
-    itemsize = 8 if kgraph.dtype == "float64" else 4
-    plan = replan(kgraph, itemsize)
+def manifest(
+    kgraph: KernelGraph, rendered: Rendered, flags: list[str], renderer: Renderer
+) -> dict[str, Any]:
+    """What the runtime needs to run ``kgraph`` as ``renderer`` built it."""
+    plan = kgraph.memory_plan
+    if plan is None:
+        raise InternalError("the kernel graph has no memory plan: run the plan_memory pass")
     offsets = {b.index: offset for b, offset in plan.offsets.items()}
     names = kernel_names(kgraph)
 
@@ -73,13 +62,13 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "format": "caffec-artifact",
         "format_version": FORMAT_VERSION,
         "abi": ABI_VERSION,
-        "target": target,
+        "target": kgraph.target.name,
         "dtype": kgraph.dtype,
         "name": kgraph.name,
         "phase": kgraph.phase,
-        "source": SOURCES[target][0],
-        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-        "library": SOURCES[target][1],
+        "source": renderer.source_name,
+        "source_sha256": hashlib.sha256(rendered.source.encode()).hexdigest(),
+        "library": renderer.library_name,
         "compiler_flags": flags,
         "arena_bytes": plan.arena_bytes,
         "naive_bytes": plan.naive_bytes,  # what Caffe would allocate for the same blobs
@@ -116,32 +105,19 @@ def manifest(kgraph: KernelGraph, source: str, flags: list[str], target: str) ->
         "fills": [[slot(b), spec, refill] for b, spec, refill in kgraph.fills],
         "feeders": kgraph.feeders,
         "net_dir": kgraph.net_dir,
+        **rendered.extra,
     }
 
 
-def write_artifact(
-    kgraph: KernelGraph,
-    out_dir: str | Path,
-    target_cpu: str = "native",
-    target: str = "c",
-    cuda_archs: tuple[str, ...] = ("90",),
-    reference: bool = False,
-) -> Path:
+def write_artifact(kgraph: KernelGraph, out_dir: str | Path, reference: bool | None = None) -> Path:
     """Generate, build and write ``kgraph`` as an artifact directory at ``out_dir``, for the
-    C target (``target_cpu``: the -march; ``reference``: a -O0 build, see ``c_flags``) or
-    the CUDA target (``cuda_archs``)."""
+    target it was lowered for; ``reference``: build the C without vectorisation, as -O0
+    builds are (None: as the graph's -O level says)."""
     kgraph.number_buffers()
-    if target == "cuda":
-        source, launches = render_cuda(kgraph)
-        flags = cuda_flags(cuda_archs)
-        library = build_cuda(source, flags)
-    else:
-        source = render(kgraph, "c")
-        flags = c_flags(target_cpu, reference)
-        library = build_library(source, flags)
-    doc = manifest(kgraph, source, flags, target)
-    if target == "cuda":
-        doc["cuda"] = launches
+    renderer = renderer_for(kgraph, kgraph.opt_level == 0 if reference is None else reference)
+    rendered = renderer.render(kgraph)
+    library, flags = renderer.build(rendered.source)
+    doc = manifest(kgraph, rendered, flags, renderer)
     out = Path(out_dir)
     parent = out.resolve().parent
     try:
@@ -150,8 +126,8 @@ def write_artifact(
     except OSError as err:
         raise UserError(f"cannot write the artifact {out}: {err.strerror}") from err
     try:
-        (tmp / SOURCES[target][0]).write_text(source, encoding="utf-8")
-        shutil.copyfile(library, tmp / SOURCES[target][1])
+        (tmp / renderer.source_name).write_text(rendered.source, encoding="utf-8")
+        shutil.copyfile(library, tmp / renderer.library_name)
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))

@@ -74,14 +74,43 @@ def _supports(compiler: str, flag: str) -> bool:
     return result.returncode == 0
 
 
+def _check_cpu_name(target_cpu: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", target_cpu):
+        raise UserError(f"--target-cpu '{target_cpu}' is not a CPU name", hint="e.g. x86-64-v3")
+
+
+# The C compiler's macros for vector instruction sets, widest first, and their width in bytes
+_VECTOR_MACROS = [("__AVX512F__", 64), ("__AVX__", 32), ("__SSE2__", 16), ("__ARM_NEON", 16)]
+
+
+@functools.cache
+def vector_bytes(target_cpu: str) -> int:
+    """The widest vectors the C compiler uses for ``-march=target_cpu`` (64 for AVX-512, 32
+    for AVX, 16 for SSE2 or NEON, 0 for none), as its predefined macros say."""
+    _check_cpu_name(target_cpu)
+    compiler = c_compiler()
+    result = subprocess.run(
+        [compiler, f"-march={target_cpu}", "-dM", "-E", "-x", "c", os.devnull],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        said = result.stderr.strip().splitlines()[:1]
+        raise UserError(
+            f"the C compiler does not build for --target-cpu '{target_cpu}'"
+            + (f": {said[0]}" if said else ""),
+            hint="name a CPU it knows (gcc: -march values, e.g. x86-64-v3), or use native",
+        )
+    defined = set(re.findall(r"#define (\w+)", result.stdout))
+    return next((width for macro, width in _VECTOR_MACROS if macro in defined), 0)
+
+
 def c_flags(target_cpu: str = "native", reference: bool = False) -> list[str]:
     """The flags caffec builds with: optimised, position-independent, threaded when possible.
 
     ``reference`` builds (``-O0``) are compiled at -O1: no auto-vectorisation, so the
     reference is also a check on the C compiler's optimiser (GCC 12 at -O3 has miscompiled
     generated kernels), and they compile in less than half the time."""
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", target_cpu):
-        raise UserError(f"--target-cpu '{target_cpu}' is not a CPU name", hint="e.g. x86-64-v3")
+    _check_cpu_name(target_cpu)
     compiler = c_compiler()
     flags = ["-O1" if reference else "-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno",
              "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]  # fmt: skip

@@ -187,6 +187,8 @@ class KernelGraph:
     solver: dict[str, Any] = field(default_factory=dict)  # what the runtime needs of the solver
     memory_plan: Any = None  # the arena layout, from the memory-planning pass
     net_dir: str = "."  # the prototxt's folder: relative data sources are looked for there too
+    target: Any = None  # the Target it was lowered for (caffec.compiler.targets)
+    opt_level: int = 2  # the -O it was built at (-O0: the reference build)
 
     def number_buffers(self) -> None:
         """Give every buffer its pointer-table index, in creation order."""

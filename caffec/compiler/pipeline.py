@@ -1,4 +1,14 @@
-"""The pass pipeline: the passes in order, by the names ``caffec dump --after`` takes."""
+"""The pass pipeline: every pass in order, by the names ``caffec dump --after`` takes.
+
+Two lists, run by one loop each. The layer-graph passes check the net and give
+every value its shape and every layer its parameters; the kernel-graph passes
+lower it to primitives for the target and optimise the result. Each kernel
+pass has the lowest ``-O`` level that runs it, and a target may leave a pass
+out (:meth:`caffec.compiler.targets.Target.runs`): ``-O0`` is the reference
+build (every value its own memory, each layer's general algorithm), ``-O1``
+shares memory, writes in place and recomputes, ``-O2`` also fuses kernels,
+runs per-image loops across threads and picks each layer's fastest algorithm.
+"""
 
 from __future__ import annotations
 
@@ -10,135 +20,185 @@ from typing import Any
 from caffec.compiler.graph_builder import build_layer_graph
 from caffec.compiler.ir import LayerGraph, Shape
 from caffec.compiler.kernels import KernelGraph
+from caffec.compiler.lowering import Lowering
 from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.fuse import fuse
 from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.parallel_loops import parallelize_loops
 from caffec.compiler.passes.params import create_params
-from caffec.compiler.passes.plan_memory import (
-    ITEMSIZE,
-    blob_versions,
-    naive_bytes,
-    plan_memory,
-)
+from caffec.compiler.passes.plan_memory import ITEMSIZE, blob_versions, naive_bytes, plan_memory
 from caffec.compiler.passes.recompute import recompute
 from caffec.compiler.passes.reorder import pool_before_relu
 from caffec.compiler.passes.shape_inference import infer_shapes
 from caffec.compiler.passes.solver_updates import add_solver_updates
 from caffec.compiler.passes.verify import verify
 from caffec.compiler.registry import InferContext
+from caffec.compiler.targets import Target
+from caffec.compiler.targets.cpu import CpuTarget
 from caffec.errors import UserError, did_you_mean
+from caffec.formats.source_map import SourceMap
 from caffec.frontend.loader import read_net, select_phase
 
 
 @dataclass
 class Options:
-    """What the user chose for a compile: phase, stages, level, input shapes, precision."""
+    """What the user chose for a compile: the net (phase, NetState, input shapes), the
+    precision, the passes (``opt_level``) and the machine (``target``)."""
 
     phase: str = "TEST"
     stages: Sequence[str] = ()
-    level: int = 0
+    level: int = 0  # the NetState level
     shapes: dict[str, Shape] = field(default_factory=dict)
     base_dir: Path = Path(".")
     dtype: str = "float32"
     backward: bool | None = None  # None: in TRAIN, or where the net sets force_backward
     solver: Any = None  # a SolverParameter: add its update step after backward
-    plan_memory: bool = True  # share arena bytes between buffers whose lifetimes do not overlap
-    recompute: bool = True  # find states again in backward where keeping them costs memory
-    fuse: bool = True  # fuse kernels across layers (partial runs only at unfused boundaries)
-    parallel_loops: bool = True  # run per-image loops across threads where images are independent
+    opt_level: int = 2  # -O: which kernel passes run (see the module docstring)
     keep_blobs: bool = True  # net.blobs stays readable (False: only what forward/backward return)
-    choose_algorithms: bool = True  # e.g. direct convolution where im2col + GEMM would be slow
-    reference_build: bool = False  # -O0: the C compiler builds at -O1 (see codegen.build)
-
-
-def optimization_switches(level: int) -> dict[str, bool]:
-    """The Options switches of ``-O level``: 0 is the reference build (every value its own
-    memory, no pass that changes what runs, the C compiled without vectorisation); 1 plans
-    memory (sharing, in-place writes, recomputation); 2 also fuses kernels and picks each
-    layer's fastest algorithm."""
-    return {
-        "plan_memory": level >= 1,
-        "recompute": level >= 1,
-        "fuse": level >= 2,
-        "parallel_loops": level >= 2,
-        "choose_algorithms": level >= 2,
-        "reference_build": level == 0,
-    }
+    choose_algorithms: bool = True  # at -O2: each layer takes its target's fastest algorithm
+    skip: frozenset[str] = frozenset()  # kernel passes left out (to see one pass's effect)
+    target: Target = field(default_factory=CpuTarget)
 
 
 @dataclass(frozen=True)
-class Pass:
+class LayerPass:
     name: str
     run: Callable[[LayerGraph, Options], LayerGraph]
 
 
-PIPELINE: list[Pass] = [
-    Pass("verify", lambda g, o: verify(g)),
-    Pass("shape_inference", lambda g, o: infer_shapes(g, InferContext(o.shapes, o.base_dir))),
-    Pass("params", lambda g, o: create_params(g)),
-    Pass("reorder", lambda g, o: pool_before_relu(g) if o.recompute and not o.keep_blobs else g),
+LAYER_PASSES: list[LayerPass] = [
+    LayerPass("verify", lambda g, o: verify(g)),
+    LayerPass("shape_inference", lambda g, o: infer_shapes(g, InferContext(o.shapes, o.base_dir))),
+    LayerPass("params", lambda g, o: create_params(g)),
+    # a lean build (-O1 and up) pools before the ReLU that feeds it, nobody seeing between
+    LayerPass(
+        "reorder", lambda g, o: pool_before_relu(g) if o.opt_level >= 1 and not o.keep_blobs else g
+    ),  # fmt: skip
 ]
 
-# after the layer-graph passes come the kernel-graph ones (build_kernel_graph runs them)
-KERNEL_PASSES = ["lower", "autodiff", "solver", "recompute", "fuse", "parallel_loops",
-                 "plan_memory"]  # fmt: skip
-PASS_NAMES = ["build"] + [p.name for p in PIPELINE] + KERNEL_PASSES
+
+@dataclass
+class Compilation:
+    """A layer graph on its way to a kernel graph: what kernel passes read besides it."""
+
+    graph: LayerGraph
+    options: Options
+    lowering: Lowering | None = None  # lower's state: autodiff continues from it
+    naive_bytes: int = 0  # what Caffe would allocate, measured before passes drop buffers
 
 
-def run_passes(graph: LayerGraph, options: Options, after: str | None = None) -> LayerGraph:
-    """Run the pipeline on ``graph``, stopping after the pass named ``after`` (None: all)."""
+@dataclass(frozen=True)
+class KernelPass:
+    """A kernel-graph pass, the lowest ``-O`` level that runs it, and its step."""
+
+    name: str
+    level: int
+    run: Callable[[KernelGraph, Compilation], KernelGraph]
+
+
+def _lower(_: KernelGraph, c: Compilation) -> KernelGraph:
+    o = c.options
+    kgraph, c.lowering = lower(c.graph, o.target, o.dtype,
+                               o.choose_algorithms and o.opt_level >= 2)  # fmt: skip
+    kgraph.net_dir = str(o.base_dir.resolve())
+    kgraph.target, kgraph.opt_level = o.target, o.opt_level
+    return kgraph
+
+
+def _backward(c: Compilation) -> bool:
+    """Whether the build has a backward pass: asked for, or as Caffe decides (in TRAIN, or
+    where the net sets force_backward)."""
+    if c.options.backward is not None:
+        return c.options.backward
+    return c.graph.phase == "TRAIN" or c.graph.force_backward
+
+
+def _autodiff(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
+    return autodiff(kgraph, c.lowering) if _backward(c) and c.lowering else kgraph
+
+
+def _solver(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
+    solver = c.options.solver
+    return add_solver_updates(kgraph, solver) if solver is not None and _backward(c) else kgraph
+
+
+def _prune(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
+    """Drop the buffers nothing computes, and measure what Caffe would allocate for the net
+    before later passes drop buffers Caffe has (a pooling mask found again in backward)."""
+    kgraph.prune()
+    c.naive_bytes = naive_bytes(kgraph, blob_versions(c.lowering), ITEMSIZE[kgraph.dtype])
+    return kgraph
+
+
+def _plan_memory(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
+    kgraph.memory_plan = plan_memory(
+        kgraph, share=c.options.opt_level >= 1, keep_blobs=c.options.keep_blobs,
+        blob_of=blob_versions(c.lowering), naive=c.naive_bytes,
+    )  # fmt: skip
+    return kgraph
+
+
+KERNEL_PASSES: list[KernelPass] = [
+    KernelPass("lower", 0, _lower),
+    KernelPass("autodiff", 0, _autodiff),
+    KernelPass("solver", 0, _solver),
+    KernelPass("prune", 0, _prune),
+    KernelPass("recompute", 1, lambda k, c: recompute(k, c.options.keep_blobs)),
+    KernelPass("fuse", 2, lambda k, c: fuse(k, c.options.keep_blobs)),
+    KernelPass(
+        "parallel_loops", 2, lambda k, c: parallelize_loops(k, c.options.target.threads)
+    ),  # fmt: skip
+    KernelPass("plan_memory", 0, _plan_memory),
+]
+PASS_NAMES = ["build"] + [p.name for p in LAYER_PASSES] + [p.name for p in KERNEL_PASSES]
+
+
+def _check_pass_name(after: str | None) -> None:
     if after is not None and after not in PASS_NAMES:
         raise UserError(
             f"there is no pass named '{after}'",
             hint=did_you_mean(after, PASS_NAMES) or f"passes: {', '.join(PASS_NAMES)}",
         )
+
+
+def run_passes(graph: LayerGraph, options: Options, after: str | None = None) -> LayerGraph:
+    """Run the layer-graph passes on ``graph``, stopping after the pass named ``after``
+    ("build": none; None or a kernel pass: all)."""
+    _check_pass_name(after)
     if after == "build":
         return graph
-    for step in PIPELINE:  # (the kernel passes come later, in build_kernel_graph)
+    for step in LAYER_PASSES:
         graph = step.run(graph, options)
         if step.name == after:
             break
     return graph
 
 
+def runs(kernel_pass: KernelPass, options: Options) -> bool:
+    """Whether ``kernel_pass`` runs in a compile with ``options``."""
+    return (kernel_pass.level <= options.opt_level and kernel_pass.name not in options.skip
+            and options.target.runs(kernel_pass.name))  # fmt: skip
+
+
 def build_kernel_graph(
     graph: LayerGraph, options: Options, after: str | None = None
 ) -> KernelGraph:
-    """Lower a layer graph (after every layer-graph pass), differentiate it and add the solver
-    step as asked, stopping after the kernel pass named ``after``."""
-    last = KERNEL_PASSES.index(after) if after is not None else len(KERNEL_PASSES)
-
-    def runs(name: str) -> bool:  # whether the pass ``name`` comes at or before ``after``
-        return KERNEL_PASSES.index(name) <= last
-
-    kgraph, lowering = lower(graph, options.dtype, options.choose_algorithms)
-    backward = options.backward
-    if backward is None:
-        backward = graph.phase == "TRAIN" or graph.force_backward
-    if backward and runs("autodiff"):
-        autodiff(kgraph, lowering)
-        if options.solver is not None and runs("solver"):
-            add_solver_updates(kgraph, options.solver)
-    kgraph.prune()
-    kgraph.net_dir = str(options.base_dir.resolve())
-    blob_of = blob_versions(lowering)
-    naive = naive_bytes(kgraph, blob_of, ITEMSIZE[kgraph.dtype])  # before buffers are dropped
-    if options.recompute and runs("recompute"):
-        recompute(kgraph, options.keep_blobs)
-    if options.fuse and runs("fuse"):
-        fuse(kgraph, options.keep_blobs)
-    if options.parallel_loops and runs("parallel_loops"):
-        parallelize_loops(kgraph)
-    if runs("plan_memory"):  # the artifact writer lays the arena out by this plan
-        kgraph.memory_plan = plan_memory(
-            kgraph, share=options.plan_memory, keep_blobs=options.keep_blobs, blob_of=blob_of,
-            naive=naive,
-        )  # fmt: skip
+    """The kernel graph of ``graph`` (after every layer-graph pass): the kernel passes that
+    run at ``options``' level and target, stopping after the one named ``after``."""
+    _check_pass_name(after)
+    compilation = Compilation(graph, options)
+    kgraph: Any = None  # "lower" makes it
+    for kernel_pass in KERNEL_PASSES:
+        if runs(kernel_pass, options):
+            kgraph = kernel_pass.run(kgraph, compilation)
+        if kernel_pass.name == after:
+            break
     return kgraph
 
 
-def layer_graph_of(net: Any, spans: Any, options: Options, after: str | None = None) -> LayerGraph:
+def layer_graph_of(
+    net: Any, spans: SourceMap, options: Options, after: str | None = None
+) -> LayerGraph:
     """Like :func:`load_layer_graph`, for a net already read and upgraded (an inline net)."""
     net, spans = select_phase(net, spans, options.phase, options.stages, options.level)
     return run_passes(build_layer_graph(net, spans, options.phase), options, after)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from caffec.compiler.kernels import Buffer, Kernel, Operand, Shape, whole
@@ -210,40 +210,15 @@ def gemm(
     """C[m,n] (+)= alpha * op(A)[m,k] @ op(B)[k,n], row-major, ``batch`` times with strides.
 
     With ``implicit`` (an im2col geometry, :func:`conv_attrs`, of one group), B is the
-    unfolded image without the unfolding: ``b`` is the image, and the packed path copies
-    each row of B's panels from it straight into the micro-kernel's order (an *implicit
-    GEMM*: the columns never go through memory). Only for a plan that packs B as it is
-    (:func:`gemm_plan`: the packed path, not swapped).
+    unfolded image without the unfolding: ``b`` is the image, and the kernel unfolds each
+    element of B as it reads it (an *implicit GEMM*: the columns never go through memory).
 
-    The shapes are static, so the plan the C template (templates/c/gemm.c.j2) follows is
-    chosen here, and the template emits the sizes as constants:
-
-    - ``path``: "direct" runs the register-blocked micro-kernel on A and B where they lie
-      (B is copied only when it is transposed, or for its last partial column strip), the
-      whole K in one pass: for operands that fit in the L2 cache, where packing would not
-      pay off. "packed" copies K-blocks of B panels and of A blocks into the micro-kernel's
-      order (BLIS-style), for everything larger. "dot", for A B' with a long K and at most
-      64 rows of A (inner products, their weight gradients, GEMV-like fully connected
-      layers at small batch): each element of C is a dot product of a row of A and a row
-      of B as they lie, nothing copied and no tile padding.
-    - ``swap``: compute C' = op(B)' op(A)' (C written transposed) where N leaves much of
-      the last column tiles empty and M does not (N = 49 for 7 x 7 feature maps).
-    - ``parallel``: an OpenMP region only for enough work (2 M N K batch flops) to pay for
-      it; the small GEMMs of per-image loops run on the calling thread.
-    - ``tiles``: the register tiles per instruction set, picked by the C preprocessor,
-      since the vector width is the C compiler's choice (--target-cpu).
-    - ``kc``, ``mc``, ``nc``: the packed path's cache blocking (a K-block of B's strip in
-      L1, A's block in L2, B's panel in L3), K split into even blocks.
-    - ``prepack``: on the packed path, the operand ``invariant`` ("a" or "b": one the
-      enclosing loop over images does not change, a convolution's weights) is packed once
-      before the loop instead of in every iteration (:func:`prepack`), "A" or "B" as the
-      micro-kernel sees it (after ``swap``); None otherwise.
+    ``invariant`` names the operand ("a" or "b") that a loop over images around the GEMM
+    does not change (a convolution's weights), and ``weights_b`` says that B is a parameter
+    read as it lies: facts the target may use (the C target packs an invariant operand
+    once before the loop, :mod:`caffec.compiler.targets.cpu`), which then adds its plan
+    (``attrs["plan"]``).
     """
-    plan = gemm_plan(m, n, k, trans_a, trans_b, batch, weights_b)
-    if invariant is not None and plan["path"] == "packed":
-        plan["prepack"] = "A" if (invariant == "a") != plan["swap"] else "B"
-    if implicit is not None and (plan["path"] != "packed" or plan["swap"] or trans_b):
-        raise InternalError(f"an implicit GEMM needs a plan that packs B as it is, not {plan}")
     return Kernel(
         "gemm",
         reads=[operand(a), operand(b)],
@@ -262,82 +237,12 @@ def gemm(
             "stride_a": strides[0],
             "stride_b": strides[1],
             "stride_c": strides[2],
-            "plan": plan,
+            "invariant": invariant,
+            "weights_b": weights_b,
             "implicit": dict(implicit) if implicit is not None else None,
         },  # fmt: skip
         accumulate=accumulate,
     )
-
-
-def gemm_plan(
-    m: int, n: int, k: int, trans_a: bool, trans_b: bool, batch: int, weights_b: bool = False
-) -> dict[str, Any]:
-    """The plan of :func:`gemm` for this shape (see there), before any operand is packed
-    ahead."""
-    # The register tiles, from the widest instruction set down; each serves the template's
-    # ISA numbers from its own up (3: AVX-512, 32 registers; 2: AVX and AVX2, 16; 1: other
-    # 16-byte vectors, and 0: plain C): MR rows by NV vectors of C for the outer-product
-    # kernel, DM rows of A by DN rows of B for the dot kernel.
-    tiles = [
-        {"isa": 3, "mr": 12, "nv": 2, "dm": 4, "dn": 6},
-        {"isa": 2, "mr": 6, "nv": 2, "dm": 2, "dn": 6},
-        {"isa": 0, "mr": 4, "nv": 2, "dm": 2, "dn": 6},
-    ]
-    work = 2 * m * n * k * batch
-
-    def padded(rows: int, cols: int) -> int:  # C's area in whole 6 x 16 tiles (AVX2, float)
-        return -(-rows // 6) * 6 * -(-cols // 16) * 16
-
-    if trans_b and not trans_a and k >= 256 and m <= 64:
-        path = "dot"
-    elif m * k + k * n <= 96 * 1024 and k <= 1024:
-        path = "direct"
-    elif weights_b and not trans_b and m <= 64 and k <= 1024:
-        # LeNet's ip1 input gradient, 64 x 800 x 500: 209-214 GFLOP/s against 166-168 packed
-        # (AVX-512, 2 threads); with K = 4096 (CaffeNet's fc7 at batch 10) packing wins 2x
-        path = "direct"
-    else:
-        path = "packed"
-    return {
-        "path": path,
-        "parallel": work >= 2_000_000,
-        "swap": path != "dot" and k >= 32 and padded(n, m) < 0.85 * padded(m, n),
-        "prepack": None,
-        "tiles": tiles,
-        "kc": k if k <= 320 else -(-k // -(-k // 256)),
-        "mc": 144,
-        "nc": 2048,
-    }
-
-
-# The packed operand's rows are padded to whole register tiles of every instruction set the
-# template picks from: MR rows of A (12, 6 or 4) and NR = NV vectors of B (at most 32 numbers).
-PACKED_A_ROWS = 12
-PACKED_B_COLUMNS = 32
-
-
-def prepack(
-    kernel: Kernel, workspace: Callable[[str, Shape], Buffer]
-) -> tuple[list[Kernel], Kernel]:
-    """The kernels that pack ``kernel``'s loop-invariant operand (its plan's ``prepack``), to
-    run before the loop, and the GEMM that reads it packed; ``workspace(name, shape)`` gives
-    the buffer it is packed into. ([], ``kernel``) when its plan packs nothing ahead."""
-    a, side = kernel.attrs, kernel.attrs["plan"]["prepack"]
-    if side is None:
-        return [], kernel
-    swap = a["plan"]["swap"]
-    rows = a["N"] if swap else a["M"]  # the micro-kernel's M and N
-    cols = a["M"] if swap else a["N"]
-    width = (
-        -(-rows // PACKED_A_ROWS) * PACKED_A_ROWS
-        if side == "A"
-        else -(-cols // PACKED_B_COLUMNS) * PACKED_B_COLUMNS
-    )
-    packed = Operand(workspace("packed weights", (a["batch"] * a["K"] * width,)))
-    source = kernel.reads[int((side == "A") == swap)]
-    pack = Kernel("pack", reads=[source], writes=[packed], attrs=a)
-    return [pack], Kernel("gemm", reads=[*kernel.reads, packed], writes=kernel.writes,
-                          attrs=a, accumulate=kernel.accumulate)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- im2col / col2im
@@ -398,7 +303,7 @@ def direct_conv(
     ``blocking`` (one group, stride and dilation 1): how the C target keeps sums in
     registers (see templates/c/conv.c.j2): "rows" (forward only), a block of output
     channels' output rows; "channels", a block of channels by positions (forward, input
-    gradient) or by kernel taps (weight gradient). The CUDA target ignores it.
+    gradient) or by kernel taps (weight gradient); only the C target chooses these.
     """
     if mode not in CONV_MODES:
         raise InternalError(f"unknown convolution mode {mode}")

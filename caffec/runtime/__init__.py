@@ -1,5 +1,6 @@
-"""Loading a compiled artifact and running it (numpy and CuPy only).
+"""Running a compiled artifact: memory, entry points, data feeding, training, timing.
 
-Arrives with the C-target issue; nothing here may import lark, networkx or
-jinja2, so that artifacts run where the compiler is not installed.
+Nothing here imports lark, networkx or jinja2 (nor the compiler that uses them), so an
+artifact runs where only numpy, protobuf (and CuPy, on a GPU) are installed; the files
+it reads are :mod:`caffec.formats`'.
 """

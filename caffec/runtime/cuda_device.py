@@ -33,6 +33,7 @@ class CudaDevice:
         self.cp.cuda.Device(device_id).use()
         properties = self.cp.cuda.runtime.getDeviceProperties(device_id)
         self.arch = f"{properties['major']}{properties['minor']}"  # what nvcc builds for: "90"
+        self.multiprocessors = int(properties["multiProcessorCount"])  # what grids should fill
         self.stream = self.cp.cuda.Stream(non_blocking=True)
         self.copies = self.cp.cuda.Stream(non_blocking=True)  # batches from the host
         self.state = DeviceState()

@@ -94,13 +94,6 @@ class DeviceExecutor(Executor):
         device.upload(self._table, as_bytes(table))
         cuda = m["cuda"]
         names = {spec["function"] for specs in cuda["functions"].values() for spec in specs}
-        names |= {
-            spec["function"]
-            for steps in cuda["steps"].values()
-            for step in steps
-            for instr in step
-            for spec in instr.get("before", []) + instr.get("after", [])
-        }
         self._functions = device.functions(artifact, sorted(names))
         self._graphs: dict[tuple[str, int, int], Callable[[], None]] = {}
         self._launch_lists: dict[tuple[str, int, int], list[Launch]] = {}
@@ -171,8 +164,7 @@ class DeviceExecutor(Executor):
             self.device.launch(function, grid, block, self._table, n)
 
     def _launches(self, direction: str, begin: int, end: int) -> list[Launch]:
-        """The launches of steps [begin, end): per-image loops unrolled, the partial sums'
-        zeroing before their loop and adding up after it."""
+        """The launches of steps [begin, end): per-image loops unrolled."""
         steps = self.manifest["cuda"]["steps"]
         if direction != "kernels":
             return [launch for step in steps[direction][begin:end] for instr in step
@@ -182,15 +174,10 @@ class DeviceExecutor(Executor):
         return [launch for instr, k in kernels for launch in self._instr_launches(instr, [k])]
 
     def _instr_launches(self, instr: dict[str, Any], kernels: list[str]) -> list[Launch]:
-        """One instruction's launches, or those of ``kernels`` among its kernels alone (a
-        partial sum's zeroing goes with the first, its adding up with the last)."""
+        """One instruction's launches, or those of ``kernels`` among its kernels alone."""
         functions = self.manifest["cuda"]["functions"]
-        before = instr.get("before", []) if kernels[0] == instr["kernels"][0] else []
-        after = instr.get("after", []) if kernels[-1] == instr["kernels"][-1] else []
-        out = [self._launch(spec, 0) for spec in before]
-        for n in range(instr["count"]):
-            out += [self._launch(spec, n) for k in kernels for spec in functions[k]]
-        return out + [self._launch(spec, 0) for spec in after]
+        return [self._launch(spec, n) for n in range(instr["count"])
+                for k in kernels for spec in functions[k]]  # fmt: skip
 
     def _launch(self, spec: dict[str, Any], n: int) -> Launch:
         return self._functions[spec["function"]], tuple(spec["grid"]), tuple(spec["block"]), n

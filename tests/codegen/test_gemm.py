@@ -19,13 +19,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import caffec
-from caffec.codegen.c import aliased, environment, expression, pointer
+from caffec.codegen.c import CRenderer
 from caffec.codegen.toolchain import build_library, c_flags
 from caffec.compiler.kernels import Buffer, Operand
 from caffec.compiler.primitives import gemm
+from caffec.compiler.targets.cpu import CpuTarget, plan_gemm
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-templates = functools.cache(environment)
+renderer = functools.cache(lambda: CRenderer(CpuTarget()))
 
 
 @dataclass
@@ -60,14 +61,11 @@ def source(case: Case, plan: dict | None = None) -> str:
     offsets, strides, steps = layout(case)
     buffers = [Buffer(name, (1,), "value", index=i) for i, name in enumerate("ABC")]
     a, b, c = (Operand(x, o, s) for x, o, s in zip(buffers, offsets, steps, strict=True))
-    kernel = gemm(a, b, c, case.m, case.n, case.k, case.trans_a, case.trans_b, case.alpha,
-                  case.accumulate, case.batch, strides)  # fmt: skip
+    kernel = plan_gemm(gemm(a, b, c, case.m, case.n, case.k, case.trans_a, case.trans_b,
+                            case.alpha, case.accumulate, case.batch, strides))  # fmt: skip
     kernel.attrs["plan"].update(plan or {})
-    env = templates("c")
-    prelude = env.get_template("prelude.c.j2")
-    body = env.get_template("gemm.c.j2").render(
-        kernel=kernel, ptr=pointer, expr_c=expression, aliased=aliased
-    )
+    prelude = renderer().env.get_template("prelude.c.j2")
+    body = renderer().body(kernel)
     return (
         prelude.render(version=caffec.__version__, dtype=case.dtype, n_kernels=1)
         + "\nstatic void k0_gemm(void** buf, long n) {\n    (void)n;\n"
@@ -210,10 +208,10 @@ def test_small_products_run_on_the_calling_thread_without_copies() -> None:
     buffer = Buffer("x", (1,), "value")
     for m, n, k, trans_a, trans_b in [(20, 576, 25, False, False), (20, 25, 576, False, True),
                                       (10, 500, 64, True, False)]:  # fmt: skip
-        plan = gemm(buffer, buffer, buffer, m, n, k, trans_a, trans_b).attrs["plan"]
+        plan = plan_gemm(gemm(buffer, buffer, buffer, m, n, k, trans_a, trans_b)).attrs["plan"]
         assert not plan["parallel"]
         assert plan["path"] in ("direct", "dot")
-    big = gemm(buffer, buffer, buffer, 1024, 1024, 1024).attrs["plan"]
+    big = plan_gemm(gemm(buffer, buffer, buffer, 1024, 1024, 1024)).attrs["plan"]
     assert big["parallel"] and big["path"] == "packed"
 
 
@@ -223,7 +221,8 @@ def test_few_rows_times_weights_read_the_weights_where_they_lie() -> None:
     buffer = Buffer("x", (1,), "value")
 
     def path(m: int, n: int, k: int, weights_b: bool) -> str:
-        return gemm(buffer, buffer, buffer, m, n, k, weights_b=weights_b).attrs["plan"]["path"]
+        kernel = plan_gemm(gemm(buffer, buffer, buffer, m, n, k, weights_b=weights_b))
+        return kernel.attrs["plan"]["path"]
 
     assert path(64, 800, 500, weights_b=True) == "direct"
     assert path(64, 800, 500, weights_b=False) == "packed"

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from caffec.codegen.cuda import render_cuda
+from caffec.codegen.cuda import CudaRenderer
 from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
+from caffec.compiler.targets import Target
+from caffec.compiler.targets.cpu import CpuTarget
+from caffec.compiler.targets.cuda import CudaTarget
 
 NET = """name: "mobile" force_backward: true
 input: "data" input_shape { dim: 2 dim: 8 dim: 12 dim: 12 }
@@ -37,10 +39,10 @@ layer { name: "up" type: "Deconvolution" bottom: "g" top: "up"
 """
 
 
-def _kernel_graph(tmp_path: Path, level: int, net: str = NET):  # type: ignore[no-untyped-def]
+def _kernel_graph(tmp_path: Path, level: int, net: str = NET, target: Target | None = None):  # type: ignore[no-untyped-def]
     path = tmp_path / "net.prototxt"
     path.write_text(net)
-    options = Options(**optimization_switches(level))
+    options = Options(opt_level=level, target=target or CpuTarget())
     return build_kernel_graph(load_layer_graph(path, options), options)
 
 
@@ -144,6 +146,34 @@ def test_dump_and_manifest_record_the_choice(tmp_path: Path) -> None:
 def test_the_direct_convolutions_cuda_builds_with_nvcc(tmp_path: Path) -> None:
     """(No corpus net has a depthwise layer; what the CUDA kernels compute is checked by
     test_cuda_emulated.py.)"""
-    source, _ = render_cuda(_kernel_graph(tmp_path, 2))
+    kgraph = _kernel_graph(tmp_path, 2, target=CudaTarget())
+    source = CudaRenderer(CudaTarget()).render(kgraph).source
     assert all(f"convolution, {mode}:" in source for mode in ("forward", "data", "filter"))
     assert build_cuda(source, cuda_flags()).stat().st_size > 0
+
+
+def test_the_cuda_target_makes_its_own_choices(tmp_path: Path) -> None:
+    """The GPU reads images in its GEMMs (implicit GEMMs: no columns), convolves depthwise
+    layers directly, packs nothing ahead and runs per-image loops one image at a time; none
+    of the C target's register-blocked direct kernels."""
+    chosen = {
+        name: algorithm
+        for net in (NET, DENSE)
+        for name, algorithm in _algorithms(_kernel_graph(tmp_path, 2, net, CudaTarget()))
+    }
+    assert chosen == {
+        "depthwise": "direct", "pointwise": "gemm_1x1", "grouped": "implicit_gemm",
+        "up": "direct", "first": "implicit_gemm", "same": "implicit_gemm",
+        "valid": "implicit_gemm", "partial": "implicit_gemm", "strided": "implicit_gemm",
+    }  # fmt: skip
+    kgraph = _kernel_graph(tmp_path, 2, DENSE, CudaTarget())
+    primitives = kgraph.primitives()
+    assert not any(p.prim == "pack" for p in primitives)
+    assert not any(p.attrs.get("blocking") for p in primitives if p.prim == "conv")
+    loops = [i for s in kgraph.forward + kgraph.backward for i in s.instrs if hasattr(i, "body")]
+    assert loops and all(loop.threads == 1 and not loop.partial_sums for loop in loops)
+    assert not any("plan" in p.attrs for p in primitives if p.prim == "gemm")
+
+
+def _algorithms(kgraph) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(layer["name"], layer["algorithm"]) for layer in kgraph.layers if "algorithm" in layer]

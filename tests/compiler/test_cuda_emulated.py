@@ -1,13 +1,15 @@
-"""What the generated CUDA computes, checked on the CPU against the C target.
+"""What the two targets' kernel graphs compute: the CUDA target's, checked on the CPU against
+the C target's.
 
-The CUDA source of one small training net that uses every primitive (im2col and
-GEMM, col2im, direct depthwise convolution at -O2, an implicit GEMM with its weights
-packed ahead at -O2 (the wide convolution: packing is the C target's alone), a dense direct
-forward at -O2 (the "dense" one), MAX/AVE pooling and their gradients, LRN's pooled squares,
-copies, reductions, random maps, the solver's updates) is built as a CUDA
-artifact and run by the runtime's device executor on the OpenMP emulation of
-``tests/cuda_emulator.py`` (and, marked ``gpu``, on a real GPU), and two SGD
-steps must give the C target's outputs, gradients and weights. Built at -O0 (one kernel
+One small training net that uses every primitive (im2col and GEMM, col2im, direct
+depthwise convolution, implicit GEMMs, with groups too, MAX/AVE pooling and their
+gradients, LRN's pooled squares, copies, reductions, random maps, the solver's updates) is
+lowered for each target, which choose their own algorithms at -O2 (the C target packs
+the wide convolution's weights ahead and runs the "dense" one's forward directly; the CUDA
+target runs them as implicit GEMMs). The CUDA artifact is run by the runtime's device
+executor on the OpenMP emulation of ``tests/cuda_emulator.py`` (and, marked ``gpu``, on
+a real GPU), and two SGD steps must give the C target's outputs, gradients and weights.
+Built at -O0 (one kernel
 per primitive, pooling masks) and -O2 (fused kernels as their parts, the argmax found again
 in backward), and at -O2 with every layout of the CUDA GEMM's blocks (the "many" and "few"
 convolutions give it more than 64 rows, plain and transposed) and reductions by blocks.
@@ -29,8 +31,9 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     layer_graph_of,
-    optimization_switches,
 )
+from caffec.compiler.targets.cpu import CpuTarget
+from caffec.compiler.targets.cuda import CudaTarget
 from caffec.frontend.loader import parse_net
 from caffec.runtime.compiled_net import CompiledNet
 
@@ -49,6 +52,11 @@ layer { name: "dense" type: "Convolution" bottom: "rows" top: "dense"
         convolution_param { num_output: 6 kernel_size: 3 pad: 1
                             weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "dense_ip" type: "InnerProduct" bottom: "dense" top: "dense_ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "grouped" type: "Convolution" bottom: "rows" top: "grouped"
+        convolution_param { num_output: 4 group: 2 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "grouped_ip" type: "InnerProduct" bottom: "grouped" top: "grouped_ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "many" type: "Convolution" bottom: "data" top: "many"
         convolution_param { num_output: 72 kernel_size: 3 stride: 2 pad: 1
@@ -79,7 +87,8 @@ layer { name: "up" type: "Deconvolution" bottom: "cat" top: "up"
 layer { name: "drop" type: "Dropout" bottom: "up" top: "up" dropout_param { dropout_ratio: 0.3 } }
 layer { name: "ip" type: "InnerProduct" bottom: "up" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "wide_ip" bottom: "dense_ip" top: "sum" }
+layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "wide_ip" bottom: "dense_ip"
+        bottom: "grouped_ip" top: "sum" }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: "loss" }
 layer { name: "few_loss" type: "SoftmaxWithLoss" bottom: "few_ip" bottom: "label" top: "few_loss" }
 """
@@ -92,20 +101,22 @@ def test_the_gpu_layouts_follow_the_grid_size() -> None:
     """GoogLeNet's shapes at batch 32: a large C gets 64x64 tiles, smaller ones 32x32 or
     16x16 (a block per multiprocessor at least), a weight gradient (small C, long K) slices
     of K; bias gradients reduce by blocks."""
-    layout = cuda_codegen.gemm_layout
 
     def gemm(m: int, n: int, k: int) -> tuple[int, int]:
-        return layout({"M": m, "N": n, "K": k, "batch": 1})
+        return cuda_codegen.gemm_layout({"M": m, "N": n, "K": k, "batch": 1}, 132)
 
     assert gemm(192, 3136, 576) == (4, 1)  # conv2/3x3, one image
     assert gemm(64, 3136, 64) == (2, 1)  # conv2/3x3_reduce, one image
     assert gemm(128, 784, 96 * 9) == (1, 1)  # inception_3a/3x3: 392 blocks of 16x16
     assert gemm(64, 147, 12544) == (1, 4)  # conv1's weight gradient, one image
     assert gemm(10, 5, 20) == (1, 1)  # small everything
-    by_block = cuda_codegen.reduce_per_block
-    assert by_block({"out_size": 64, "total": 32 * 64 * 112 * 112})  # conv1's bias gradient
-    assert not by_block({"out_size": 1000, "total": 32 * 1000})  # a classifier's, batch 32
-    assert by_block({"out_size": 1, "total": 10})  # one output: one block
+
+    def by_block(out_size: int, total: int) -> bool:
+        return cuda_codegen.reduce_per_block({"out_size": out_size, "total": total}, 132)
+
+    assert by_block(64, 32 * 64 * 112 * 112)  # conv1's bias gradient
+    assert not by_block(1000, 32 * 1000)  # a classifier's, batch 32
+    assert by_block(1, 10)  # one output: one block
 
 
 @pytest.mark.parametrize(("level", "forced"), [(0, False), (2, False), (2, True)])
@@ -116,17 +127,17 @@ def test_cuda_kernels_compute_what_the_c_target_does(
     several operands', and every reduction of at most 100 outputs runs a block per output
     (this net is too small for any of that on its own)."""
     if forced:
-        monkeypatch.setattr(cuda_codegen, "reduce_per_block", lambda a: a["out_size"] <= 100)
+        monkeypatch.setattr(cuda_codegen, "reduce_per_block", lambda a, _: a["out_size"] <= 100)
         monkeypatch.setattr(cuda_codegen, "gemm_layout",
-                            lambda a: LAYOUTS[(a["M"] + a["N"] + a["K"]) % 3])  # fmt: skip
-    options = Options(phase="TRAIN", backward=True, solver=SOLVER)
-    options = replace(options, **optimization_switches(level))
+                            lambda a, _: LAYOUTS[(a["M"] + a["N"] + a["K"]) % 3])  # fmt: skip
+    options = Options(phase="TRAIN", backward=True, solver=SOLVER, opt_level=level)
     net, spans = parse_net(NET)
-    kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
-    c = CompiledNet(write_artifact(kgraph, tmp_path / "c"), seed=3)
-    cuda_artifact = write_artifact(kgraph, tmp_path / "cuda", target="cuda",
-                                   cuda_archs=(any_gpu.arch,))  # fmt: skip
-    cuda = CompiledNet(cuda_artifact, seed=3)
+    nets = []
+    for target in (CpuTarget(), CudaTarget(archs=(any_gpu.arch,))):
+        target_options = replace(options, target=target)
+        kgraph = build_kernel_graph(layer_graph_of(net, spans, target_options), target_options)
+        nets.append(CompiledNet(write_artifact(kgraph, tmp_path / target.name), seed=3))
+    c, cuda = nets
     same_params(c, cuda)
     rng = np.random.default_rng(1)
     feed = {

@@ -1,9 +1,11 @@
-"""The CUDA target without a GPU: every corpus net's CUDA source builds, and its manifest is
-the C target's; with one (marked ``gpu``), every corpus net runs there as the C target does.
+"""The CUDA target without a GPU: every corpus net lowers for it and its CUDA source builds,
+with a launch for every kernel; with a GPU (marked ``gpu``), every corpus net runs there as
+the C target does. (What the CUDA kernels compute without a GPU: test_cuda_emulated.py.)
 
-Each BVLC net is lowered as the equivalence tests run it (TRAIN with a backward pass and
-an SGD update where it has a loss, else TEST; batch 2), rendered as CUDA C and built by
-nvcc into a fat binary, two at a time. Forward, backward and the update are all in it.
+Each BVLC net is lowered for the CUDA target as the equivalence tests run it (TRAIN with a
+backward pass and an SGD update where it has a loss, else TEST; batch 2), rendered as CUDA
+C and built by nvcc into a fat binary, two at a time. Forward, backward and the update are
+all in it.
 """
 
 from __future__ import annotations
@@ -19,22 +21,21 @@ from conftest import CORPUS
 from test_corpus import pyloss_on_path  # noqa: F401 (a fixture)
 from test_fusion_equivalence import BVLC, check_equivalent, corpus_options
 
-from caffec.codegen.artifact_writer import manifest
-from caffec.codegen.c import kernel_names, render
-from caffec.codegen.cuda import render_cuda
-from caffec.codegen.toolchain import build_cuda, c_flags, cuda_flags
-from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of, optimization_switches
+from caffec.codegen.cuda import CudaRenderer
+from caffec.codegen.renderer import kernel_names
+from caffec.codegen.toolchain import build_cuda, cuda_flags
+from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of
+from caffec.compiler.targets.cuda import CudaTarget
 from caffec.errors import UserError
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-
-TARGET_FIELDS = {"target", "source", "source_sha256", "library", "compiler_flags", "cuda"}
 
 
 def _lowered(path: Path) -> Any:
     """The net's kernel graph, or why it has none (the reason a test skips)."""
     try:
         net, spans, options = corpus_options(path)
+        options = replace(options, target=CudaTarget())
         kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
     except pytest.skip.Exception as skip:
         return str(skip)
@@ -50,7 +51,9 @@ def _lowered(path: Path) -> Any:
 def builds(pyloss_module: None) -> dict[Path, Any]:
     """Per corpus net: (kernel graph, CUDA source, launches, fat binary), or a skip reason."""
     lowered = {path: _lowered(path) for path in BVLC}
-    rendered = {p: (k, *render_cuda(k)) for p, k in lowered.items() if not isinstance(k, str)}
+    renderer = CudaRenderer(CudaTarget())
+    rendered = {p: (k, *_rendered(renderer, k)) for p, k in lowered.items()
+                if not isinstance(k, str)}  # fmt: skip
     with ThreadPoolExecutor(2) as pool:  # nvcc is single-threaded: two builds at once
         binaries = pool.map(lambda item: build_cuda(item[1], cuda_flags()), rendered.values())
         built = {p: (*r, b) for (p, r), b in zip(rendered.items(), binaries, strict=True)}
@@ -69,18 +72,18 @@ def pyloss_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield
 
 
+def _rendered(renderer: CudaRenderer, kgraph: Any) -> tuple[str, dict[str, Any]]:
+    rendered = renderer.render(kgraph)
+    return rendered.source, rendered.extra["cuda"]
+
+
 @pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
-def test_cuda_source_builds_with_the_c_targets_manifest(path: Path, builds: dict) -> None:
+def test_cuda_source_builds_with_a_launch_for_every_kernel(path: Path, builds: dict) -> None:
     built = builds[path]
     if isinstance(built, str):
         pytest.skip(built)
     kgraph, source, launches, binary = built
     assert binary.stat().st_size > 0
-    cuda = manifest(kgraph, source, cuda_flags(), "cuda")
-    c = manifest(kgraph, render(kgraph, "c"), c_flags(), "c")
-    assert {k: v for k, v in cuda.items() if k not in TARGET_FIELDS} == {
-        k: v for k, v in c.items() if k not in TARGET_FIELDS
-    }
     # every kernel of every pass has its functions in the source, launched in order
     names = kernel_names(kgraph)
     assert set(launches["functions"]) == set(names.values())
@@ -92,14 +95,14 @@ def test_cuda_source_builds_with_the_c_targets_manifest(path: Path, builds: dict
         assert len(launches["steps"][direction]) == len(steps)
 
 
-def test_cuda_source_builds_in_float64() -> None:
+def test_cuda_source_builds_in_float64(corpus: Path) -> None:
     """The GPU corpus test runs in float64: LeNet's training net (a softmax loss, whose
     count takes fmax of integers, convolutions, pooling, the solver) builds in it too."""
-    net, spans, options = corpus_options(CORPUS / "bvlc/examples/mnist/lenet_train_test.prototxt")
-    options = replace(options, dtype="float64", **optimization_switches(2))
+    net, spans, options = corpus_options(corpus / "bvlc/examples/mnist/lenet_train_test.prototxt")
+    options = replace(options, dtype="float64", opt_level=2, target=CudaTarget())
     kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
     kgraph.number_buffers()
-    source = render_cuda(kgraph)[0]
+    source = CudaRenderer(CudaTarget()).render(kgraph).source
     assert "typedef double real;" in source
     assert build_cuda(source, cuda_flags()).stat().st_size > 0
 

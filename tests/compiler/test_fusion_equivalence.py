@@ -27,8 +27,8 @@ from caffec.compiler.pipeline import (
     build_kernel_graph,
     layer_graph_of,
     load_layer_graph,
-    optimization_switches,
 )
+from caffec.compiler.targets.cuda import CudaTarget
 from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.frontend.loader import read_net
@@ -58,13 +58,12 @@ def check_equivalent(
     With ``cuda_arch`` the -O2 build is the CUDA target's, run on the GPU in use."""
     kgraphs = []
     for level in (0, 2):
-        opts = replace(options, **optimization_switches(level))
+        opts = replace(options, opt_level=level)
+        if cuda_arch and level == 2:
+            opts = replace(opts, target=CudaTarget(archs=(cuda_arch,)))
         kgraphs.append(build_kernel_graph(graph_of(opts), opts))  # type: ignore[operator]
-    targets = [{"reference": True}, {"target": "cuda", "cuda_archs": (cuda_arch,)}
-               if cuda_arch else {}]  # fmt: skip
     with ThreadPoolExecutor(2) as pool:  # the two compiles at once, on two cores
-        paths = list(pool.map(lambda k, o, t: write_artifact(k, o, **t), kgraphs,
-                              [out / "O0", out / "O2"], targets))  # fmt: skip
+        paths = list(pool.map(write_artifact, kgraphs, [out / "O0", out / "O2"]))
     nets = [CompiledNet(path, seed=7) for path in paths]
     counts = [len(k.kernels()) for k in kgraphs]
     reference, optimised = nets
@@ -169,7 +168,7 @@ def test_googlenet_training_has_half_the_kernels(corpus: Path) -> None:
                       solver=SOLVER)  # fmt: skip
     graph = load_layer_graph(path, options)
     counts = [
-        len(build_kernel_graph(graph, replace(options, **optimization_switches(level))).kernels())
+        len(build_kernel_graph(graph, replace(options, opt_level=level)).kernels())
         for level in (0, 2)
     ]
     assert 2 * counts[1] <= counts[0]

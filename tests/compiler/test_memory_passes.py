@@ -19,7 +19,6 @@ from caffec.compiler.pipeline import (
     build_kernel_graph,
     layer_graph_of,
     load_layer_graph,
-    optimization_switches,
 )
 from caffec.formats import caffe_pb2
 from caffec.frontend.loader import parse_net
@@ -64,9 +63,9 @@ def _build(options: Options, out: Path) -> tuple[CompiledNet, list[str]]:
 def test_pooling_runs_before_relu_in_lean_builds_with_identical_training(tmp_path: Path) -> None:
     # bit for bit: without the threads' partial sums of weight gradients and the direct
     # weight gradient (both sum in another order)
-    base = Options(phase="TRAIN", backward=True, solver=SOLVER, parallel_loops=False,
+    base = Options(phase="TRAIN", backward=True, solver=SOLVER, skip=frozenset({"parallel_loops"}),
                    choose_algorithms=False)  # fmt: skip
-    reference, order = _build(replace(base, **optimization_switches(0)), tmp_path / "ref")
+    reference, order = _build(replace(base, opt_level=0), tmp_path / "ref")
     lean, lean_order = _build(replace(base, keep_blobs=False), tmp_path / "lean")
     kept, kept_order = _build(base, tmp_path / "kept")
     assert order == kept_order  # pycaffe's view: the layers as written
@@ -102,7 +101,7 @@ def test_pooling_masks_are_found_again_only_where_the_input_is_kept(keep_blobs: 
     else:
         assert len(masks) == 2 and not any(k.attrs.get("recompute") for k in grads)
     unoptimized = build_kernel_graph(
-        load_layer_graph(LENET, options), replace(options, **optimization_switches(0))
+        load_layer_graph(LENET, options), replace(options, opt_level=0)
     )
     assert len([b for b in unoptimized.buffers if b.name.endswith("argmax")]) == 2
 
@@ -137,7 +136,7 @@ def test_concat_branches_write_into_the_joined_blob_in_lean_builds(tmp_path: Pat
     base = Options(phase="TRAIN", backward=True, solver=SOLVER)
     net, spans = parse_net(INCEPTION, "inception.prototxt")
     builds = []
-    for name, options in [("ref", replace(base, **optimization_switches(0))),
+    for name, options in [("ref", replace(base, opt_level=0)),
                           ("lean", replace(base, keep_blobs=False))]:  # fmt: skip
         kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
         builds.append((kgraph, CompiledNet(write_artifact(kgraph, tmp_path / name), seed=1)))

@@ -15,7 +15,6 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
 from caffec.runtime.compiled_net import CompiledNet
 
@@ -26,7 +25,7 @@ OPTIONS = Options(phase="TRAIN", shapes={"data": (6, 1, 28, 28)}, backward=True)
 def lenet(threads: int):  # type: ignore[no-untyped-def]
     """LeNet's kernel graph with its loops over images on ``threads``; every convolution by
     im2col + GEMM (conv2's weight gradient would otherwise run direct, in no loop)."""
-    options = replace(OPTIONS, parallel_loops=False, choose_algorithms=False)
+    options = replace(OPTIONS, skip=frozenset({"parallel_loops"}), choose_algorithms=False)
     kgraph = build_kernel_graph(load_layer_graph(LENET, options), options)
     parallelize_loops(kgraph, threads=threads)
     kgraph.memory_plan = plan_memory(kgraph, blob_of=kgraph.memory_plan.blob_of)
@@ -76,7 +75,7 @@ def test_one_thread_changes_nothing() -> None:
 
 
 def test_threaded_loops_compute_what_the_reference_computes(tmp_path: Path) -> None:
-    reference_options = replace(OPTIONS, **optimization_switches(0))
+    reference_options = replace(OPTIONS, opt_level=0)
     reference = build_kernel_graph(load_layer_graph(LENET, reference_options), reference_options)
     nets = [CompiledNet(write_artifact(k, tmp_path / n), seed=2)
             for k, n in ((reference, "ref"), (lenet(threads=3), "threads"))]  # fmt: skip

@@ -32,9 +32,8 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
-from caffec.errors import UserError
+from caffec.errors import InternalError, UserError
 from caffec.frontend.loader import read_net
 from caffec.runtime.compiled_net import CompiledNet
 
@@ -213,8 +212,12 @@ def test_corpus_plans_never_share_live_bytes(path: Path) -> None:
     assert reference.arena_bytes == plan.unshared_bytes
     # the naive size is Caffe's, whatever caffec's passes drop (for the same algorithms: an
     # implicit GEMM has no columns to count)
-    switches = {**optimization_switches(0), "choose_algorithms": True}
-    unoptimized = build_kernel_graph(graph, Options(phase="TRAIN", backward=True, **switches))
+    unoptimized = build_kernel_graph(
+        graph,
+        Options(
+            phase="TRAIN", backward=True, skip=frozenset({"recompute", "fuse", "parallel_loops"})
+        ),
+    )
     assert plan.naive_bytes == unoptimized.memory_plan.naive_bytes > 0
 
 
@@ -372,14 +375,21 @@ def lenet_options(**kw: object) -> Options:
     return Options(phase="TRAIN", shapes={"data": (64, 1, 28, 28)}, solver=solver, **kw)
 
 
-def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
-    from caffec.codegen.artifact_writer import plan_offsets
+def plan_offsets(kgraph: KernelGraph) -> tuple[dict[int, int], int]:
+    """The arena offsets of the graph's plan by buffer slot, and the arena's size."""
+    kgraph.number_buffers()
+    plan = kgraph.memory_plan
+    return {b.index: offset for b, offset in plan.offsets.items()}, plan.arena_bytes
+
+
+def test_the_pass_can_be_turned_off_and_reports_sizes(tmp_path: Path) -> None:
+    from caffec.codegen.artifact_writer import write_artifact
 
     graph = load_layer_graph(LENET, lenet_options())
     planned = build_kernel_graph(graph, lenet_options())
-    reference = build_kernel_graph(graph, lenet_options(**optimization_switches(0)))
-    offsets, arena = plan_offsets(planned, 4)
-    ref_offsets, ref_arena = plan_offsets(reference, 4)
+    reference = build_kernel_graph(graph, lenet_options(opt_level=0))
+    offsets, arena = plan_offsets(planned)
+    ref_offsets, ref_arena = plan_offsets(reference)
     assert arena == planned.memory_plan.arena_bytes < ref_arena
     assert ref_arena == reference.memory_plan.unshared_bytes >= planned.memory_plan.unshared_bytes
     slots = [b.index for b in reference.buffers if b.kind in ARENA_KINDS]
@@ -398,12 +408,11 @@ def test_the_pass_can_be_turned_off_and_reports_sizes() -> None:
     }  # fmt: skip
     diffs = sum(blobs.values()) - blobs["data"] - blobs["label"]  # nothing writes those two
     assert naive == 4 * (sum(blobs.values()) + diffs + sum(own.values()))
-    # stopping before the pass leaves the reference layout: every buffer after the last
+    # the plan is final: a graph the pass never saw has none, and no artifact is made of it
     early = build_kernel_graph(graph, lenet_options(), after="solver")
-    early_offsets, early_arena = plan_offsets(early, 4)
-    early_slots = [b.index for b in early.buffers if b.kind in ARENA_KINDS]
-    assert [early_offsets[s] for s in early_slots] == sorted(early_offsets.values())
-    assert arena < early_arena <= ref_arena
+    assert early.memory_plan is None
+    with pytest.raises(InternalError, match="no memory plan"):
+        write_artifact(early, tmp_path / "early")
 
 
 def _compiled(kgraph: KernelGraph, out: Path, poison: bool = False) -> CompiledNet:
@@ -425,11 +434,11 @@ def test_lenet_trains_identically_with_and_without_planning(
     tmp_path: Path, keep_blobs: bool
 ) -> None:
     graph = load_layer_graph(LENET, lenet_options())
-    reference = _compiled(build_kernel_graph(graph, lenet_options(**optimization_switches(0))),
+    reference = _compiled(build_kernel_graph(graph, lenet_options(opt_level=0)),
                           tmp_path / "reference")  # fmt: skip
     # bit for bit: without the threads' partial sums of weight gradients and the direct
     # weight gradient (both sum in another order)
-    kgraph = build_kernel_graph(graph, lenet_options(keep_blobs=keep_blobs, parallel_loops=False,
+    kgraph = build_kernel_graph(graph, lenet_options(keep_blobs=keep_blobs, skip=frozenset({"parallel_loops"}),
                                                      choose_algorithms=False))  # fmt: skip
     planned = _compiled(kgraph, tmp_path / "planned", poison=True)
     m = planned.artifact.manifest
@@ -466,7 +475,7 @@ def test_googlenet_forward_is_identical_with_and_without_planning(
     # bit for bit: the algorithms of -O0 (the direct kernels sum in another order)
     options = Options(phase="TEST", shapes={"data": (2, 3, 224, 224)}, choose_algorithms=False)
     graph = load_layer_graph(deploy, options)
-    reference = _compiled(build_kernel_graph(graph, replace(options, **optimization_switches(0))),
+    reference = _compiled(build_kernel_graph(graph, replace(options, opt_level=0)),
                           tmp_path / "reference")  # fmt: skip
     nets = [
         _compiled(build_kernel_graph(graph, options), tmp_path / "planned", poison=True),

@@ -16,10 +16,11 @@ import pytest
 from conftest import CORPUS
 from test_fusion_equivalence import corpus_options
 
-from caffec.codegen.c import kernel_names, render
+from caffec.codegen.c import CRenderer
+from caffec.codegen.renderer import kernel_names
 from caffec.compiler.kernels import Loop
-from caffec.compiler.passes import parallel_loops
 from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of
+from caffec.compiler.targets.cpu import CpuTarget
 
 LARGE = 1 << 18  # numbers written: 1 MB of float32, beyond a core's L2 share
 NETS = [
@@ -30,15 +31,13 @@ NETS = [
 
 
 @pytest.mark.parametrize("path", NETS, ids=lambda p: p.parent.name)
-def test_no_kernel_runs_on_one_thread_over_a_large_tensor(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(parallel_loops.os, "cpu_count", lambda: 2)
+def test_no_kernel_runs_on_one_thread_over_a_large_tensor(path: Path, corpus: Path) -> None:
     net, spans, options = corpus_options(path)
-    options = replace(options, shapes={k: (8, *v[1:]) for k, v in options.shapes.items()})
+    options = replace(options, shapes={k: (8, *v[1:]) for k, v in options.shapes.items()},
+                      target=CpuTarget(threads=2))  # fmt: skip
     kgraph = build_kernel_graph(layer_graph_of(net, spans, options), options)
     kgraph.number_buffers()
-    source = render(kgraph)
+    source = CRenderer(options.target).render(kgraph).source
     names = kernel_names(kgraph)
     on_threads = {id(k) for steps in kgraph.steps().values() for step in steps
                   for instr in step.instrs if isinstance(instr, Loop) and instr.threads > 1

@@ -27,7 +27,6 @@ from caffec.compiler.pipeline import (
     Options,
     build_kernel_graph,
     load_layer_graph,
-    optimization_switches,
 )
 from caffec.runtime.compiled_net import CompiledNet
 
@@ -208,7 +207,7 @@ def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, case: dict, is
 
 def _optimised(tmp_path: Path) -> tuple[Any, str]:
     """The kernel graph of the -O2 net :func:`_check` wrote, and its convolution's algorithm."""
-    options = Options(**optimization_switches(2))
+    options = Options(opt_level=2)
     kgraph = build_kernel_graph(load_layer_graph(tmp_path / "O2" / "net.prototxt", options),
                                 options)  # fmt: skip
     return kgraph, next(layer["algorithm"] for layer in kgraph.layers if layer["name"] == "conv")

@@ -2,6 +2,7 @@
 
 from caffec.compiler.layers import (  # noqa: F401
     activations,
+    convolution,
     data,
     inner_product,
     losses,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import KernelGraph, Step
-from caffec.compiler.passes.lower import LowerContext, Lowering, loss_weights
+from caffec.compiler.lowering import LowerContext, Lowering
+from caffec.compiler.passes.lower import loss_weights
 from caffec.compiler.primitives import fill
 from caffec.compiler.registry import lookup
 from caffec.errors import UserError
@@ -88,8 +89,7 @@ def autodiff(kgraph: KernelGraph, lowering: Lowering) -> KernelGraph:
         if not layer_needs[op]:
             continue
         spec = lookup(op.type)
-        ctx = LowerContext(lowering, op, graph.phase)
-        ctx.bottoms_needed = frozenset(bottom_needs[op])
+        ctx = LowerContext(lowering, op, graph.phase, frozenset(bottom_needs[op]))
         wants_params = any(p.lr_mult != 0 for p in lowering.params[op])
         if not ctx.bottoms_needed and not wants_params:
             continue

@@ -21,16 +21,14 @@ zeroed copy of its own (*partial sums*, the loop's ``partial_sums``: the loop
 zeroes them before its iterations and adds them into the gradient after). Only
 the order of that sum's terms changes.
 
-The number of threads is fixed at compile time (the machine's CPUs, at most
-:data:`MAX_THREADS`, and no more than images), so the arena holds each
+The number of threads is fixed at compile time (the CPU target's ``threads``:
+the machine's CPUs, at most eight, and no more than images), so the arena holds each
 workspace that many times; the generated loop asks OpenMP for that many
 threads. Each image is computed exactly as before; only the partial sums add a
 weight gradient's terms in another order, the same one on every run of a build.
 """
 
 from __future__ import annotations
-
-import os
 
 from caffec.compiler.kernels import (
     Buffer,
@@ -42,12 +40,10 @@ from caffec.compiler.kernels import (
     kernels_of,
 )
 
-MAX_THREADS = 8
 
-
-def parallelize_loops(kgraph: KernelGraph, threads: int | None = None) -> KernelGraph:
-    """Split and mark the loops of ``kgraph`` that may run across threads (see above)."""
-    threads = threads or min(MAX_THREADS, os.cpu_count() or 1)
+def parallelize_loops(kgraph: KernelGraph, threads: int) -> KernelGraph:
+    """Split and mark the loops of ``kgraph`` that may run across ``threads`` threads (see
+    above)."""
     if threads < 2:
         return kgraph
     steps = [s for steps in kgraph.steps().values() for s in steps]

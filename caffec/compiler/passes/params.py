@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format
 
 from caffec.compiler.ir import LayerGraph, Op
-from caffec.compiler.layers.common import count
 from caffec.compiler.registry import ShapeError, lookup
 from caffec.errors import UserError, shape_text
 from caffec.runtime import fillers
@@ -53,7 +53,7 @@ def create_params(graph: LayerGraph) -> LayerGraph:
             owner, j = owners[ps.name]
             mine, theirs = op.params[i].shape, owner.params[j].shape
             strict = ps.DimCheckMode.Name(ps.share_mode) == "STRICT"
-            same = mine == theirs if strict else count(mine) == count(theirs)
+            same = mine == theirs if strict else math.prod(mine) == math.prod(theirs)
             if not same:
                 raise UserError(
                     f"cannot share param '{ps.name}' with layer '{owner.name}': its shape "

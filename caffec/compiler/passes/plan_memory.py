@@ -76,7 +76,7 @@ or above the highest of them when no gap does. Every size is rounded up to
 only on the kernel graph: no hashing, no randomness.
 
 With ``share=False`` the layout is the reference one (every arena buffer its
-own bytes, in buffer order): what ``Options(plan_memory=False)`` builds.
+own bytes, in buffer order): what ``-O0`` builds.
 
 **The naive size** is what Caffe allocates for the same net: for every blob
 its data, and its diff where backward computes one (Caffe allocates memory
@@ -442,26 +442,6 @@ def storages(arena: list[Buffer], links: dict[Buffer, Buffer]) -> list[list[Buff
 def _hull(intervals: list[Interval | None]) -> Interval | None:
     known = [i for i in intervals if i is not None]
     return (min(i[0] for i in known), max(i[1] for i in known)) if known else None
-
-
-def replan(kgraph: KernelGraph, itemsize: int) -> MemoryPlan:
-    """The plan of ``kgraph`` as it is now, with the settings its planning pass chose.
-
-    Planning is cheap, so the artifact writer plans again rather than trust a plan a later
-    change to the graph may have made stale; a graph the pass never saw gets the reference
-    layout (no sharing).
-    """
-    earlier: MemoryPlan | None = getattr(kgraph, "memory_plan", None)
-    if earlier is None:
-        return plan_memory(kgraph, share=False, itemsize=itemsize)
-    return plan_memory(
-        kgraph,
-        share=earlier.share,
-        keep_blobs=earlier.keep_blobs,
-        itemsize=itemsize,
-        blob_of=earlier.blob_of,
-        naive=earlier.naive_bytes * itemsize // earlier.itemsize,
-    )
 
 
 def conflicts(plan: MemoryPlan) -> Iterator[tuple[Buffer, Buffer]]:

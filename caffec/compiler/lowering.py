@@ -1,0 +1,131 @@
+"""The state of a lowering, and what a layer rule sees of it while it emits kernels.
+
+:class:`Lowering` holds the buffers and bindings of a kernel graph being built
+(the :mod:`~caffec.compiler.passes.lower` pass makes it; autodiff continues
+from it). A layer rule's ``lower`` and ``grad`` get a :class:`LowerContext`:
+its layer's buffers by position (``x(i)``, ``y(i)``, ``w(i)``, and in
+backward ``dy(i)``, ``dx(i)``, ``dw(i)``), scratch buffers, the target's
+choice of algorithms, and ``emit``, which hands each instruction to the
+target (:meth:`caffec.compiler.targets.Target.emit`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from caffec.compiler.ir import LayerGraph, Op, Value
+from caffec.compiler.kernels import Buffer, Instr, ParamBinding, Shape
+from caffec.compiler.passes.params import filler_dict
+from caffec.compiler.targets import ConvAlgorithms, ConvShape, Target, general_algorithms
+
+
+class Lowering:
+    """The buffers and bindings of a kernel graph while it is being built."""
+
+    def __init__(
+        self, graph: LayerGraph, dtype: str, target: Target, choose_algorithms: bool = True
+    ) -> None:
+        self.graph = graph
+        self.dtype = dtype
+        self.target = target
+        self.choose_algorithms = choose_algorithms
+        self.algorithms: dict[str, str] = {}  # layer name -> the algorithm its rule chose
+        self.buffers: list[Buffer] = []
+        self.data: dict[Value, Buffer] = {}
+        self.grads: dict[Value, Buffer] = {}
+        self.grad_written: set[Value] = set()
+        self.params: dict[Op, list[ParamBinding]] = {}
+        self.states: dict[tuple[Op, str], Buffer] = {}
+        self.counter = self.new("random seed and iteration", (2,), "counter")
+        self.fills: list[tuple[Buffer, dict[str, Any], bool]] = []
+
+    def new(self, name: str, shape: Shape, kind: str) -> Buffer:
+        buffer = Buffer(name, tuple(shape), kind)
+        self.buffers.append(buffer)
+        return buffer
+
+
+class LowerContext:
+    """What a layer rule sees while it emits kernels: its buffers, its phase, an emit function."""
+
+    def __init__(
+        self, lowering: Lowering, op: Op, phase: str, bottoms_needed: frozenset[int] = frozenset()
+    ) -> None:
+        self._lowering = lowering
+        self.op = op
+        self.phase = phase
+        self.bottoms_needed = bottoms_needed  # backward: the bottoms that need a gradient
+        self.instrs: list[Instr] = []
+        self.counter = lowering.counter
+        self.target = lowering.target
+
+    @property
+    def choose_algorithms(self) -> bool:
+        """Whether layers take their target's fastest algorithms (-O2); else each takes its
+        one general algorithm."""
+        return self._lowering.choose_algorithms
+
+    def conv_algorithms(self, shape: ConvShape) -> ConvAlgorithms:
+        """The algorithms a convolution of ``shape`` runs on this build's target (shown by
+        ``caffec dump`` and the manifest's ``layers``)."""
+        chosen = (self.target.conv_algorithms(shape) if self.choose_algorithms
+                  else general_algorithms(shape))  # fmt: skip
+        self._lowering.algorithms[self.op.name] = str(chosen)
+        return chosen
+
+    # forward ------------------------------------------------------------------
+    def x(self, i: int) -> Buffer:
+        """The data of bottom ``i``."""
+        return self._lowering.data[self.op.bottoms[i]]
+
+    def y(self, i: int) -> Buffer:
+        """The data of top ``i``."""
+        return self._lowering.data[self.op.tops[i]]
+
+    def w(self, i: int) -> Buffer:
+        """Parameter blob ``i``."""
+        return self._lowering.params[self.op][i].data
+
+    def state(self, name: str, shape: Shape) -> Buffer:
+        """A buffer the forward pass fills and the backward pass reads (a pooling mask...)."""
+        key = (self.op, name)
+        if key not in self._lowering.states:
+            self._lowering.states[key] = self._lowering.new(
+                f"{self.op.name} {name}", shape, "value"
+            )
+        return self._lowering.states[key]
+
+    def workspace(self, name: str, shape: Shape) -> Buffer:
+        return self._lowering.new(f"{self.op.name} {name}", shape, "workspace")
+
+    def fill_each_run(self, buffer: Buffer, filler: Any, refill: bool) -> None:
+        """Ask the runtime to fill ``buffer`` with ``filler`` (DummyData)."""
+        self._lowering.fills.append((buffer, filler_dict(filler) or {}, refill))
+
+    def emit(self, *instrs: Instr) -> None:
+        """Add instructions to the layer's step, as the target runs them."""
+        for instr in instrs:
+            self.instrs += self.target.emit(instr, self.workspace, self.choose_algorithms)
+
+    # backward -----------------------------------------------------------------
+    def dy(self, i: int) -> Buffer:
+        """The gradient of top ``i`` (zero-filled if nothing downstream produced one)."""
+        return self._lowering.grads[self.op.tops[i]]
+
+    def dx(self, i: int) -> tuple[Buffer, bool] | None:
+        """Where to write bottom ``i``'s gradient and whether to add to it; None: not needed."""
+        value = self.op.bottoms[i]
+        if i not in self.bottoms_needed:
+            return None
+        buffer = self._lowering.grads.get(value)
+        if buffer is None:
+            buffer = self._lowering.new(f"{value.name} diff", value.shape or (), "grad")
+            self._lowering.grads[value] = buffer
+        accumulate = value in self._lowering.grad_written
+        self._lowering.grad_written.add(value)
+        return buffer, accumulate
+
+    def dw(self, i: int) -> Buffer | None:
+        """Parameter ``i``'s gradient (always accumulated into), or None if not learned."""
+        binding = self._lowering.params[self.op][i]
+        return binding.grad if binding.lr_mult != 0 else None
