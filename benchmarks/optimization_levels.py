@@ -69,7 +69,7 @@ def bench(label: str, path: Path, options: Options, work: str, iterations: int) 
             if work == "train":
                 net.backward()
                 net._exec.of_kind("hyper")[0] = 0.01
-                net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+                net._exec.run("update", 0, len(net.artifact.manifest.update))
 
         ms = time_ms(step, iterations)
         baseline = baseline or ms

@@ -145,30 +145,31 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _report(artifact: Path) -> str:
     """Memory of an artifact: its arena against Caffe's allocation, and a run's peak RSS."""
-    import json
     import math
     import subprocess
 
-    m = json.loads((artifact / "manifest.json").read_text())
+    from caffec.formats.manifest import Manifest
+
+    m = Manifest.read(artifact / "manifest.json")
     mib = 1 << 20
-    itemsize = 8 if m["dtype"] == "float64" else 4
-    persistent = itemsize * sum(math.prod(b["shape"]) for b in m["buffers"] if b["offset"] is None)
+    itemsize = 8 if m.dtype == "float64" else 4
+    persistent = itemsize * sum(math.prod(b.shape) for b in m.buffers if b.offset is None)
     probe = (
         "import resource, numpy as np\n"
         "from caffec.runtime.compiled_net import CompiledNet\n"
         f"net = CompiledNet({str(artifact)!r})\n"
         "net.forward(**{n: np.zeros(net.blobs[n].data.shape) for n in net.inputs})\n"
-        "net.backward() if net.artifact.manifest['backward'] else None\n"
+        "net.backward() if net.artifact.manifest.backward else None\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     rss = f"{int(result.stdout.split()[-1]) / 1024:.1f} MiB" if result.returncode == 0 else "n/a"
-    ratio = m["arena_bytes"] / max(1, m["naive_bytes"])
+    ratio = m.arena_bytes / max(1, m.naive_bytes)
     return (
-        f"arena {m['arena_bytes'] / mib:.1f} MiB (naive, as Caffe allocates: "
-        f"{m['naive_bytes'] / mib:.1f} MiB, ratio {ratio:.2f})"
+        f"arena {m.arena_bytes / mib:.1f} MiB (naive, as Caffe allocates: "
+        f"{m.naive_bytes / mib:.1f} MiB, ratio {ratio:.2f})"
         f" · parameters and solver state {persistent / mib:.1f} MiB"
-        f" · peak RSS of a forward{'+backward' if m['backward'] else ''}: {rss}"
+        f" · peak RSS of a forward{'+backward' if m.backward else ''}: {rss}"
     )
 
 
@@ -196,7 +197,7 @@ def _read_inputs(specs: list[str]) -> dict[str, object]:
 
 def _check_artifact_target(artifact: Any, gpu: str | None) -> None:
     """A CUDA artifact runs with -gpu, a C one without: say which flag is missing."""
-    target = artifact.manifest["target"]
+    target = artifact.manifest.target.name
     if target == "cuda" and gpu is None:
         raise UserError(f"{artifact.path} is built for the CUDA target", hint="run it with -gpu 0")
     if target == "c" and gpu is not None:
@@ -298,7 +299,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
               level=args.level)  # fmt: skip
-    weights = dict(net.artifact.manifest["loss_tops"])
+    weights = dict(net.artifact.manifest.loss_tops)
     sums: dict[str, np.ndarray] = {}
     loss = 0.0
     for i in range(args.iterations):

@@ -123,7 +123,7 @@ class EmulatedDevice:
         memory[...] = 0
 
     def functions(self, artifact: Any, names: list[str]) -> dict[str, Any]:
-        source = (artifact.path / artifact.manifest["source"]).read_text()
+        source = (artifact.path / artifact.manifest.source).read_text()
         library = build(source, self.folder)
         library.caffec_launch.restype = None
         bodies = _bodies(source)

@@ -63,7 +63,7 @@ def check_gradients(
     max_checks: int = 40,
 ) -> None:
     """Compare backward's gradients of inputs and parameters with central differences."""
-    loss_weights = dict(net.artifact.manifest["loss_tops"])
+    loss_weights = dict(net.artifact.manifest.loss_tops)
     weights = {
         t: (
             np.float64(loss_weights[t])

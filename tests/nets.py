@@ -20,5 +20,5 @@ def train_step(net: Any, feed: dict[str, Any], lr: float, backward_passes: int =
     for _ in range(backward_passes):
         net.backward()
     net._exec.of_kind("hyper")[0] = lr
-    net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+    net._exec.run("update", 0, len(net.artifact.manifest.update))
     return outputs

@@ -263,7 +263,7 @@ def test_compile_for_cuda(capsys, tmp_path: Path, corpus: Path) -> None:
     assert status == 0 and "forward only" in text
     assert {p.name for p in out.iterdir()} == {"manifest.json", "kernels.cu", "kernels.fatbin"}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["target"] == "cuda" and manifest["cuda"]["steps"]["forward"]
+    assert manifest["target"]["name"] == "cuda" and manifest["cuda"]["steps"]["forward"]
     # what cannot run it says so: a run without -gpu, --weights (checked by a run on the CPU)
     status, _, err = run(capsys, "run", str(out))
     assert status == 2 and "CUDA target" in err and "-gpu 0" in err

@@ -93,9 +93,9 @@ def solver_file(tmp_path: Path, kind: str, settings: dict, extra: str = "") -> P
 
 def learnable(solver) -> list[tuple[str, int, float, float]]:
     """(layer, index, lr_mult, decay_mult) of the parameters the solver updates (owners)."""
-    return [(p["layer"], p["index"], p["lr_mult"], p["decay_mult"])
-            for p in solver.net.artifact.manifest["params"]
-            if p["grad"] is not None and p["shared_with"] is None and p["lr_mult"] != 0]  # fmt: skip
+    return [(p.layer, p.index, p.lr_mult, p.decay_mult)
+            for p in solver.net.artifact.manifest.params
+            if p.grad is not None and p.shared_with is None and p.lr_mult != 0]  # fmt: skip
 
 
 @pytest.mark.parametrize(

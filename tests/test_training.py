@@ -159,7 +159,7 @@ def test_lenet_trains_on_the_gpu_as_on_the_cpu(small_fashion: Path, tmp_path: Pa
             lines: list[str] = []
             (gpu.set_mode_gpu if where == "gpu" else gpu.set_mode_cpu)()
             solver = get_solver("solver.prototxt", log=lines.append, dtype=dtype)
-            assert solver.net.artifact.manifest["target"] == ("cuda" if where == "gpu" else "c")
+            assert solver.net.artifact.manifest.target.name == ("cuda" if where == "gpu" else "c")
             solver.solve()
             losses[dtype, where] = curve(lines, r"Iteration \d+ \(.*\), loss = ([\d.e-]+)")
             accuracy[dtype, where] = curve(lines, r"accuracy = ([\d.]+)")

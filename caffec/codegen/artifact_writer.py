@@ -10,24 +10,33 @@ renamed, so a reader never sees half of one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from caffec.codegen.c import ABI_VERSION
 from caffec.codegen.renderer import Rendered, Renderer, kernel_names, renderer_for
-from caffec.compiler.kernels import BlobBinding, KernelGraph
+from caffec.compiler.kernels import BlobBinding, Buffer, KernelGraph, Step, View
 from caffec.errors import InternalError, UserError
-
-FORMAT_VERSION = 2  # 2: blobs may be views of part of a buffer
+from caffec.formats.manifest import (
+    BlobEntry,
+    BufferEntry,
+    FeederEntry,
+    FillEntry,
+    LayerEntry,
+    Manifest,
+    MemoryPlanEntry,
+    ParamEntry,
+    SolverEntry,
+    StepEntry,
+    TargetEntry,
+    ViewEntry,
+)
 
 
 def manifest(
     kgraph: KernelGraph, rendered: Rendered, flags: list[str], renderer: Renderer
-) -> dict[str, Any]:
+) -> Manifest:
     """What the runtime needs to run ``kgraph`` as ``renderer`` built it."""
     plan = kgraph.memory_plan
     if plan is None:
@@ -35,78 +44,65 @@ def manifest(
     offsets = {b.index: offset for b, offset in plan.offsets.items()}
     names = kernel_names(kgraph)
 
-    def steps(direction: list) -> list[dict[str, Any]]:
-        return [
-            {
-                "layer": s.layer,
-                "type": s.layer_type,
-                "kernels": [names[id(k)] for k in s.kernels()],
-                "joined": s.joined,
-            }
-            for s in direction
-        ]
+    def steps(direction: list[Step]) -> list[StepEntry]:
+        return [StepEntry(s.layer, s.layer_type, [names[id(k)] for k in s.kernels()], s.joined)
+                for s in direction]  # fmt: skip
 
-    def slot(buffer: Any) -> int | None:
-        return None if buffer is None else buffer.index
+    def view(v: View | None) -> ViewEntry | None:
+        return None if v is None else ViewEntry(v.offset, list(v.shape), list(v.strides))
 
-    def blob_entry(blob: BlobBinding) -> dict[str, Any]:
-        """A blob's data and diff slots, and where either is a view of part of its slot."""
-        entry: dict[str, Any] = {"data": slot(blob.data), "diff": slot(blob.diff)}
-        for key, view in (("data_view", blob.data_view), ("diff_view", blob.diff_view)):
-            if view is not None:
-                entry[key] = {"offset": view.offset, "shape": list(view.shape),
-                              "strides": list(view.strides)}  # fmt: skip
-        return entry
+    def blob(b: BlobBinding) -> BlobEntry:
+        return BlobEntry(b.data.index, _slot(b.diff), view(b.data_view), view(b.diff_view))
 
-    return {
-        "format": "caffec-artifact",
-        "format_version": FORMAT_VERSION,
-        "abi": ABI_VERSION,
-        "target": kgraph.target.name,
-        "dtype": kgraph.dtype,
-        "name": kgraph.name,
-        "phase": kgraph.phase,
-        "source": renderer.source_name,
-        "source_sha256": hashlib.sha256(rendered.source.encode()).hexdigest(),
-        "library": renderer.library_name,
-        "compiler_flags": flags,
-        "arena_bytes": plan.arena_bytes,
-        "naive_bytes": plan.naive_bytes,  # what Caffe would allocate for the same blobs
-        "memory_plan": plan.summary(),
-        "buffers": [
-            {"name": b.name, "shape": list(b.shape), "kind": b.kind, "offset": offsets.get(b.index)}
-            for b in kgraph.buffers
-        ],
-        "layers": kgraph.layers,
-        "forward": steps(kgraph.forward),
-        "backward": steps(kgraph.backward),
-        "update": steps(kgraph.update),
-        "histories": [[index, slot(b)] for index, b in kgraph.histories],
-        "solver": kgraph.solver,
-        "blobs": {name: blob_entry(b) for name, b in kgraph.blobs.items()},
-        "params": [
-            {
-                "layer": p.layer,
-                "index": p.index,
-                "data": slot(p.data),
-                "grad": slot(p.grad),
-                "lr_mult": p.lr_mult,
-                "decay_mult": p.decay_mult,
-                "filler": p.filler,
-                "shared_with": list(p.shared_with) if p.shared_with else None,
-            }
+    return Manifest(
+        target=TargetEntry(**kgraph.target.describe()),
+        dtype=kgraph.dtype,
+        name=kgraph.name,
+        phase=kgraph.phase,
+        source=renderer.source_name,
+        source_sha256=hashlib.sha256(rendered.source.encode()).hexdigest(),
+        library=renderer.library_name,
+        compiler_flags=flags,
+        arena_bytes=plan.arena_bytes,
+        naive_bytes=plan.naive_bytes,
+        memory_plan=MemoryPlanEntry(**plan.summary()),
+        buffers=[
+            BufferEntry(b.name, list(b.shape), b.kind, offsets.get(b.index)) for b in kgraph.buffers
+        ],  # fmt: skip
+        layers=[LayerEntry(**layer) for layer in kgraph.layers],
+        forward=steps(kgraph.forward),
+        backward=steps(kgraph.backward),
+        update=steps(kgraph.update),
+        histories=[(index, b.index) for index, b in kgraph.histories],
+        solver=SolverEntry(**kgraph.solver) if kgraph.solver else None,
+        blobs={name: blob(b) for name, b in kgraph.blobs.items()},
+        params=[
+            ParamEntry(
+                p.layer,
+                p.index,
+                p.data.index,
+                _slot(p.grad),
+                p.lr_mult,
+                p.decay_mult,
+                p.filler,
+                list(p.shared_with) if p.shared_with else None,
+            )
             for p in kgraph.params
         ],  # fmt: skip
-        "inputs": {name: slot(b) for name, b in kgraph.inputs.items()},
-        "outputs": kgraph.outputs,
-        "output_diffs": {name: slot(b) for name, b in kgraph.output_diffs.items()},
-        "seeds": [[slot(b), w] for b, w in kgraph.seeds],
-        "loss_tops": [[name, w] for name, w in kgraph.loss_tops],
-        "fills": [[slot(b), spec, refill] for b, spec, refill in kgraph.fills],
-        "feeders": kgraph.feeders,
-        "net_dir": kgraph.net_dir,
-        **rendered.extra,
-    }
+        inputs={name: b.index for name, b in kgraph.inputs.items()},
+        outputs=list(kgraph.outputs),
+        output_diffs={name: b.index for name, b in kgraph.output_diffs.items()},
+        seeds=[(b.index, w) for b, w in kgraph.seeds],
+        loss_tops=list(kgraph.loss_tops),
+        fills=[FillEntry(b.index, spec, refill) for b, spec, refill in kgraph.fills],
+        feeders=[FeederEntry(**feeder) for feeder in kgraph.feeders],
+        net_dir=kgraph.net_dir,
+        cuda=rendered.cuda,
+    )
+
+
+def _slot(buffer: Buffer | None) -> int | None:
+    return None if buffer is None else buffer.index
 
 
 def write_artifact(kgraph: KernelGraph, out_dir: str | Path, reference: bool | None = None) -> Path:
@@ -128,7 +124,7 @@ def write_artifact(kgraph: KernelGraph, out_dir: str | Path, reference: bool | N
     try:
         (tmp / renderer.source_name).write_text(rendered.source, encoding="utf-8")
         shutil.copyfile(library, tmp / renderer.library_name)
-        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(doc.to_json(), encoding="utf-8")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             os.replace(out, old / "artifact")

@@ -27,8 +27,7 @@ from caffec.codegen.renderer import (
 from caffec.codegen.toolchain import build_library, c_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop, Step
 from caffec.compiler.targets.cpu import CpuTarget, parallel_grain
-
-ABI_VERSION = 3
+from caffec.formats.manifest import ABI_VERSION
 
 
 class CRenderer:

@@ -39,6 +39,7 @@ from caffec.codegen.renderer import (
 from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, kernels_of
 from caffec.compiler.targets.cuda import CudaTarget
+from caffec.formats.manifest import CudaInstr, CudaLaunches, Launch
 
 BLOCK = 256  # threads per block of a grid-stride kernel
 MAX_BLOCKS = 8192  # enough to fill any current GPU; the loops stride over the rest
@@ -139,8 +140,8 @@ class CudaRenderer:
             "block": BLOCK,
         }
         functions: list[dict[str, str]] = []
-        launches: dict[str, list[dict[str, Any]]] = {}
-        steps: dict[str, list[list[dict[str, Any]]]] = {}
+        launches: dict[str, list[Launch]] = {}
+        steps: dict[str, list[list[CudaInstr]]] = {}
         for direction, direction_steps in kgraph.steps().items():
             steps[direction] = []
             for step in direction_steps:
@@ -159,15 +160,13 @@ class CudaRenderer:
                         )
                         functions.append({"name": function, "comment": comment, "body": body})
                         grid, block = geometry(part, multiprocessors)
-                        launches[name].append({"function": function, "grid": grid,
-                                               "block": block})  # fmt: skip
-                steps[direction].append(
-                    [{"count": getattr(instr, "count", 1),
-                      "kernels": [names[id(k)] for k in kernels_of(instr)]}
-                     for instr in step.instrs]
-                )  # fmt: skip
+                        launches[name].append(Launch(function, grid, block))
+                steps[direction].append([
+                    CudaInstr(getattr(instr, "count", 1), [names[id(k)] for k in kernels_of(instr)])
+                    for instr in step.instrs
+                ])  # fmt: skip
         prelude = self.env.get_template("prelude.cu.j2").render(
             version=caffec.__version__, dtype=kgraph.dtype, n_functions=len(functions)
         )
         source = self.env.get_template("net.cu.j2").render(prelude=prelude, functions=functions)
-        return Rendered(source, {"cuda": {"functions": launches, "steps": steps}})
+        return Rendered(source, CudaLaunches(launches, steps))

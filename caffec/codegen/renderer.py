@@ -11,7 +11,7 @@ find their operands in a table of pointers by buffer slot.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import jinja2
 import caffec
 from caffec.compiler.kernels import Kernel, KernelGraph, Operand
 from caffec.errors import InternalError
+from caffec.formats.manifest import CudaLaunches
 
 TEMPLATES = Path(caffec.__file__).parent / "templates"
 _IDENT = re.compile(r"\buniform\(\)|[A-Za-z_][A-Za-z0-9_]*")
@@ -28,10 +29,11 @@ _FUNCTIONS = {"exp", "log", "tanh", "fabs", "pow", "sqrt", "fmax", "fmin", "floo
 
 @dataclass
 class Rendered:
-    """A kernel graph as source: the text, and the manifest entries only this target has."""
+    """A kernel graph as source: the text, and how to launch it where the runtime launches
+    each kernel itself (CUDA)."""
 
     source: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    cuda: CudaLaunches | None = None
 
 
 class Renderer(Protocol):

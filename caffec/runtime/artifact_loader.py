@@ -1,4 +1,5 @@
-"""Loading an artifact directory: its manifest and its compiled library.
+"""Loading an artifact directory: its manifest (:mod:`caffec.formats.manifest`) and its
+compiled library.
 
 Only numpy and the standard library are used here, so an artifact runs where
 the compiler (lark, networkx, jinja2) is not installed.
@@ -7,7 +8,6 @@ the compiler (lark, networkx, jinja2) is not installed.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import tempfile
@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from caffec.errors import UserError
-
-SUPPORTED_FORMAT = 2
-SUPPORTED_ABI = 3
+from caffec.formats.manifest import Manifest, TargetEntry
 
 # The libraries this process loaded: path -> (device, inode, modification time) of the file
 _loaded: dict[str, tuple[int, int, int]] = {}
@@ -44,11 +42,11 @@ def _load_library(path: Path) -> ctypes.CDLL:
 
 @dataclass
 class Artifact:
-    """A loaded artifact: the manifest as a dict, and for the C target the library's entry
-    points (a CUDA target's fat binary is loaded onto its device by the runtime)."""
+    """A loaded artifact: its manifest, and for the C target the library's entry points (a
+    CUDA target's fat binary is loaded onto its device by the runtime)."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     library: ctypes.CDLL | None
 
     def entry(self, name: str) -> Any:
@@ -59,34 +57,19 @@ class Artifact:
 
 
 def load_artifact(path: str | Path) -> Artifact:
-    """Open the artifact at ``path``; a missing or foreign directory is a clear UserError."""
+    """Open the artifact at ``path``; a missing, foreign or incomplete directory, or one built
+    for vectors this CPU lacks, is a clear UserError."""
     root = Path(path)
-    manifest_path = root / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{root} is not a caffec artifact (no manifest.json)",
-            hint="make one with: caffec compile NET.prototxt -o DIR",
-        ) from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {manifest_path}: {err}") from None
-    if manifest.get("format") != "caffec-artifact":
-        raise UserError(f"{manifest_path} is not a caffec artifact manifest")
-    if manifest.get("format_version") != SUPPORTED_FORMAT or manifest.get("abi") != SUPPORTED_ABI:
-        raise UserError(
-            f"{root} was made by another caffec version (format {manifest.get('format_version')}, "
-            f"abi {manifest.get('abi')}); this one reads format {SUPPORTED_FORMAT}",
-            hint="compile the net again with this caffec",
-        )
-    library_path = root / manifest["library"]
-    if manifest.get("target") == "cuda":
-        if not library_path.is_file():
-            raise UserError(f"{root} has no {manifest['library']}: the artifact is incomplete",
-                            hint="compile it again")  # fmt: skip
+    manifest = Manifest.read(root / "manifest.json")
+    library_path = root / manifest.library
+    if not library_path.is_file():
+        raise UserError(f"{root} has no {manifest.library}: the artifact is incomplete",
+                        hint="compile it again")  # fmt: skip
+    if manifest.target.name == "cuda":
         return Artifact(root, manifest, None)
-    if manifest.get("target") != "c":
-        raise UserError(f"{root} is built for the {manifest.get('target')} target")
+    if manifest.target.name != "c":
+        raise UserError(f"{root} is built for the {manifest.target.name} target")
+    _check_vectors(root, manifest.target)
     try:
         library = _load_library(library_path.resolve())
     except OSError as err:
@@ -96,3 +79,32 @@ def load_artifact(path: str | Path) -> Artifact:
             "(or build portable code with --target-cpu x86-64)",
         ) from None
     return Artifact(root, manifest, library)
+
+
+# what /proc/cpuinfo's flags say of the vector widths a C compiler may use
+_VECTOR_FLAGS = [("avx512f", 64), ("avx", 32), ("sse2", 16), ("asimd", 16)]
+
+
+def cpu_vector_bytes() -> int | None:
+    """The widest vectors this CPU runs (64: AVX-512, 32: AVX, 16: SSE2 or NEON), from
+    /proc/cpuinfo; None where it does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags = {word for line in text.splitlines() if line.startswith(("flags", "Features"))
+             for word in line.split(":", 1)[-1].split()}  # fmt: skip
+    return next((width for flag, width in _VECTOR_FLAGS if flag in flags), None)
+
+
+def _check_vectors(root: Path, target: TargetEntry) -> None:
+    """Refuse code built for wider vectors than this CPU has: it would die of an illegal
+    instruction in its first kernel."""
+    have = cpu_vector_bytes()
+    if target.vector_bytes and have is not None and target.vector_bytes > have:
+        raise UserError(
+            f"{root} was built for {target.vector_bytes}-byte vectors (--target-cpu "
+            f"{target.cpu}) and this CPU has {have}-byte ones",
+            hint="compile it again on this machine, or build it portable with --target-cpu "
+            "x86-64-v2 (16-byte vectors) or x86-64-v3 (32)",
+        )

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError, shape_text
+from caffec.formats.manifest import FeederEntry, Manifest, ViewEntry
 from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
 
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
-BufferRef = tuple[int, dict[str, Any] | None]  # a buffer slot, and the blob's view of it
+BufferRef = tuple[int, ViewEntry | None]  # a buffer slot, and the blob's view of it
 
 
 class LegacyAxes:
@@ -103,28 +104,27 @@ class CompiledNet:
     ) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         m = self.artifact.manifest
-        self.phase = TRAIN if m["phase"] == "TRAIN" else TEST
+        self.phase = TRAIN if m.phase == "TRAIN" else TEST
         self._rng = np.random.default_rng(seed)
         self._exec = make_executor(self.artifact, self._param_slots(params))
         self._exec.counter[0] = seed
         if params is None:
             self._fill_params()
-        self._layer_index = {layer["name"]: i for i, layer in enumerate(m["layers"])}
+        self._layer_index = {layer.name: i for i, layer in enumerate(m.layers)}
         # a lean build (--outputs-only) frees forward's values as backward uses them
-        self._lean = not m["memory_plan"]["keep_blobs"]
+        self._lean = not m.memory_plan.keep_blobs
         self._forwarded = False
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
-            (name, Blob(self._exec, (b["data"], b.get("data_view")),
-                        None if b["diff"] is None else (b["diff"], b.get("diff_view"))))
-            for name, b in m["blobs"].items()
+            (name, Blob(self._exec, (b.data, b.data_view),
+                        None if b.diff is None else (b.diff, b.diff_view)))
+            for name, b in m.blobs.items()
         )  # fmt: skip
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
-        for p in m["params"]:
-            grad = None if p["grad"] is None else (p["grad"], None)
-            self.params.setdefault(p["layer"], []).append(Blob(self._exec, (p["data"], None), grad))
+        for p in m.params:
+            grad = None if p.grad is None else (p.grad, None)
+            self.params.setdefault(p.layer, []).append(Blob(self._exec, (p.data, None), grad))
         self.layers = [
-            Layer(layer["name"], layer["type"], self.params.get(layer["name"], []))
-            for layer in m["layers"]
+            Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in m.layers
         ]
         self._fill_data(initial=True)
         if weights is not None:
@@ -133,11 +133,11 @@ class CompiledNet:
     # --- names, as pycaffe has them -------------------------------------------------------
     @property
     def inputs(self) -> list[str]:
-        return list(self.artifact.manifest["inputs"])
+        return list(self.artifact.manifest.inputs)
 
     @property
     def outputs(self) -> list[str]:
-        return list(self.artifact.manifest["outputs"])
+        return list(self.artifact.manifest.outputs)
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
@@ -160,29 +160,29 @@ class CompiledNet:
         if params is None:
             return None
         slots = {}
-        for p in self.artifact.manifest["params"]:
-            array = params.get((p["layer"], p["index"]))
-            if array is not None and p["shared_with"] is None:
-                slots[p["data"]] = array
+        for p in self.artifact.manifest.params:
+            array = params.get((p.layer, p.index))
+            if array is not None and p.shared_with is None:
+                slots[p.data] = array
         return slots
 
     def _fill_params(self) -> None:
         """Initialise every parameter with its filler, as Caffe's LayerSetUp does."""
-        for p in self.artifact.manifest["params"]:
-            if p["shared_with"] is None and p["filler"] is not None:
-                fill(p["filler"], self._exec.host(p["data"], overwrite=True), self._rng)
+        for p in self.artifact.manifest.params:
+            if p.shared_with is None and p.filler is not None:
+                fill(p.filler, self._exec.host(p.data, overwrite=True), self._rng)
 
     def param_buffers(self) -> dict[tuple[str, int], Any]:
         """Every parameter's buffer by (layer, index): what a rebuild hands on, and what a
         solver's test nets share (numpy arrays, or on a GPU the device buffers)."""
-        return {(p["layer"], p["index"]): self._exec.persistent(p["data"])
-                for p in self.artifact.manifest["params"]}  # fmt: skip
+        return {(p.layer, p.index): self._exec.persistent(p.data)
+                for p in self.artifact.manifest.params}  # fmt: skip
 
     def clear_param_diffs(self) -> None:
         """Zero every parameter gradient (they accumulate across backward passes)."""
-        for p in self.artifact.manifest["params"]:
-            if p["grad"] is not None:
-                self._exec.zero(p["grad"])
+        for p in self.artifact.manifest.params:
+            if p.grad is not None:
+                self._exec.zero(p.grad)
 
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
@@ -226,7 +226,7 @@ class CompiledNet:
         from caffec.formats import caffe_pb2
         from caffec.formats.binaryproto_writer import write_caffemodel
 
-        net = caffe_pb2.NetParameter(name=self.artifact.manifest["name"])
+        net = caffe_pb2.NetParameter(name=self.artifact.manifest.name)
         blobs = []
         for layer in self.layers:
             net.layer.add(name=layer.name, type=layer.type)
@@ -235,11 +235,11 @@ class CompiledNet:
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a MemoryData layer (pycaffe's API): each forward takes the next batch."""
-        layer = next((layer for layer in self.artifact.manifest["layers"]
-                      if layer["type"] == "MemoryData"), None)  # fmt: skip
+        layer = next((layer for layer in self.artifact.manifest.layers
+                      if layer.type == "MemoryData"), None)  # fmt: skip
         if layer is None:
             raise UserError("set_input_arrays needs a MemoryData layer; this net has none")
-        top, label_top = layer["tops"]
+        top, label_top = layer.tops
         batch = self.blobs[top].data.shape[0]
         data, labels = np.asarray(data), np.asarray(labels).reshape(-1)
         if data.shape[1:] != self.blobs[top].data.shape[1:] or len(data) != len(labels):
@@ -266,9 +266,9 @@ class CompiledNet:
 
     # --- running ------------------------------------------------------------------------------
     def _fill_data(self, initial: bool = False) -> None:
-        for slot, spec, refill in self.artifact.manifest["fills"]:
-            if initial or refill:
-                fill(spec, self._exec.host(slot, overwrite=True), self._rng)
+        for entry in self.artifact.manifest.fills:
+            if initial or entry.refill:
+                fill(entry.filler, self._exec.host(entry.slot, overwrite=True), self._rng)
 
     def _set_inputs(self, arrays: Mapping[str, Any], what: str = "input") -> None:
         for name, array in arrays.items():
@@ -278,14 +278,14 @@ class CompiledNet:
                     hint=f"{what}s: {', '.join(self.inputs) or 'none'}",
                 )
             if what == "input":
-                slot = self.artifact.manifest["inputs"].get(name)
+                slot = self.artifact.manifest.inputs.get(name)
                 ref = (slot, None) if slot is not None else self.blobs[name]._data_ref
             else:
-                slot = self.artifact.manifest["output_diffs"].get(name)
+                slot = self.artifact.manifest.output_diffs.get(name)
                 if slot is None:
                     raise UserError(
                         f"'{name}' is not an output whose gradient backward starts from",
-                        hint=f"outputs: {', '.join(self.artifact.manifest['output_diffs'])}",
+                        hint=f"outputs: {', '.join(self.artifact.manifest.output_diffs)}",
                     )
                 ref = (slot, None)
             value = checked_array(array, shape_of(self.artifact.manifest, ref), f"{what} '{name}'")
@@ -311,8 +311,8 @@ class CompiledNet:
 
     def _steps_between(self, direction: str, start: str | None, end: str | None) -> tuple[int, int]:
         """The range of ``direction``'s steps from layer ``start`` to layer ``end``."""
-        steps = self.artifact.manifest[direction]
-        layer_of = [self._layer_index[s["layer"]] for s in steps]
+        steps = self.artifact.manifest.steps(direction)
+        layer_of = [self._layer_index[s.layer] for s in steps]
         first = self._layer_position(start) if start is not None else None
         last = self._layer_position(end) if end is not None else None
         if direction == "forward":
@@ -325,10 +325,10 @@ class CompiledNet:
 
     def _split_kernel(self, direction: str, begin: int, stop: int) -> tuple[str, str] | None:
         """The two layers a run of steps [begin, stop) would cut a fused kernel between."""
-        steps = self.artifact.manifest[direction]
+        steps = self.artifact.manifest.steps(direction)
         for cut in (begin, stop):
-            if 0 < cut < len(steps) and steps[cut].get("joined"):
-                return steps[cut - 1]["layer"], steps[cut]["layer"]
+            if 0 < cut < len(steps) and steps[cut].joined:
+                return steps[cut - 1].layer, steps[cut].layer
         return None
 
     def _layer_position(self, name: str) -> int:
@@ -372,7 +372,7 @@ class CompiledNet:
         in Caffe (see :meth:`clear_param_diffs`).
         """
         m = self.artifact.manifest
-        if not m["backward"] and not m["seeds"]:
+        if not m.backward and not m.seeds:
             raise UserError(
                 "this net was built without a backward pass",
                 hint="build it in the TRAIN phase, or set force_backward: true in the prototxt",
@@ -385,7 +385,7 @@ class CompiledNet:
                 "the values it has read, so each backward needs a forward before it",
                 hint="run forward() first, or build without --outputs-only",
             )
-        for slot, weight in m["seeds"]:
+        for slot, weight in m.seeds:
             self._exec.host(slot, overwrite=True)[...] = weight
         self._set_inputs(kwargs, "diff")
         self._exec.run("backward", begin, stop)
@@ -400,24 +400,24 @@ class CompiledNet:
                 hint="build without --outputs-only for partial runs",
             )
 
-    def _feeder(self, spec: dict[str, Any]) -> Any:
+    def _feeder(self, spec: FeederEntry) -> Any:
         """The reader of one data layer, opened on first use (with its prefetch thread)."""
         if getattr(self, "_open_feeders", None) is None:
             self._open_feeders: dict[str, Any] = {}
-        if spec["layer"] not in self._open_feeders:
+        if spec.layer not in self._open_feeders:
             from caffec.runtime.feeder import make_feeder
 
             m = self.artifact.manifest
-            shapes = {t: self.blobs[t].data.shape for t in spec["tops"]}
-            self._open_feeders[spec["layer"]] = make_feeder(
-                spec, shapes, self._exec.dtype, m["phase"], m["net_dir"], int(self._exec.counter[0])
+            shapes = {t: self.blobs[t].data.shape for t in spec.tops}
+            self._open_feeders[spec.layer] = make_feeder(
+                spec, shapes, self._exec.dtype, m.phase, m.net_dir, int(self._exec.counter[0])
             )
-        return self._open_feeders[spec["layer"]]
+        return self._open_feeders[spec.layer]
 
     def _feeders(self, given: Mapping[str, Any] = {}) -> list[Any]:  # noqa: B006 - read only
         """The readers of the data layers whose tops the caller did not give."""
-        specs = self.artifact.manifest["feeders"]
-        return [self._feeder(s) for s in specs if not all(t in given for t in s["tops"])]
+        specs = self.artifact.manifest.feeders
+        return [self._feeder(s) for s in specs if not all(t in given for t in s.tops)]
 
     def close(self) -> None:
         """Stop the data readers' threads (also done when the net is collected)."""
@@ -453,7 +453,7 @@ class CompiledNet:
 def make_executor(artifact: Artifact, params: Mapping[int, Any] | None) -> Executor:
     """The executor for the artifact's target: the C library here, or the CUDA functions on
     the GPU chosen by ``caffec.set_device`` (``-gpu N``)."""
-    if artifact.manifest["target"] != "cuda":
+    if artifact.manifest.target.name != "cuda":
         return Executor(artifact, params)
     from caffec.runtime import cuda_device, gpu
     from caffec.runtime.device_executor import DeviceExecutor
@@ -461,10 +461,10 @@ def make_executor(artifact: Artifact, params: Mapping[int, Any] | None) -> Execu
     return DeviceExecutor(artifact, cuda_device.open_device(gpu.current_device()), params)
 
 
-def shape_of(manifest: dict[str, Any], ref: BufferRef) -> tuple[int, ...]:
+def shape_of(manifest: Manifest, ref: BufferRef) -> tuple[int, ...]:
     """The shape of a buffer, or of the blob view of it."""
     slot, view = ref
-    return tuple(view["shape"] if view is not None else manifest["buffers"][slot]["shape"])
+    return tuple(view.shape if view is not None else manifest.buffers[slot].shape)
 
 
 def checked_array(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -94,7 +94,7 @@ class CudaDevice:
 
     def functions(self, artifact: Artifact, names: list[str]) -> dict[str, Any]:
         """The kernels ``names`` from the artifact's fat binary."""
-        path = artifact.path / artifact.manifest["library"]
+        path = artifact.path / artifact.manifest.library
         try:
             module = self.cp.RawModule(path=str(path))
             return {name: module.get_function(name) for name in names}

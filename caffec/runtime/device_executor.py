@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from caffec.errors import InternalError
+from caffec.formats.manifest import CudaInstr, Launch, ViewEntry
 from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.executor import DTYPES, Executor, blob_view
 
-Launch = tuple[Any, tuple[int, ...], tuple[int, ...], int]  # function, grid, block, image n
+Call = tuple[Any, tuple[int, ...], tuple[int, ...], int]  # function, grid, block, image n
 
 
 @dataclass(eq=False)
@@ -71,37 +73,37 @@ class DeviceExecutor(Executor):
     ) -> None:
         self.artifact = artifact
         self.manifest = m = artifact.manifest
-        self.dtype = DTYPES[m["dtype"]]
+        if m.cuda is None:
+            raise InternalError(f"{artifact.path} is a CUDA artifact without launches")
+        self.launches = m.cuda
+        self.dtype = DTYPES[m.dtype]
         self.device = device
-        self.arena = device.alloc(m["arena_bytes"])
+        self.arena = device.alloc(m.arena_bytes)
         given = params or {}
         self.mirrors: list[Mirrored] = []
-        for slot, spec in enumerate(m["buffers"]):
-            shape = tuple(spec["shape"])
-            dtype = np.int64 if spec["kind"] == "counter" else self.dtype
+        for slot, spec in enumerate(m.buffers):
+            shape = tuple(spec.shape)
+            dtype = np.int64 if spec.kind == "counter" else self.dtype
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             if slot in given:
                 mirror = given[slot]
-            elif spec["offset"] is not None:
-                mirror = Mirrored(device.view(self.arena, spec["offset"], nbytes), shape, dtype)
+            elif spec.offset is not None:
+                mirror = Mirrored(device.view(self.arena, spec.offset, nbytes), shape, dtype)
             else:
                 mirror = Mirrored(device.alloc(nbytes), shape, dtype)
             self.mirrors.append(mirror)
-        for slot in m["inputs"].values():
+        for slot in m.inputs.values():
             self.mirrors[slot].batch = True
         table = np.array([device.pointer(x.device) for x in self.mirrors], dtype=np.uint64)
         self._table = device.alloc(table.nbytes)
         device.upload(self._table, as_bytes(table))
-        cuda = m["cuda"]
-        names = {spec["function"] for specs in cuda["functions"].values() for spec in specs}
+        names = {spec.function for specs in self.launches.functions.values() for spec in specs}
         self._functions = device.functions(artifact, sorted(names))
         self._graphs: dict[tuple[str, int, int], Callable[[], None]] = {}
-        self._launch_lists: dict[tuple[str, int, int], list[Launch]] = {}
+        self._launch_lists: dict[tuple[str, int, int], list[Call]] = {}
 
     # --- the buffers ----------------------------------------------------------------------
-    def host(
-        self, slot: int | None, view: dict[str, Any] | None = None, overwrite: bool = False
-    ) -> Any:
+    def host(self, slot: int | None, view: ViewEntry | None = None, overwrite: bool = False) -> Any:
         """The host copy of buffer ``slot`` (or of its blob ``view``), brought up to date
         unless the caller will ``overwrite`` all of it (a batch, a fill); the next run copies
         it back to the device, as the caller may have written it."""
@@ -144,7 +146,7 @@ class DeviceExecutor(Executor):
             mirror.synced = state.runs
         state.dirty.clear()
         key = (direction, begin, end)
-        whole = direction != "kernels" and (begin, end) == (0, len(self.manifest[direction]))
+        whole = direction != "kernels" and (begin, end) == (0, len(self.manifest.steps(direction)))
         if whole and key not in self._graphs:
             launches = self._launches(direction, begin, end)
             self._graphs[key] = self.device.capture(lambda: self._launch_all(launches))
@@ -159,25 +161,25 @@ class DeviceExecutor(Executor):
     def synchronize(self) -> None:
         self.device.synchronize()
 
-    def _launch_all(self, launches: list[Launch]) -> None:
+    def _launch_all(self, launches: list[Call]) -> None:
         for function, grid, block, n in launches:
             self.device.launch(function, grid, block, self._table, n)
 
-    def _launches(self, direction: str, begin: int, end: int) -> list[Launch]:
+    def _launches(self, direction: str, begin: int, end: int) -> list[Call]:
         """The launches of steps [begin, end): per-image loops unrolled."""
-        steps = self.manifest["cuda"]["steps"]
+        steps = self.launches.steps
         if direction != "kernels":
             return [launch for step in steps[direction][begin:end] for instr in step
-                    for launch in self._instr_launches(instr, instr["kernels"])]  # fmt: skip
+                    for launch in self._instr_launches(instr, instr.kernels)]  # fmt: skip
         kernels = [(instr, k) for d in ("forward", "backward", "update") for step in steps[d]
-                   for instr in step for k in instr["kernels"]][begin:end]  # fmt: skip
+                   for instr in step for k in instr.kernels][begin:end]  # fmt: skip
         return [launch for instr, k in kernels for launch in self._instr_launches(instr, [k])]
 
-    def _instr_launches(self, instr: dict[str, Any], kernels: list[str]) -> list[Launch]:
+    def _instr_launches(self, instr: CudaInstr, kernels: list[str]) -> list[Call]:
         """One instruction's launches, or those of ``kernels`` among its kernels alone."""
-        functions = self.manifest["cuda"]["functions"]
-        return [self._launch(spec, n) for n in range(instr["count"])
+        functions = self.launches.functions
+        return [self._launch(spec, n) for n in range(instr.count)
                 for k in kernels for spec in functions[k]]  # fmt: skip
 
-    def _launch(self, spec: dict[str, Any], n: int) -> Launch:
-        return self._functions[spec["function"]], tuple(spec["grid"]), tuple(spec["block"]), n
+    def _launch(self, spec: Launch, n: int) -> Call:
+        return self._functions[spec.function], tuple(spec.grid), tuple(spec.block), n

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
+from caffec.formats.manifest import Manifest, ViewEntry
 from caffec.runtime.artifact_loader import Artifact
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -33,36 +34,36 @@ def aligned_bytes(size: int) -> np.ndarray:
 
 
 def host_buffers(
-    manifest: dict[str, Any], arena: np.ndarray, given: Mapping[int, np.ndarray]
+    manifest: Manifest, arena: np.ndarray, given: Mapping[int, np.ndarray]
 ) -> list[np.ndarray]:
     """One array per buffer slot: views of ``arena`` where the memory plan placed the
     buffer, ``given`` arrays (parameters carried over), else arrays of their own."""
-    dtype = DTYPES[manifest["dtype"]]
+    dtype = DTYPES[manifest.dtype]
     itemsize = np.dtype(dtype).itemsize
     buffers = []
-    for slot, spec in enumerate(manifest["buffers"]):
-        shape = tuple(spec["shape"])
-        if spec["kind"] == "counter":
+    for slot, spec in enumerate(manifest.buffers):
+        shape = tuple(spec.shape)
+        if spec.kind == "counter":
             array = np.zeros(shape, dtype=np.int64)
-        elif spec["offset"] is None:
+        elif spec.offset is None:
             array = given.get(slot)
             if array is None:
                 array = np.zeros(shape, dtype=dtype)
         else:
-            start, count = spec["offset"], int(np.prod(shape))
+            start, count = spec.offset, int(np.prod(shape))
             array = arena[start : start + count * itemsize].view(dtype).reshape(shape)
         buffers.append(array)
     return buffers
 
 
-def blob_view(array: np.ndarray, view: dict[str, Any] | None) -> np.ndarray:
+def blob_view(array: np.ndarray, view: ViewEntry | None) -> np.ndarray:
     """The part of ``array`` a blob ``view`` describes (offset, shape, strides in elements)."""
     if view is None:
         return array
     return np.lib.stride_tricks.as_strided(
-        array.reshape(-1)[view["offset"] :],
-        shape=tuple(view["shape"]),
-        strides=tuple(s * array.itemsize for s in view["strides"]),
+        array.reshape(-1)[view.offset :],
+        shape=tuple(view.shape),
+        strides=tuple(s * array.itemsize for s in view.strides),
     )
 
 
@@ -72,16 +73,14 @@ class Executor:
     def __init__(self, artifact: Artifact, params: Mapping[int, Any] | None = None) -> None:
         self.artifact = artifact
         self.manifest = artifact.manifest
-        self.dtype = DTYPES[self.manifest["dtype"]]
-        self.arena = aligned_bytes(max(self.manifest["arena_bytes"], ALIGN))
+        self.dtype = DTYPES[self.manifest.dtype]
+        self.arena = aligned_bytes(max(self.manifest.arena_bytes, ALIGN))
         self.buffers = host_buffers(self.manifest, self.arena, params or {})
         self._table = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
         self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update", "kernels")}
 
     # --- the buffers ----------------------------------------------------------------------
-    def host(
-        self, slot: int | None, view: dict[str, Any] | None = None, overwrite: bool = False
-    ) -> Any:
+    def host(self, slot: int | None, view: ViewEntry | None = None, overwrite: bool = False) -> Any:
         """Buffer ``slot`` (or the blob ``view`` of it) as a numpy array the caller may read
         and write until the next run; None for no slot. ``overwrite``: the caller writes all
         of it, so its old values need not be fetched (they are here)."""
@@ -99,8 +98,7 @@ class Executor:
 
     def of_kind(self, kind: str, overwrite: bool = False) -> np.ndarray:
         """The one buffer of ``kind``: "counter" ([random seed, iteration]) or "hyper" ([rate])."""
-        kinds = [spec["kind"] for spec in self.manifest["buffers"]]
-        return self.host(kinds.index(kind), overwrite=overwrite)
+        return self.host(self.manifest.slot_of_kind(kind), overwrite=overwrite)
 
     @property
     def counter(self) -> np.ndarray:
@@ -112,9 +110,9 @@ class Executor:
         """Steps [begin, end) of a pass ("forward", "backward", "update"); "kernels" numbers
         every kernel of the three passes in order."""
         steps = (
-            [k for d in ("forward", "backward", "update") for s in self.manifest[d]
-             for k in s["kernels"]]
-            if direction == "kernels" else self.manifest[direction]
+            [k for d in ("forward", "backward", "update") for s in self.manifest.steps(d)
+             for k in s.kernels]
+            if direction == "kernels" else self.manifest.steps(direction)
         )  # fmt: skip
         if not 0 <= begin <= end <= len(steps):
             raise UserError(f"{direction} steps {begin}..{end} are outside 0..{len(steps)}")

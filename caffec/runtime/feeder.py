@@ -27,6 +27,7 @@ from google.protobuf import json_format
 
 from caffec.errors import InternalError, UserError
 from caffec.formats import caffe_pb2
+from caffec.formats.manifest import FeederEntry
 from caffec.runtime.sources import (
     Batch,
     DataSource,
@@ -177,20 +178,17 @@ class Feeder:
         self.close()
 
 
-def _layer_param(spec: Mapping[str, Any]) -> caffe_pb2.LayerParameter:
-    param = spec.get("param", {})
-    if isinstance(param, caffe_pb2.LayerParameter):
-        return param
+def _layer_param(spec: FeederEntry) -> caffe_pb2.LayerParameter:
     try:
-        return json_format.ParseDict(param, caffe_pb2.LayerParameter())
+        return json_format.ParseDict(spec.param, caffe_pb2.LayerParameter())
     except json_format.ParseError as err:
         raise InternalError(
-            f"layer '{spec.get('layer')}': the manifest's data layer parameters do not parse: {err}"
+            f"layer '{spec.layer}': the manifest's data layer parameters do not parse: {err}"
         ) from None
 
 
 def make_feeder(
-    spec: Mapping[str, Any],
+    spec: FeederEntry,
     shapes: Mapping[str, tuple[int, ...]],
     dtype: Any,
     phase: str,
@@ -201,9 +199,8 @@ def make_feeder(
 ) -> Feeder:
     """A :class:`Feeder` for one ``feeders`` entry of a manifest.
 
-    ``spec`` is ``{"layer", "type", "tops", "param"}`` (``param``: the
-    LayerParameter as a JSON dict, or a ``caffe_pb2.LayerParameter``);
-    ``shapes`` gives each top's compiled shape (the batch size is the first
+    ``spec`` names the layer, its type and tops, and holds its LayerParameter as
+    JSON; ``shapes`` gives each top's compiled shape (the batch size is the first
     top's first dimension); ``phase`` is ``"TRAIN"`` or ``"TEST"`` (random
     crops in TRAIN, centred in TEST); ``seed`` seeds every random choice
     (mixed with the layer's name, so two data layers differ). ``prefetch``
@@ -211,15 +208,14 @@ def make_feeder(
     :meth:`Feeder.next`). The source is opened and its first record checked
     here, so a missing or ill-fitting source fails now.
     """
-    layer = str(spec.get("layer", ""))
-    kind = spec.get("type")
-    source_type = _SOURCES.get(str(kind))
+    layer, kind = spec.layer, spec.type
+    source_type = _SOURCES.get(kind)
     if source_type is None:
         raise UserError(
             f"layer '{layer}': caffec cannot read the sources of {kind} layers",
             hint="feed the net's inputs yourself (net.forward(data=...))",
         )
-    tops = list(spec.get("tops") or [])
+    tops = list(spec.tops)
     missing = [t for t in tops if t not in shapes]
     if not tops or missing:
         raise InternalError(f"layer '{layer}': no shape for the tops {missing or tops}")

@@ -36,14 +36,14 @@ def benchmark(
     """Log Caffe's time report for ``net`` and return its totals in ms."""
     m = net.artifact.manifest
     rng = np.random.default_rng(0)
-    for name in m["inputs"]:
-        data = net._exec.host(m["inputs"][name])
+    for name in m.inputs:
+        data = net._exec.host(m.inputs[name])
         data[...] = rng.integers(0, 2, data.shape) if "label" in name else rng.random(data.shape)
     run = functools.partial(_run_and_wait, net)
-    forward, backward = m["forward"], m["backward"]
+    forward, backward = m.forward, m.backward
     log("Performing Forward")
-    outputs = net.forward(**{n: net._exec.host(s) for n, s in m["inputs"].items()})
-    loss = sum(w * float(np.sum(outputs[n])) for n, w in m["loss_tops"] if n in outputs)
+    outputs = net.forward(**{n: net._exec.host(s) for n, s in m.inputs.items()})
+    loss = sum(w * float(np.sum(outputs[n])) for n, w in m.loss_tops if n in outputs)
     log(f"Initial loss: {loss:g}")
     if backward:
         log("Performing Backward")
@@ -68,11 +68,11 @@ def benchmark(
         log(f"Iteration: {j + 1} forward-backward time: {(ended - began) * 1000:.4g} ms.")
     total = (time.perf_counter() - start) * 1000
     log("Average time per layer: ")
-    backward_of = {s["layer"]: per_backward[i] for i, s in enumerate(backward)}
+    backward_of = {s.layer: per_backward[i] for i, s in enumerate(backward)}
     for i, step in enumerate(forward):
-        log(f"{step['layer']:>10}\tforward: {per_forward[i] / iterations:.5g} ms.")
-        spent = backward_of.get(step["layer"], 0.0) / iterations
-        log(f"{step['layer']:>10}\tbackward: {spent:.5g} ms.")
+        log(f"{step.layer:>10}\tforward: {per_forward[i] / iterations:.5g} ms.")
+        spent = backward_of.get(step.layer, 0.0) / iterations
+        log(f"{step.layer:>10}\tbackward: {spent:.5g} ms.")
     if kernels:
         _kernel_report(net, iterations, log)
     result = {
@@ -91,8 +91,8 @@ def benchmark(
 
 def _kernel_report(net: CompiledNet, iterations: int, log: Callable[[str], None]) -> None:
     m = net.artifact.manifest
-    rows = [(d, s["layer"], k) for d in ("forward", "backward", "update") for s in m[d]
-            for k in s["kernels"]]  # fmt: skip
+    rows = [(d, s.layer, k) for d in ("forward", "backward", "update") for s in m.steps(d)
+            for k in s.kernels]  # fmt: skip
     times = np.zeros(len(rows))
     for _ in range(iterations):
         for i in range(len(rows)):

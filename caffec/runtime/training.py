@@ -142,7 +142,7 @@ class TrainingLoop:
         self.current_step = 0
         self._losses: deque[float] = deque(maxlen=max(1, settings.average_loss))
         m = net.artifact.manifest
-        if not m["update"]:
+        if not m.update:
             raise UserError("the train net was compiled without a solver update step")
         self.stop_requested = False
         self.snapshot_requested = False
@@ -175,7 +175,7 @@ class TrainingLoop:
 
     @staticmethod
     def _weighted_loss(net: CompiledNet, outputs: dict[str, np.ndarray]) -> float:
-        weights = dict(net.artifact.manifest["loss_tops"])
+        weights = dict(net.artifact.manifest.loss_tops)
         return float(sum(weights[n] * float(np.sum(outputs[n])) for n in weights if n in outputs))
 
     def step(self, iterations: int) -> None:
@@ -216,7 +216,7 @@ class TrainingLoop:
     def solve(self) -> None:
         """Caffe's Solver::Solve: step to max_iter, a final snapshot, a final test."""
         s = self.settings
-        self.log("Solving " + (self.net.artifact.manifest["name"] or "net"))
+        self.log("Solving " + (self.net.artifact.manifest.name or "net"))
         self.step(s.max_iter - self.iter)
         if s.snapshot_after_train and (not s.snapshot or self.iter % s.snapshot != 0):
             self.snapshot()
@@ -249,7 +249,7 @@ class TrainingLoop:
         return {name: float(np.mean(v)) for name, v in means.items()}
 
     def _log_outputs(self, kind: str, net: CompiledNet, outputs: dict[str, Any]) -> None:
-        weights = dict(net.artifact.manifest["loss_tops"])
+        weights = dict(net.artifact.manifest.loss_tops)
         k = 0
         for name in net.outputs:
             for value in np.asarray(outputs[name]).reshape(-1):
@@ -287,8 +287,8 @@ class TrainingLoop:
     def _ordered_histories(self) -> list[np.ndarray]:
         """Caffe's order: every parameter's first history, then every second one (Adam...)."""
         m = self.net.artifact.manifest
-        histories = [self.net._exec.host(slot) for _, slot in m["histories"]]
-        per = m["solver"]["histories_per_param"]
+        histories = [self.net._exec.host(slot) for _, slot in m.histories]
+        per = m.solver.histories_per_param
         return [histories[i * per + h] for h in range(per)
                 for i in range(len(histories) // per)]  # fmt: skip
 

@@ -27,6 +27,7 @@ from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.pipeline import build_kernel_graph, layer_graph_of
 from caffec.compiler.targets.cuda import CudaTarget
 from caffec.errors import UserError
+from caffec.formats.manifest import CudaLaunches
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 
@@ -72,9 +73,9 @@ def pyloss_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield
 
 
-def _rendered(renderer: CudaRenderer, kgraph: Any) -> tuple[str, dict[str, Any]]:
+def _rendered(renderer: CudaRenderer, kgraph: Any) -> tuple[str, CudaLaunches | None]:
     rendered = renderer.render(kgraph)
-    return rendered.source, rendered.extra["cuda"]
+    return rendered.source, rendered.cuda
 
 
 @pytest.mark.parametrize("path", BVLC, ids=lambda p: str(p.relative_to(CORPUS)))
@@ -86,13 +87,13 @@ def test_cuda_source_builds_with_a_launch_for_every_kernel(path: Path, builds: d
     assert binary.stat().st_size > 0
     # every kernel of every pass has its functions in the source, launched in order
     names = kernel_names(kgraph)
-    assert set(launches["functions"]) == set(names.values())
-    for functions in launches["functions"].values():
+    assert set(launches.functions) == set(names.values())
+    for functions in launches.functions.values():
         for launch in functions:
-            assert f'extern "C" __global__ void {launch["function"]}(' in source
-            assert all(d >= 1 for d in launch["grid"] + launch["block"])
+            assert f'extern "C" __global__ void {launch.function}(' in source
+            assert all(d >= 1 for d in launch.grid + launch.block)
     for direction, steps in kgraph.steps().items():
-        assert len(launches["steps"][direction]) == len(steps)
+        assert len(launches.steps[direction]) == len(steps)
 
 
 def test_cuda_source_builds_in_float64(corpus: Path) -> None:

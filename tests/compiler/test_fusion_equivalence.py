@@ -77,7 +77,7 @@ def check_equivalent(
         shape = reference.blobs[name].data.shape
         label = "label" in name or name == "sim"
         feed[name] = rng.integers(0, 2, shape) if label else rng.standard_normal(shape)
-    training = options.backward and bool(reference.artifact.manifest["loss_tops"])
+    training = options.backward and bool(reference.artifact.manifest.loss_tops)
     for iteration in range(2 if training else 1):
         if iteration:
             # the second step from the same weights (with the momentum of the first): a
@@ -100,7 +100,7 @@ def check_equivalent(
                 grads = {f"{n} {i} diff": b.diff.copy() for n, bs in net.params.items()
                          for i, b in enumerate(bs)}  # fmt: skip
                 net._exec.of_kind("hyper")[0] = 0.01
-                net._exec.run("update", 0, len(net.artifact.manifest["update"]))
+                net._exec.run("update", 0, len(net.artifact.manifest.update))
                 weights = {f"{n} {i}": b.data.copy() for n, bs in net.params.items()
                            for i, b in enumerate(bs)}  # fmt: skip
                 outputs |= grads | weights

@@ -421,8 +421,7 @@ def _compiled(kgraph: KernelGraph, out: Path, poison: bool = False) -> CompiledN
     are (gcc -O1): these tests are about the memory plan, and it compiles in half the time."""
     net = CompiledNet(write_artifact(kgraph, out, reference=True), seed=3)
     if poison:
-        fills = [(slot, net._exec.host(slot).copy()) for slot, _, _ in
-                 net.artifact.manifest["fills"]]  # fmt: skip
+        fills = [(f.slot, net._exec.host(f.slot).copy()) for f in net.artifact.manifest.fills]
         net._exec.arena.view(np.uint8)[...] = 0xFF
         for slot, saved in fills:
             net._exec.host(slot)[...] = saved
@@ -442,9 +441,9 @@ def test_lenet_trains_identically_with_and_without_planning(
                                                      choose_algorithms=False))  # fmt: skip
     planned = _compiled(kgraph, tmp_path / "planned", poison=True)
     m = planned.artifact.manifest
-    assert m["arena_bytes"] < reference.artifact.manifest["arena_bytes"]
-    assert m["naive_bytes"] == reference.artifact.manifest["naive_bytes"]
-    assert m["memory_plan"]["shared"] and m["memory_plan"]["keep_blobs"] == keep_blobs
+    assert m.arena_bytes < reference.artifact.manifest.arena_bytes
+    assert m.naive_bytes == reference.artifact.manifest.naive_bytes
+    assert m.memory_plan.shared and m.memory_plan.keep_blobs == keep_blobs
     same_params(reference, planned)
     rng = np.random.default_rng(0)
     for iteration in range(3):
@@ -482,7 +481,7 @@ def test_googlenet_forward_is_identical_with_and_without_planning(
         _compiled(build_kernel_graph(graph, replace(options, keep_blobs=False)),
                   tmp_path / "outputs-only", poison=True),
     ]  # fmt: skip
-    sizes = [n.artifact.manifest["arena_bytes"] for n in [reference, *nets]]
+    sizes = [n.artifact.manifest.arena_bytes for n in [reference, *nets]]
     assert sizes[0] > sizes[1] > sizes[2]
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224))
     expected = reference.forward(data=x)["prob"].copy()

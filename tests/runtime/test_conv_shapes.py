@@ -187,7 +187,7 @@ def test_direct_kernels_on_other_instruction_sets(tmp_path: Path, case: dict, is
     net = _net(tmp_path, case, 2)
     copy = tmp_path / f"isa{isa}"
     shutil.copytree(net.artifact.path, copy)
-    command = [c_compiler(), *net.artifact.manifest["compiler_flags"],
+    command = [c_compiler(), *net.artifact.manifest.compiler_flags,
                f"-DCAFFEC_GEMM_ISA={isa}", "kernels.c", "-o", "kernels.so", "-lm"]  # fmt: skip
     subprocess.run(command, cwd=copy, check=True)
     other = CompiledNet(copy)

@@ -16,6 +16,7 @@ from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.formats.binaryproto_writer import write_blobproto
 from caffec.formats.images import resize_bilinear
+from caffec.formats.manifest import FeederEntry
 from caffec.runtime.feeder import make_feeder
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow (the `data` extra) is not installed")
@@ -57,14 +58,9 @@ def encoded(image_hwc: np.ndarray, form: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def spec(kind: str, tops: list[str], **param: dict) -> dict:
+def spec(kind: str, tops: list[str], **param: dict) -> FeederEntry:
     """A manifest ``feeders`` entry."""
-    return {
-        "layer": "data",
-        "type": kind,
-        "tops": tops,
-        "param": {"name": "data", "type": kind, "top": tops, **param},
-    }
+    return FeederEntry("data", kind, tops, {"name": "data", "type": kind, "top": tops, **param})
 
 
 def data_spec(source: Path, backend: str = "LMDB", transform: dict | None = None, **extra):
@@ -74,7 +70,7 @@ def data_spec(source: Path, backend: str = "LMDB", transform: dict | None = None
     return spec("Data", ["data", "label"], **p)
 
 
-def feed(s: dict, shape: tuple, phase: str = "TEST", seed: int = 0, n: int = 1, **kw):
+def feed(s: FeederEntry, shape: tuple, phase: str = "TEST", seed: int = 0, n: int = 1, **kw):
     """``n`` batches from a feeder (closed afterwards)."""
     shapes = {"data": shape, "label": (shape[0],)}
     shapes.update(kw.pop("shapes", {}))
@@ -174,7 +170,7 @@ def test_single_top_data_layer(tmp_path: Path) -> None:
     x = images(2)
     db = write_db(tmp_path / "db", [(b"%d" % i, raw_datum(x[i], 0)) for i in range(2)])
     s = data_spec(db)
-    s["tops"] = ["data"]
+    s.tops = ["data"]
     with make_feeder(s, {"data": (2, 3, 5, 6)}, "float32", "TEST", ".", 0) as f:
         assert set(f.next()) == {"data"}
 
@@ -200,7 +196,7 @@ def test_encoded_datums_decode_to_bgr_and_honour_force_color_and_gray(tmp_path: 
         [(b"0", caffe_pb2.Datum(data=encoded(gray), encoded=True).SerializeToString())],
     )
     s = data_spec(gdb)
-    s["param"]["data_param"]["batch_size"] = 1
+    s.param["data_param"]["batch_size"] = 1
     (batch,) = feed(s, (1, 1, 4, 5))
     np.testing.assert_array_equal(batch["data"][0, 0], gray)
     (batch,) = feed(data_spec(gdb, transform={"force_color": True}), (1, 3, 4, 5))
@@ -258,7 +254,7 @@ def _positions(tmp_path: Path, phase: str, transform: dict, n_batches: int = 100
     pos = np.arange(30, dtype=np.uint8).reshape(1, 5, 6)
     db = write_db(tmp_path / f"db{phase}{seed}", [(b"0", raw_datum(pos, 0))])
     s = data_spec(db, transform=transform)
-    s["param"]["data_param"]["batch_size"] = 8
+    s.param["data_param"]["batch_size"] = 8
     seen = []
     for batch in feed(s, (8, 1, 3, 3), phase=phase, seed=seed, n=n_batches):
         for item in batch["data"][:, 0]:

@@ -39,10 +39,10 @@ def _feed(net: caffec.Net) -> None:
 def test_a_net_on_the_device_copies_what_it_must(tmp_path: Path, emulated_gpu) -> None:
     device: EmulatedDevice = emulated_gpu
     on_gpu = _net(tmp_path)
-    assert on_gpu.artifact.manifest["target"] == "cuda"
+    assert on_gpu.artifact.manifest.target.name == "cuda"
     gpu.set_mode_cpu()
     on_cpu = _net(tmp_path)
-    assert on_cpu.artifact.manifest["target"] == "c"
+    assert on_cpu.artifact.manifest.target.name == "c"
     for net in (on_cpu, on_gpu):
         _feed(net)
         net.forward()
@@ -121,7 +121,7 @@ def _train(path: Path, resume: Path | None = None) -> tuple[list[str], object]:
 def test_training_on_the_device_follows_the_c_target(tmp_path: Path, emulated_gpu) -> None:
     path = _solver(tmp_path)
     on_gpu, gpu_solver = _train(path)
-    assert gpu_solver.net.artifact.manifest["target"] == "cuda"
+    assert gpu_solver.net.artifact.manifest.target.name == "cuda"
     resumed_lines, resumed = _train(path, tmp_path / "run_iter_6.solverstate")
     gpu.set_mode_cpu()
     on_cpu, cpu_solver = _train(path)

@@ -103,7 +103,7 @@ def test_batch_norm_statistics_are_not_learnable(tmp_path: Path) -> None:
     fixed = ('layer { name: "x" type: "BatchNorm" bottom: "a" top: "y" '
              "param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }")  # fmt: skip
     net = one_layer_net(tmp_path, fixed, {"a": (2, 3)}, caffec.TRAIN)
-    assert [p["lr_mult"] for p in net.artifact.manifest["params"]] == [0, 0, 0]
+    assert [p.lr_mult for p in net.artifact.manifest.params] == [0, 0, 0]
     learned = 'layer { name: "x" type: "BatchNorm" bottom: "a" top: "y" param { lr_mult: 0 } param { lr_mult: 1 } }'
     with pytest.raises(UserError, match="lr_mult 1") as info:
         one_layer_net(tmp_path, learned, {"a": (2, 3)}, caffec.TRAIN, name="learned")
@@ -363,6 +363,6 @@ def test_float32_builds(tmp_path: Path, body: str, bottoms: dict, ref) -> None:
         feed["s"] = (np.arange(4) % 2).astype(np.float32)
     out = net.forward(blobs=["y"], **feed)
     np.testing.assert_allclose(out["y"], ref(feed)[0], rtol=2e-5, atol=1e-6)
-    grads = net.backward(diffs=["a"], **({} if net.artifact.manifest["loss_tops"] else
+    grads = net.backward(diffs=["a"], **({} if net.artifact.manifest.loss_tops else
                                          {"y": np.ones(out["y"].shape, np.float32)}))  # fmt: skip
     assert np.isfinite(grads["a"]).all() and np.abs(grads["a"]).sum() > 0

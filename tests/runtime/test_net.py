@@ -168,7 +168,7 @@ def test_partial_runs_never_split_a_fused_kernel(tmp_path: Path) -> None:
     weights = net.params["ip1"][0].data.copy()
     net.blobs["data"].data[...] = x
     net.forward(end="ip1")  # rebuilds at -O1: relu1 has not run yet
-    assert not any(s.get("joined") for s in net.artifact.manifest["forward"])
+    assert not any(s.joined for s in net.artifact.manifest.forward)
     np.testing.assert_array_equal(net.params["ip1"][0].data, weights)
     assert (net.blobs["ip1"].data < 0).any()
     np.testing.assert_allclose(net.forward(start="relu1")["prob"], full, rtol=1e-5)

@@ -15,6 +15,7 @@ from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.formats.binaryproto import read_blobproto
 from caffec.formats.idx import read_idx
+from caffec.formats.manifest import FeederEntry
 from caffec.runtime.feeder import make_feeder
 from caffec.tools import compute_mean, convert_imageset, convert_mnist
 
@@ -106,15 +107,10 @@ def test_convert_mnist_on_fashion_mnist(tmp_path: Path) -> None:
                     np.frombuffer(datum.data, np.uint8).reshape(28, 28), pixels[i]
                 )
     # and the Data layer reads it as LeNet's train net would (scale 1/256)
-    s = {
-        "layer": "mnist",
-        "type": "Data",
-        "tops": ["data", "label"],
-        "param": {
-            "transform_param": {"scale": 0.00390625},
-            "data_param": {"source": "fashion_lmdb", "batch_size": 64, "backend": "LMDB"},
-        },
-    }
+    s = FeederEntry("mnist", "Data", ["data", "label"], {
+        "transform_param": {"scale": 0.00390625},
+        "data_param": {"source": "fashion_lmdb", "batch_size": 64, "backend": "LMDB"},
+    })  # fmt: skip
     with make_feeder(
         s, {"data": (64, 1, 28, 28), "label": (64,)}, "float32", "TRAIN", str(tmp_path), 0
     ) as f:
@@ -200,14 +196,12 @@ def test_convert_imageset_encoded(image_folder, tmp_path: Path) -> None:
         assert d.encoded and d.data[:2] == b"\xff\xd8"
         assert Image.open(io.BytesIO(d.data)).size == (14, 12)
     # and the Data layer decodes them back to BGR
-    s = {
-        "layer": "d",
-        "type": "Data",
-        "tops": ["data", "label"],
-        "param": {
-            "data_param": {"source": str(tmp_path / "png"), "batch_size": 5, "backend": "LMDB"}
-        },
-    }
+    s = FeederEntry(
+        "d",
+        "Data",
+        ["data", "label"],
+        {"data_param": {"source": str(tmp_path / "png"), "batch_size": 5, "backend": "LMDB"}},
+    )
     with make_feeder(s, {"data": (5, 3, 6, 7), "label": (5,)}, "float32", "TEST", ".", 0) as f:
         batch = f.next()
     np.testing.assert_array_equal(
@@ -246,15 +240,15 @@ def test_compute_mean_against_numpy(tmp_path: Path) -> None:
     stored = read_blobproto(tmp_path / "mean.binaryproto")
     np.testing.assert_array_equal(stored.data, mean)
     # used as a mean file, it is subtracted pixel by pixel
-    s = {
-        "layer": "d",
-        "type": "Data",
-        "tops": ["data", "label"],
-        "param": {
+    s = FeederEntry(
+        "d",
+        "Data",
+        ["data", "label"],
+        {
             "transform_param": {"mean_file": str(tmp_path / "mean.binaryproto")},
             "data_param": {"source": str(tmp_path / "db"), "batch_size": 4, "backend": "LMDB"},
         },
-    }
+    )
     with make_feeder(s, {"data": (4, 1, 6, 5), "label": (4,)}, "float32", "TEST", ".", 0) as f:
         batch = f.next()
     np.testing.assert_array_equal(batch["data"][:, 0], pixels[:4].astype(np.float32) - mean[0, 0])

@@ -1,0 +1,254 @@
+"""An artifact's ``manifest.json``: what the runtime needs to run the compiled code beside it.
+
+Code generation writes a :class:`Manifest` (:mod:`caffec.codegen.artifact_writer`), the
+runtime reads one (:mod:`caffec.runtime.artifact_loader`); both use these classes, so the
+two sides cannot disagree on a field. Every buffer is a slot of the pointer table the
+generated code takes (``buffers``, with its arena offset where the memory plan put it);
+the steps of each pass name their kernels; pycaffe's names (blobs, layers, parameters)
+map to slots. A manifest of another :data:`FORMAT_VERSION` or :data:`ABI_VERSION` is
+refused with a message that says to compile again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caffec.errors import UserError
+
+FORMAT = "caffec-artifact"
+FORMAT_VERSION = 3  # 3: typed entries, the target's description
+ABI_VERSION = 3  # the C entry points: caffec_<pass>(void** buf, int begin, int end)
+
+
+@dataclass
+class TargetEntry:
+    """The machine the code was built for (:meth:`caffec.compiler.targets.Target.describe`)."""
+
+    name: str  # "c" or "cuda"
+    cpu: str | None = None  # C: the -march
+    vector_bytes: int | None = None  # C: the widest vectors the compiler used
+    threads: int | None = None  # C: per-image loops' threads
+    archs: list[str] | None = None  # CUDA: compute capabilities in the fat binary
+    multiprocessors: int | None = None  # CUDA: what the launch geometry fills
+
+
+@dataclass
+class BufferEntry:
+    name: str  # for people: never reaches generated code
+    shape: list[int]
+    kind: str  # caffec.compiler.kernels.KINDS
+    offset: int | None  # bytes into the arena; None: an allocation of its own (persistent)
+
+
+@dataclass
+class LayerEntry:
+    name: str
+    type: str
+    tops: list[str]
+    algorithm: str | None = None  # a convolution's, as ``caffec dump`` names it
+
+
+@dataclass
+class StepEntry:
+    """One layer's kernels in one pass: the unit of partial runs and of timing."""
+
+    layer: str
+    type: str
+    kernels: list[str]
+    joined: bool = False  # fused with the step before: no partial run may begin here
+
+
+@dataclass
+class ViewEntry:
+    """Where a blob lies inside a buffer (numbers, not bytes)."""
+
+    offset: int
+    shape: list[int]
+    strides: list[int]
+
+
+@dataclass
+class BlobEntry:
+    """pycaffe's ``net.blobs[name]``: the data and diff slots, each whole or a view."""
+
+    data: int
+    diff: int | None
+    data_view: ViewEntry | None = None
+    diff_view: ViewEntry | None = None
+
+
+@dataclass
+class ParamEntry:
+    """A learnable blob: its layer, its slots, and how the solver and fillers treat it."""
+
+    layer: str
+    index: int
+    data: int
+    grad: int | None
+    lr_mult: float
+    decay_mult: float
+    filler: dict[str, Any] | None  # a FillerParameter in Caffe's field names
+    shared_with: list[Any] | None  # [layer, index] owning the data, if shared
+
+
+@dataclass
+class FillEntry:
+    """A DummyData top the runtime fills (before the first pass, or before every one)."""
+
+    slot: int
+    filler: dict[str, Any]
+    refill: bool
+
+
+@dataclass
+class FeederEntry:
+    """A data layer whose source the runtime reads (caffec.runtime.feeder)."""
+
+    layer: str
+    type: str
+    tops: list[str]
+    param: dict[str, Any]  # its LayerParameter as JSON
+
+
+@dataclass
+class MemoryPlanEntry:
+    shared: bool  # buffers whose lifetimes do not overlap share bytes (-O1 and up)
+    keep_blobs: bool  # every blob stays readable (False: --outputs-only)
+    unshared_bytes: int  # the arena without sharing
+    in_place: int  # how many outputs write over an input
+    pinned_bytes: int  # what lives for the whole run
+
+
+@dataclass
+class SolverEntry:
+    type: str  # SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam
+    histories_per_param: int
+
+
+@dataclass
+class Launch:
+    function: str
+    grid: list[int]
+    block: list[int]
+
+
+@dataclass
+class CudaInstr:
+    """Launch ``kernels`` for images 0 .. count - 1 (a per-image loop has count > 1)."""
+
+    count: int
+    kernels: list[str]
+
+
+@dataclass
+class CudaLaunches:
+    """How to launch a CUDA artifact: each kernel's functions, and each step's instructions
+    per pass."""
+
+    functions: dict[str, list[Launch]]
+    steps: dict[str, list[list[CudaInstr]]]
+
+
+@dataclass
+class Manifest:
+    target: TargetEntry
+    dtype: str  # "float32" or "float64"
+    name: str
+    phase: str
+    source: str  # the generated source's file name
+    source_sha256: str
+    library: str  # the built code's file name
+    compiler_flags: list[str]
+    arena_bytes: int
+    naive_bytes: int  # what Caffe would allocate for the same blobs
+    memory_plan: MemoryPlanEntry
+    buffers: list[BufferEntry]
+    layers: list[LayerEntry]
+    forward: list[StepEntry]
+    backward: list[StepEntry]
+    update: list[StepEntry]
+    histories: list[tuple[int, int]]  # (parameter index, slot of a solver history)
+    solver: SolverEntry | None
+    blobs: dict[str, BlobEntry]
+    params: list[ParamEntry]
+    inputs: dict[str, int]  # blobs the runtime feeds, by slot
+    outputs: list[str]
+    output_diffs: dict[str, int]  # where backward starts from, given an output's gradient
+    seeds: list[tuple[int, float]]  # (slot, loss weight): the gradient backward starts from
+    loss_tops: list[tuple[str, float]]  # (blob, loss weight) of each objective term
+    fills: list[FillEntry]
+    feeders: list[FeederEntry]
+    net_dir: str  # relative data sources are looked for here too
+    cuda: CudaLaunches | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    abi: int = ABI_VERSION
+
+    def steps(self, direction: str) -> list[StepEntry]:
+        """The steps of a pass: "forward", "backward" or "update"."""
+        return {"forward": self.forward, "backward": self.backward, "update": self.update}[
+            direction
+        ]
+
+    def slot_of_kind(self, kind: str) -> int:
+        """The slot of the one buffer of ``kind`` ("counter", "hyper")."""
+        return next(i for i, b in enumerate(self.buffers) if b.kind == kind)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """The manifest at ``path``; a missing, foreign or older one is a clear UserError."""
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(
+                f"{path.parent} is not a caffec artifact (no manifest.json)",
+                hint="make one with: caffec compile NET.prototxt -o DIR",
+            ) from None
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {path}: {err}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise UserError(f"{path} is not a caffec artifact manifest")
+        if doc.get("format_version") != FORMAT_VERSION or doc.get("abi") != ABI_VERSION:
+            raise UserError(
+                f"{path.parent} was made by another caffec version (format "
+                f"{doc.get('format_version')}, abi {doc.get('abi')}); this one reads format "
+                f"{FORMAT_VERSION}, abi {ABI_VERSION}",
+                hint="compile the net again with this caffec",
+            )
+        try:
+            return _typed(cls, doc)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{path} is damaged: {err!r}", hint="compile the net again") from None
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` (parsed JSON) as the type ``hint`` describes: dataclasses, lists, dicts,
+    tuples and optional values of them."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _typed(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        known = {f.name for f in dataclasses.fields(hint)}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)} in {hint.__name__}")
+        return hint(**{name: _typed(hints[name], item) for name, item in value.items()})
+    if origin is list:
+        return [_typed(args[0], item) for item in value]
+    if origin is tuple:
+        return tuple(_typed(a, item) for a, item in zip(args, value, strict=True))
+    if origin is dict:
+        return {key: _typed(args[1], item) for key, item in value.items()}
+    return value
