@@ -4,19 +4,21 @@ A layer type is registered once, by decorating the class that knows its
 rules (see ``caffec/compiler/layers/``). Nothing else in the compiler knows
 what a particular layer does: passes look the entry up by type.
 
-An entry's class provides
+An entry's class provides (:class:`LayerRules` and the protocols after it)
 
 * ``infer(layer, bottoms, ctx) -> list[Shape]``: the shapes of the tops from
   the shapes of the bottoms, as Caffe's ``Reshape`` computes them; it raises
   :class:`ShapeError` when the bottoms do not fit;
-* ``params(layer, bottoms) -> list[ParamBlob]`` (optional): the blobs the
-  layer owns, with their shapes and fillers, as Caffe's ``LayerSetUp``
-  allocates them.
-
+* ``params(layer, bottoms) -> list[ParamBlob]`` (where the layer owns blobs):
+  their shapes and fillers, as Caffe's ``LayerSetUp`` allocates them;
 * ``lower(op, ctx)`` (to compile the layer): emits the kernels of its forward
-  pass through a :class:`caffec.compiler.passes.lower.LowerContext`;
+  pass through a :class:`caffec.compiler.lowering.LowerContext`;
 * ``grad(op, ctx)`` (to train through it): emits the kernels that compute the
-  gradients of its bottoms and parameters from the gradients of its tops.
+  gradients of its bottoms and parameters from the gradients of its tops;
+
+and may say ``fed_by_runtime = True`` (a data layer: the runtime fills its
+tops) or ``allow_force_backward(bottom)`` (which bottoms ``force_backward``
+sends a gradient to, where Caffe's loss rule does not hold).
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from caffec.compiler.ir import ParamBlob, Shape
+from caffec.compiler.ir import Op, ParamBlob, Shape
+
+if TYPE_CHECKING:  # the lowering state imports the registry; rules see it only when called
+    from caffec.compiler.lowering import LowerContext
 
 T = TypeVar("T")
+LayerParameter = Any  # a caffe_pb2.LayerParameter (its class is built at run time)
 
 
 class ShapeError(Exception):
@@ -46,6 +52,35 @@ class InferContext:
 
     shape_overrides: dict[str, Shape] = field(default_factory=dict)
     base_dir: Path = Path(".")
+
+
+class LayerRules(Protocol):
+    """The rules every registered layer type has."""
+
+    def infer(
+        self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext
+    ) -> list[Shape]: ...
+
+
+@runtime_checkable
+class OwnsParams(Protocol):
+    """A layer with parameter blobs."""
+
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]: ...
+
+
+@runtime_checkable
+class Lowers(Protocol):
+    """A layer caffec compiles."""
+
+    def lower(self, op: Op, ctx: LowerContext) -> None: ...
+
+
+@runtime_checkable
+class Differentiates(Protocol):
+    """A layer caffec trains through."""
+
+    def grad(self, op: Op, ctx: LowerContext) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,18 +106,17 @@ class LayerSpec:
     """A registered layer type."""
 
     type: str
-    rules: Any
+    rules: LayerRules
     bottoms: Arity
     tops: Arity
     in_place: bool
     loss: bool
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         return self.rules.infer(layer, bottoms, ctx)
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
-        rule = getattr(self.rules, "params", None)
-        return rule(layer, bottoms) if rule else []
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
+        return self.rules.params(layer, bottoms) if isinstance(self.rules, OwnsParams) else []
 
     def allows_force_backward(self, bottom: int) -> bool:
         """Whether ``force_backward`` sends a gradient to ``bottom`` (Caffe: not to labels)."""
@@ -93,11 +127,16 @@ class LayerSpec:
 
     @property
     def can_lower(self) -> bool:
-        return hasattr(self.rules, "lower")
+        return isinstance(self.rules, Lowers)
 
     @property
     def has_grad(self) -> bool:
-        return hasattr(self.rules, "grad")
+        return isinstance(self.rules, Differentiates)
+
+    @property
+    def fed_by_runtime(self) -> bool:
+        """A data layer: the runtime fills its tops (from a source, or the user's arrays)."""
+        return bool(getattr(self.rules, "fed_by_runtime", False))
 
 
 _REGISTRY: dict[str, LayerSpec] = {}

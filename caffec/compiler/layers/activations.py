@@ -6,12 +6,11 @@ the bottom ``x``, the top ``y`` and the top's gradient ``dy``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.layers.common import SameShape, count
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import pmap, reduce
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 from caffec.formats import caffe_pb2
 
@@ -22,19 +21,19 @@ class Elementwise(SameShape):
     forward: str
     backward: str
 
-    def consts(self, layer: Any) -> dict[str, float]:
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
         return {}
 
-    def backward_expr(self, layer: Any) -> str:
+    def backward_expr(self, layer: LayerParameter) -> str:
         return self.backward
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         ctx.emit(
             pmap(op.tops[0].shape, [(ctx.y(0), self.forward)], {"x": ctx.x(0)},
                  self.consts(op.param))
         )  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -51,10 +50,10 @@ class ReLU(Elementwise):
     forward = "x > 0 ? x : x * slope"
     backward = "x > 0 ? dy : dy * slope"
 
-    def consts(self, layer: Any) -> dict[str, float]:
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
         return {"slope": layer.relu_param.negative_slope}
 
-    def backward_expr(self, layer: Any) -> str:
+    def backward_expr(self, layer: LayerParameter) -> str:
         """With a slope of 0 or more, y > 0 exactly where x > 0: the gradient then reads the
         top, so the bottom need not outlive the forward pass and the top can take its bytes."""
         return "y > 0 ? dy : dy * slope" if layer.relu_param.negative_slope >= 0 else self.backward
@@ -83,7 +82,7 @@ class Power(Elementwise):
     forward = "pow(shift + scale * x, power)"
     backward = "dy * power * scale * pow(shift + scale * x, power - 1)"
 
-    def consts(self, layer: Any) -> dict[str, float]:
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
         p = layer.power_param
         return {"power": p.power, "scale": p.scale, "shift": p.shift}
 
@@ -93,7 +92,7 @@ class ELU(Elementwise):
     forward = "x > 0 ? x : alpha * (exp(x) - 1)"
     backward = "x > 0 ? dy : dy * (y + alpha)"
 
-    def consts(self, layer: Any) -> dict[str, float]:
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
         return {"alpha": layer.elu_param.alpha}
 
 
@@ -101,7 +100,7 @@ class ELU(Elementwise):
 class Dropout(SameShape):
     """Caffe's dropout: in TRAIN keep each unit with probability 1 - ratio and scale it up."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         ratio = layer.dropout_param.dropout_ratio
         if not 0.0 <= ratio < 1.0:
             raise ShapeError(
@@ -111,11 +110,11 @@ class Dropout(SameShape):
         return [bottoms[0]]
 
     @staticmethod
-    def _consts(layer: Any) -> dict[str, float]:
+    def _consts(layer: LayerParameter) -> dict[str, float]:
         keep = 1.0 - layer.dropout_param.dropout_ratio
         return {"keep": keep, "scale": 1.0 / keep}
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         shape = op.tops[0].shape
         consts = self._consts(op.param)
         if ctx.phase == "TRAIN":
@@ -128,7 +127,7 @@ class Dropout(SameShape):
         else:
             ctx.emit(pmap(shape, [(ctx.y(0), "x")], {"x": ctx.x(0)}))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -145,14 +144,14 @@ class Dropout(SameShape):
 
 @register_layer("PReLU", in_place=True)
 class PReLU(SameShape):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         if len(bottoms[0]) < 2:
             raise ShapeError(
                 f"PReLU needs a bottom of at least 2 axes, got {shape_text(bottoms[0])}"
             )
         return [bottoms[0]]
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         p = layer.prelu_param
         shape = (1,) if p.channel_shared else (bottoms[0][1],)
         filler = p.filler
@@ -168,13 +167,13 @@ class PReLU(SameShape):
         shared = op.param.prelu_param.channel_shared
         return view, ((1, 1, 1) if shared else (1, view[1], 1))
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         view, slope = self._view(op)
         ctx.emit(
             pmap(view, [(ctx.y(0), "x > 0 ? x : x * a")], {"x": ctx.x(0), "a": (ctx.w(0), slope)})
         )
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         view, slope = self._view(op)
         inputs = {"x": ctx.x(0), "dy": ctx.dy(0), "a": (ctx.w(0), slope)}
         dslope = ctx.dw(0)

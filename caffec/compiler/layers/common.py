@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from caffec.compiler.ir import Shape
-from caffec.compiler.registry import ShapeError
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError
 from caffec.errors import shape_text
 
 
@@ -47,5 +46,5 @@ def require_axes(shape: Shape, ndim: int, layer_kind: str) -> None:
 class SameShape:
     """Rules of layers whose top has the shape of their bottom."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         return [bottoms[0]]

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.kernels import Buffer, Kernel, Loop, Operand
 from caffec.compiler.layers.common import canonical_axis, count, require_same_shapes
 from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import col2im, conv_attrs, direct_conv, gemm, im2col, pmap, reduce
-from caffec.compiler.registry import InferContext, ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.compiler.targets import DIRECT_BLOCKING, ConvAlgorithms, ConvShape
 from caffec.errors import UserError, shape_text
 
@@ -56,7 +58,7 @@ def hw_names(name: str) -> tuple[str, str]:
     return f"{stem}_h", f"{stem}_w"
 
 
-def _h_w(p: Any, name: str, default: int, n: int) -> tuple[int, ...]:
+def _h_w(p: Message, name: str, default: int, n: int) -> tuple[int, ...]:
     """The field ``name``, or its ``_h``/``_w`` pair (2-D only)."""
     h, w = hw_names(name)
     has_h, has_w = p.HasField(h), p.HasField(w)
@@ -71,7 +73,7 @@ def _h_w(p: Any, name: str, default: int, n: int) -> tuple[int, ...]:
     return (getattr(p, h), getattr(p, w))
 
 
-def conv_geometry(layer: Any, bottom: Shape) -> ConvGeometry:
+def conv_geometry(layer: LayerParameter, bottom: Shape) -> ConvGeometry:
     p = layer.convolution_param
     axis = canonical_axis(p.axis, len(bottom))
     n = len(bottom) - axis - 1
@@ -90,7 +92,7 @@ def conv_geometry(layer: Any, bottom: Shape) -> ConvGeometry:
     return ConvGeometry(axis, kernel, stride, pad, dilation)
 
 
-def _check_groups(layer: Any, channels: int) -> tuple[int, int]:
+def _check_groups(layer: LayerParameter, channels: int) -> tuple[int, int]:
     p = layer.convolution_param
     if p.num_output <= 0:
         raise ShapeError("num_output must be positive", hint="set convolution_param.num_output")
@@ -154,7 +156,7 @@ class _ConvolutionBase:
     def weight_shape(self, channels: int, num_output: int, group: int) -> tuple[int, int]:
         raise NotImplementedError
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         require_same_shapes(bottoms)
         bottom = bottoms[0]
         g = conv_geometry(layer, bottom)
@@ -172,7 +174,7 @@ class _ConvolutionBase:
         top = (*bottom[: g.axis], num_output, *spatial)
         return [top] * len(bottoms)
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         p = layer.convolution_param
         g = conv_geometry(layer, bottoms[0])
         first, second = self.weight_shape(bottoms[0][g.axis], p.num_output, p.group)

@@ -8,10 +8,10 @@ none of these is there, the error says which ``--shape`` to give.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from caffec.compiler.ir import Op, Shape
-from caffec.compiler.registry import InferContext, ShapeError, register_layer
+from caffec.compiler.lowering import LowerContext
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import UserError
 from caffec.frontend import datasource
 
@@ -21,11 +21,11 @@ class FedByRuntime:
 
     fed_by_runtime = True
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         pass
 
 
-def _from_override(layer: Any, ctx: InferContext) -> list[Shape] | None:
+def _from_override(layer: LayerParameter, ctx: InferContext) -> list[Shape] | None:
     """Shapes the user gave for every top (a label top follows the data's batch)."""
     tops = list(layer.top)
     if tops[0] not in ctx.shape_overrides:
@@ -34,14 +34,14 @@ def _from_override(layer: Any, ctx: InferContext) -> list[Shape] | None:
     return [data] + [ctx.shape_overrides.get(t, (data[0],)) for t in tops[1:]]
 
 
-def _missing_shape(layer: Any, why: str) -> ShapeError:
+def _missing_shape(layer: LayerParameter, why: str) -> ShapeError:
     return ShapeError(
         why,
         hint=f"give the shape of the data top with --shape {layer.top[0]}=N,C,H,W",
     )
 
 
-def _find(source: str, ctx: InferContext, layer: Any) -> Path:
+def _find(source: str, ctx: InferContext, layer: LayerParameter) -> Path:
     if not source:
         raise _missing_shape(layer, "the layer names no data source")
     path = datasource.resolve(source, ctx.base_dir)
@@ -50,7 +50,7 @@ def _find(source: str, ctx: InferContext, layer: Any) -> Path:
     return path
 
 
-def _with_label(layer: Any, data: Shape) -> list[Shape]:
+def _with_label(layer: LayerParameter, data: Shape) -> list[Shape]:
     return [data, (data[0],)][: len(layer.top)]
 
 
@@ -60,14 +60,14 @@ def _batch(size: int) -> int:
     return size
 
 
-def _cropped(layer: Any, chw: Shape) -> Shape:
+def _cropped(layer: LayerParameter, chw: Shape) -> Shape:
     crop = layer.transform_param.crop_size
     return (chw[0], crop, crop) if crop else chw
 
 
 @register_layer("Input", bottoms=0, tops=(1, None))
 class Input(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         shapes = [tuple(s.dim) for s in layer.input_param.shape]
         tops = list(layer.top)
         if len(shapes) not in (1, len(tops)) and not all(t in ctx.shape_overrides for t in tops):
@@ -86,7 +86,7 @@ class Input(FedByRuntime):
 
 @register_layer("DummyData", bottoms=0, tops=(1, None))
 class DummyData:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.dummy_data_param
         n = len(layer.top)
         shapes = [tuple(s.dim) for s in p.shape]
@@ -107,7 +107,7 @@ class DummyData:
             for i, t in enumerate(layer.top)
         ]
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         """Caffe refills a top every pass unless its filler is constant."""
         fillers = list(op.param.dummy_data_param.data_filler)
         if len(fillers) not in (0, 1, len(op.tops)):
@@ -125,7 +125,7 @@ class DummyData:
 
 @register_layer("MemoryData", bottoms=0, tops=2)
 class MemoryData(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.memory_data_param
         data = (_batch(p.batch_size), p.channels, p.height, p.width)
         return _from_override(layer, ctx) or _with_label(layer, data)
@@ -133,7 +133,7 @@ class MemoryData(FedByRuntime):
 
 @register_layer("Data", bottoms=0, tops=(1, 2))
 class Data(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
             return given
@@ -146,7 +146,7 @@ class Data(FedByRuntime):
 
 @register_layer("ImageData", bottoms=0, tops=2)
 class ImageData(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
             return given
@@ -165,7 +165,7 @@ class ImageData(FedByRuntime):
 
 @register_layer("HDF5Data", bottoms=0, tops=(1, None))
 class HDF5Data(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
             return given
@@ -188,7 +188,7 @@ class HDF5Data(FedByRuntime):
 
 @register_layer("WindowData", bottoms=0, tops=2)
 class WindowData(FedByRuntime):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         given = _from_override(layer, ctx)
         if given:
             return given

@@ -6,12 +6,11 @@ K x N with ``transpose``), the top M x N: one GEMM, then the bias.
 
 from __future__ import annotations
 
-from typing import Any
-
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.layers.common import canonical_axis, count
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import gemm, pmap, reduce
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 
 
 def _geometry(op: Op) -> tuple[int, int, int, bool]:
@@ -24,7 +23,7 @@ def _geometry(op: Op) -> tuple[int, int, int, bool]:
 
 @register_layer("InnerProduct")
 class InnerProduct:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.inner_product_param
         if p.num_output <= 0:
             raise ShapeError(
@@ -33,7 +32,7 @@ class InnerProduct:
         axis = canonical_axis(p.axis, len(bottoms[0]))
         return [(*bottoms[0][:axis], p.num_output)]
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         p = layer.inner_product_param
         fan_in = count(bottoms[0], canonical_axis(p.axis, len(bottoms[0])))
         shape = (fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)
@@ -42,13 +41,13 @@ class InnerProduct:
             blobs.append(ParamBlob((p.num_output,), p.bias_filler, "bias"))
         return blobs
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         m, n, k, transpose = _geometry(op)
         ctx.emit(gemm(ctx.x(0), ctx.w(0), ctx.y(0), m, n, k, trans_b=not transpose))
         if op.param.inner_product_param.bias_term:
             ctx.emit(pmap((m, n), [(ctx.y(0), "y + b")], {"y": ctx.y(0), "b": (ctx.w(1), (1, n))}))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         m, n, k, transpose = _geometry(op)
         dy = ctx.dy(0)
         dweight = ctx.dw(0)

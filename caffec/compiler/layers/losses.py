@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from caffec.compiler.ir import Op, Shape
+from caffec.compiler.kernels import Buffer
 from caffec.compiler.layers.common import SameShape, canonical_axis, count
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import pmap, reduce
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 
 SCALAR: Shape = ()
@@ -38,7 +38,7 @@ def class_view(shape: Shape, axis_field: int) -> Shape:
     return (count(shape, 0, axis), shape[axis], count(shape, axis + 1))
 
 
-def emit_softmax(ctx: Any, x: Any, prob: Any, view: Shape, name: str) -> None:
+def emit_softmax(ctx: LowerContext, x: Buffer, prob: Buffer, view: Shape, name: str) -> None:
     """prob = exp(x - max) / sum, along the middle axis of ``view``."""
     outer, _, inner = view
     row = (outer, 1, inner)
@@ -54,15 +54,15 @@ def emit_softmax(ctx: Any, x: Any, prob: Any, view: Shape, name: str) -> None:
 
 @register_layer("Softmax")
 class Softmax(SameShape):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         canonical_axis(layer.softmax_param.axis, len(bottoms[0]))
         return [bottoms[0]]
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
         emit_softmax(ctx, ctx.x(0), ctx.y(0), view, "softmax")
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -79,7 +79,7 @@ class Softmax(SameShape):
         )
 
 
-def normalization(layer: Any) -> str:
+def normalization(layer: LayerParameter) -> str:
     """Caffe's loss normalization, with the legacy ``normalize`` flag honoured."""
     p = layer.loss_param
     if not p.HasField("normalization") and p.HasField("normalize"):
@@ -87,12 +87,14 @@ def normalization(layer: Any) -> str:
     return p.NormalizationMode.Name(p.normalization)
 
 
-def ignore_label(layer: Any) -> float | None:
+def ignore_label(layer: LayerParameter) -> float | None:
     p = layer.loss_param
     return float(p.ignore_label) if p.HasField("ignore_label") else None
 
 
-def emit_normalized_sum(ctx: Any, terms: Any, valid: Any, loss: Any, view: Shape, mode: str) -> Any:
+def emit_normalized_sum(
+    ctx: LowerContext, terms: Buffer, valid: Buffer | None, loss: Buffer, view: Shape, mode: str
+) -> Buffer:
     """loss = sum(terms) / Caffe's normalizer; returns the 1-element normalizer buffer."""
     outer, _, inner = view
     norm = ctx.state("normalizer", (1,))
@@ -121,13 +123,13 @@ def label_index(view: Shape) -> str:
 class SoftmaxWithLoss:
     """-log(softmax(x)[label]), averaged by Caffe's normalization; labels may be ignored."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         axis = canonical_axis(layer.softmax_param.axis, len(bottoms[0]))
         _labels_per_prediction(bottoms[0], bottoms[1], axis)
         return [SCALAR, bottoms[0]][: len(layer.top)]
 
-    def _prob(self, op: Op, ctx: Any) -> Any:
+    def _prob(self, op: Op, ctx: LowerContext) -> Buffer:
         return ctx.y(1) if len(op.tops) == 2 else ctx.state("prob", op.bottoms[0].shape)
 
     def _consts(self, op: Op, view: Shape) -> dict[str, float]:
@@ -135,7 +137,7 @@ class SoftmaxWithLoss:
         # with no ignore_label, no label equals the sentinel (labels are class indices)
         return {"ignore": -1.5 if ignore is None else ignore, "classes": view[1]}
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
         outer, classes, inner = view
         prob = self._prob(op, ctx)
@@ -157,7 +159,7 @@ class SoftmaxWithLoss:
         )  # fmt: skip
         emit_normalized_sum(ctx, terms, valid, ctx.y(0), view, normalization(op.param))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -175,7 +177,7 @@ class SoftmaxWithLoss:
                       accumulate=accumulate))  # fmt: skip
 
 
-def loss_seed(ctx: Any, rank: int) -> tuple[Any, Shape]:
+def loss_seed(ctx: LowerContext, rank: int) -> tuple[Buffer, Shape]:
     """The loss top's gradient (its loss_weight) as a map input of a rank-``rank`` view."""
     return (ctx.dy(0), (1,) * rank)
 
@@ -189,7 +191,7 @@ class SigmoidCrossEntropyLoss:
     VALID as for SoftmaxWithLoss).
     """
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         if count(bottoms[0]) != count(bottoms[1]):
             raise ShapeError(
@@ -199,7 +201,7 @@ class SigmoidCrossEntropyLoss:
         return [SCALAR]
 
     @staticmethod
-    def _mode(layer: Any) -> str:
+    def _mode(layer: LayerParameter) -> str:
         p = layer.loss_param
         if p.HasField("normalization"):
             return p.NormalizationMode.Name(p.normalization)
@@ -215,7 +217,7 @@ class SigmoidCrossEntropyLoss:
             return expr, {}
         return f"(long)t == ignore ? 0 : ({expr})", {"ignore": ignore}
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         shape = op.bottoms[0].shape
         total = count(shape)
         terms = ctx.workspace("log terms", (total,))
@@ -229,7 +231,7 @@ class SigmoidCrossEntropyLoss:
         view = (shape[0], 1, total // shape[0])
         emit_normalized_sum(ctx, terms, valid, ctx.y(0), view, self._mode(op.param))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)  # the targets get no gradient (Caffe refuses to compute one)
         if target is None:
             return
@@ -252,7 +254,7 @@ class EuclideanLoss:
 
     """sum((a - b)^2) / (2 N); both bottoms get a gradient (b's with the sign flipped)."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         if count(bottoms[0], 1) != count(bottoms[1], 1):
             raise ShapeError(
@@ -262,7 +264,7 @@ class EuclideanLoss:
             )
         return [SCALAR]
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         shape = op.bottoms[0].shape
         total = count(shape)
         squares = ctx.workspace("squared differences", (total,))
@@ -271,7 +273,7 @@ class EuclideanLoss:
             reduce(squares, ctx.y(0), (total,), [0], scale=0.5 / shape[0]),
         )
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         shape = op.bottoms[0].shape
         total = count(shape)
         inputs = {"a": ctx.x(0), "b": ctx.x(1), "dy": loss_seed(ctx, 1)}
@@ -294,7 +296,7 @@ class ContrastiveLoss:
     the total is divided by 2N. Caffe's backward, kept as it is: for a dissimilar pair it
     divides by d + 1e-4, not d."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         a, b, similar = bottoms
         if a != b or count(a, 2) != 1:
@@ -314,7 +316,7 @@ class ContrastiveLoss:
         shape = op.bottoms[0].shape
         return (shape[0], count(shape, 1))
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.contrastive_loss_param
         num, channels = self._view(op)
         squares = ctx.workspace("squared differences", (num, channels))
@@ -332,7 +334,7 @@ class ContrastiveLoss:
             reduce(terms, ctx.y(0), (num,), [0], scale=0.5 / num),
         )  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.contrastive_loss_param
         num, channels = self._view(op)
         row = (num, 1)
@@ -366,7 +368,7 @@ class Accuracy:
     def allow_force_backward(self, bottom: int) -> bool:
         return False  # no backward pass
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.accuracy_param
         scores, labels = bottoms
         axis = canonical_axis(p.axis, len(scores))
@@ -376,7 +378,7 @@ class Accuracy:
         _labels_per_prediction(scores, labels, axis)
         return [SCALAR, (classes,)][: len(layer.top)]
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.accuracy_param
         view = class_view(op.bottoms[0].shape, p.axis)
         outer, classes, inner = view

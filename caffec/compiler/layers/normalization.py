@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from google.protobuf.message import Message
 
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.kernels import Buffer
 from caffec.compiler.layers.common import SameShape, canonical_axis, count
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import pmap, reduce
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 from caffec.formats import caffe_pb2
 
@@ -34,7 +35,7 @@ class BatchNorm(SameShape):
 
     BLOBS = ("mean", "variance", "factor")
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         for i, spec in enumerate(layer.param[: len(self.BLOBS)]):
             if spec.HasField("lr_mult") and spec.lr_mult != 0:
                 raise ShapeError(
@@ -63,11 +64,11 @@ class BatchNorm(SameShape):
         return (shape[0], shape[1], count(shape, 2))
 
     @staticmethod
-    def _global(op: Op, ctx: Any) -> bool:
+    def _global(op: Op, ctx: LowerContext) -> bool:
         p = op.param.batch_norm_param
         return p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == "TEST"
 
-    def _coefficients(self, op: Op, ctx: Any) -> tuple[Buffer, Buffer]:
+    def _coefficients(self, op: Op, ctx: LowerContext) -> tuple[Buffer, Buffer]:
         """Each channel's scale and shift under the running statistics, as ``y = x * a + c``
         (the factor blob scales the running sums; a factor of 0 reads as 0, as in Caffe)."""
         channels = self._view(op)[1]
@@ -81,7 +82,7 @@ class BatchNorm(SameShape):
         )  # fmt: skip
         return scale, shift
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.batch_norm_param
         view = self._view(op)
         num, channels, spatial = view
@@ -112,7 +113,7 @@ class BatchNorm(SameShape):
             pmap((1,), [(ctx.w(2), "fb * maf + 1")], {"fb": ctx.w(2)}, {"maf": maf}),
         )  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -145,7 +146,7 @@ class BatchNorm(SameShape):
         )
 
 
-def affine_shape(p: Any, bottoms: list[Shape]) -> tuple[int, Shape]:
+def affine_shape(p: Message, bottoms: list[Shape]) -> tuple[int, Shape]:
     """The axis and the shape of the operand Scale/Bias apply from that axis on.
 
     With one bottom the operand is a learned blob covering ``num_axes`` axes
@@ -173,7 +174,7 @@ def affine_shape(p: Any, bottoms: list[Shape]) -> tuple[int, Shape]:
     return axis, tuple(operand)
 
 
-def affine_view(p: Any, op: Op) -> tuple[Shape, Shape]:
+def affine_view(p: Message, op: Op) -> tuple[Shape, Shape]:
     """The bottom as (outer, operand, inner) and the operand's broadcast shape in that view."""
     bottom = op.bottoms[0].shape
     axis, operand = affine_shape(p, [v.shape for v in op.bottoms])
@@ -182,7 +183,9 @@ def affine_view(p: Any, op: Op) -> tuple[Shape, Shape]:
     return view, (1, mid, 1)
 
 
-def emit_operand_grad(ctx: Any, terms: Any, view: Shape, target: tuple[Any, bool] | None) -> None:
+def emit_operand_grad(
+    ctx: LowerContext, terms: Buffer, view: Shape, target: tuple[Buffer, bool] | None
+) -> None:
     """An operand's gradient: ``terms`` summed over the outer and inner axes of ``view``."""
     if target is not None:
         out, accumulate = target
@@ -193,11 +196,11 @@ def emit_operand_grad(ctx: Any, terms: Any, view: Shape, target: tuple[Any, bool
 class Scale(SameShape):
     """y = x * s (+ b): s is the second bottom or a learned blob, b a learned blob."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         affine_shape(layer.scale_param, bottoms)
         return [bottoms[0]]
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         p = layer.scale_param
         _, shape = affine_shape(p, bottoms)
         blobs = []
@@ -211,14 +214,14 @@ class Scale(SameShape):
         return blobs
 
     @staticmethod
-    def _operands(op: Op, ctx: Any) -> tuple[Any, Any]:
+    def _operands(op: Op, ctx: LowerContext) -> tuple[Buffer, Buffer]:
         """The scale's buffer and the bias's (or None)."""
         two = len(op.bottoms) == 2
         scale = ctx.x(1) if two else ctx.w(0)
         bias = ctx.w(0 if two else 1) if op.param.scale_param.bias_term else None
         return scale, bias
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         view, operand = affine_view(op.param.scale_param, op)
         scale, bias = self._operands(op, ctx)
         inputs = {"x": ctx.x(0), "s": (scale, operand)}
@@ -228,7 +231,7 @@ class Scale(SameShape):
             expr = "x * s + b"
         ctx.emit(pmap(view, [(ctx.y(0), expr)], inputs))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         view, operand = affine_view(op.param.scale_param, op)
         scale, bias = self._operands(op, ctx)
         two = len(op.bottoms) == 2
@@ -253,23 +256,23 @@ class Scale(SameShape):
 class Bias(SameShape):
     """y = x + b: b is the second bottom or a learned blob."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         affine_shape(layer.bias_param, bottoms)
         return [bottoms[0]]
 
-    def params(self, layer: Any, bottoms: list[Shape]) -> list[ParamBlob]:
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
         if len(bottoms) == 2:
             return []
         p = layer.bias_param
         _, shape = affine_shape(p, bottoms)
         return [ParamBlob(shape, p.filler, "bias")]
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         view, operand = affine_view(op.param.bias_param, op)
         bias = ctx.x(1) if len(op.bottoms) == 2 else ctx.w(0)
         ctx.emit(pmap(view, [(ctx.y(0), "x + b")], {"x": ctx.x(0), "b": (bias, operand)}))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         view, _ = affine_view(op.param.bias_param, op)
         if len(op.bottoms) == 2:
             emit_operand_grad(ctx, ctx.dy(0), view, ctx.dx(1))

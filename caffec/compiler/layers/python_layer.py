@@ -9,12 +9,11 @@ blob stand-ins that hold shapes and no memory.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import numpy as np
 
 from caffec.compiler.ir import Shape
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.runtime.compiled_net import LegacyAxes
 
 
@@ -36,7 +35,7 @@ class ShapeOnlyBlob(LegacyAxes):
 
 @register_layer("Python", bottoms=(0, None), tops=(0, None))
 class Python:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.python_param
         try:
             module = importlib.import_module(p.module)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from caffec.compiler.ir import Op, Shape
 from caffec.compiler.layers.common import canonical_axis, count
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import pmap, reduce
-from caffec.compiler.registry import register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, register_layer
 from caffec.formats import caffe_pb2
 
 OPS = caffe_pb2.ReductionParameter
@@ -26,7 +25,7 @@ class Reduction:
     """SUM, ASUM (sum of absolute values), SUMSQ or MEAN of each item's values, times
     ``coeff``; the top keeps the axes before ``axis`` (a scalar for the default 0)."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         bottom = bottoms[0]
         axis = canonical_axis(layer.reduction_param.axis, len(bottom))
         return [tuple(bottom[:axis])]
@@ -43,7 +42,7 @@ class Reduction:
         p = op.param.reduction_param
         return p.coeff / inner if p.operation == OPS.MEAN else p.coeff
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         outer, inner = self._view(op)
         p = op.param.reduction_param
         source, kind = ctx.x(0), "sumsq" if p.operation == OPS.SUMSQ else "sum"
@@ -52,7 +51,7 @@ class Reduction:
             ctx.emit(pmap((outer, inner), [(source, "fabs(x)")], {"x": ctx.x(0)}))
         ctx.emit(reduce(source, ctx.y(0), (outer, inner), [1], kind, self._scale(op, inner)))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return

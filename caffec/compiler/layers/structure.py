@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import Message
+
 from caffec.compiler.ir import Op, Shape
-from caffec.compiler.kernels import Operand
+from caffec.compiler.kernels import Buffer, Kernel, Operand
 from caffec.compiler.layers.common import canonical_axis, count, require_same_shapes
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import pmap, strided_copy
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 
 
-def copy_all(source: Any, dest: Any, size: int, accumulate: bool = False) -> Any:
+def copy_all(source: Buffer, dest: Buffer, size: int, accumulate: bool = False) -> Kernel:
     """A whole-blob copy (Flatten, Reshape, Split); in lean builds the fusion pass has the
     source written where the copy would put it, and drops the copy."""
     return strided_copy(Operand(source), Operand(dest), [size], [1], [1], accumulate)
 
 
 def block_copy(
-    source: Any,
-    dest: Any,
+    source: Buffer,
+    dest: Buffer,
     outer: int,
     block: int,
     source_row: int,
@@ -28,7 +31,7 @@ def block_copy(
     source_offset: int,
     dest_offset: int,
     accumulate: bool = False,
-) -> Any:
+) -> Kernel:
     """Copy ``outer`` rows of ``block`` elements between blobs whose rows differ in length."""
     return strided_copy(Operand(source, source_offset), Operand(dest, dest_offset),
                         [outer, block], [source_row, 1], [dest_row, 1], accumulate)  # fmt: skip
@@ -37,10 +40,10 @@ def block_copy(
 class Reinterpret:
     """Layers whose top is the bottom's data under another shape."""
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         ctx.emit(copy_all(ctx.x(0), ctx.y(0), count(op.tops[0].shape)))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is not None:
             dx, accumulate = target
@@ -61,7 +64,7 @@ def _pieces(
     return out
 
 
-def _legacy_axis(p: Any, legacy: str, ndim: int) -> int:
+def _legacy_axis(p: Message, legacy: str, ndim: int) -> int:
     """``axis``, or the old ``concat_dim``/``slice_dim`` spelling (not both)."""
     if p.HasField(legacy):
         if p.HasField("axis"):
@@ -72,7 +75,7 @@ def _legacy_axis(p: Any, legacy: str, ndim: int) -> int:
 
 @register_layer("Concat", bottoms=(1, None))
 class Concat:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         axis = _legacy_axis(layer.concat_param, "concat_dim", len(bottoms[0]))
         first = bottoms[0]
         for shape in bottoms[1:]:
@@ -92,11 +95,11 @@ class Concat:
         axis = _legacy_axis(op.param.concat_param, "concat_dim", len(shapes[0]))
         return _pieces(op, axis, shapes, op.tops[0].shape)
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         for i, (outer, block, row, offset) in enumerate(self._layout(op)):
             ctx.emit(block_copy(ctx.x(i), ctx.y(0), outer, block, block, row, 0, offset))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         for i, (outer, block, row, offset) in enumerate(self._layout(op)):
             target = ctx.dx(i)
             if target is not None:
@@ -107,7 +110,7 @@ class Concat:
 
 @register_layer("Slice", tops=(1, None))
 class Slice:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.slice_param
         bottom = bottoms[0]
         axis = _legacy_axis(p, "slice_dim", len(bottom))
@@ -139,11 +142,11 @@ class Slice:
         axis = _legacy_axis(op.param.slice_param, "slice_dim", len(bottom))
         return _pieces(op, axis, [v.shape for v in op.tops], bottom)
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         for i, (outer, block, row, offset) in enumerate(self._layout(op)):
             ctx.emit(block_copy(ctx.x(0), ctx.y(i), outer, block, row, block, offset, 0))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -154,7 +157,7 @@ class Slice:
 
 @register_layer("Flatten")
 class Flatten(Reinterpret):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.flatten_param
         bottom = bottoms[0]
         start = canonical_axis(p.axis, len(bottom))
@@ -166,7 +169,7 @@ class Flatten(Reinterpret):
 
 @register_layer("Reshape")
 class Reshape(Reinterpret):
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.reshape_param
         bottom = bottoms[0]
         ndim = len(bottom)
@@ -209,15 +212,15 @@ class Reshape(Reinterpret):
 
 @register_layer("Split", tops=(1, None))
 class Split:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         return [bottoms[0]] * len(layer.top)
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         size = count(op.bottoms[0].shape)
         for i in range(len(op.tops)):
             ctx.emit(copy_all(ctx.x(0), ctx.y(i), size))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -229,13 +232,13 @@ class Split:
 
 @register_layer("Silence", bottoms=(1, None), tops=0)
 class Silence:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         return []
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         pass
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         for i, value in enumerate(op.bottoms):
             target = ctx.dx(i)
             if target is not None and not target[1]:
@@ -244,7 +247,7 @@ class Silence:
 
 @register_layer("Eltwise", bottoms=(2, None))
 class Eltwise:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.eltwise_param
         if len(p.coeff):
             if p.EltwiseOp.Name(p.operation) != "SUM":
@@ -259,7 +262,7 @@ class Eltwise:
         p = op.param.eltwise_param
         return p.EltwiseOp.Name(p.operation)
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.eltwise_param
         shape = op.tops[0].shape
         names = [f"x{i}" for i in range(len(op.bottoms))]
@@ -281,7 +284,7 @@ class Eltwise:
                 best, which = f"b{i}", f"w{i}"
             ctx.emit(pmap(shape, [(ctx.y(0), best), (winner, which)], inputs, lets=lets))
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         p = op.param.eltwise_param
         shape = op.tops[0].shape
         names = [f"x{i}" for i in range(len(op.bottoms))]
@@ -308,7 +311,7 @@ class Eltwise:
 
 @register_layer("ArgMax")
 class ArgMax:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.argmax_param
         bottom = bottoms[0]
         if p.top_k < 1:

@@ -6,10 +6,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from caffec.compiler.ir import Op, Shape
-from caffec.compiler.kernels import Operand
+from caffec.compiler.kernels import Buffer, Operand
 from caffec.compiler.layers.common import SameShape, canonical_axis, require_axes
 from caffec.compiler.layers.convolution import hw_names
+from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import (
     contiguous_strides,
     fill,
@@ -20,7 +23,7 @@ from caffec.compiler.primitives import (
     power,
     strided_copy,
 )
-from caffec.compiler.registry import ShapeError, register_layer
+from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import UserError, shape_text
 
 
@@ -35,14 +38,14 @@ class PoolGeometry:
 
 @register_layer("Pooling", tops=(1, 2))
 class Pooling:
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         g = self.geometry(layer, bottoms[0])
         if len(layer.top) == 2 and g.method != "MAX":
             raise ShapeError(f"only MAX pooling has a second top (the argmax mask), not {g.method}")
         top = (*bottoms[0][:2], *g.pooled)
         return [top] * len(layer.top)
 
-    def geometry(self, layer: Any, bottom: Shape) -> PoolGeometry:
+    def geometry(self, layer: LayerParameter, bottom: Shape) -> PoolGeometry:
         p = layer.pooling_param
         require_axes(bottom, 4, "Pooling")
         method = p.PoolMethod.Name(p.pool)
@@ -77,7 +80,7 @@ class Pooling:
         return PoolGeometry(kernel, stride, pad, pooled, method)
 
     @staticmethod
-    def _pair(p: Any, name: str, default: int) -> tuple[int, int]:
+    def _pair(p: Message, name: str, default: int) -> tuple[int, int]:
         h, w = hw_names(name)
         if p.HasField(h) or p.HasField(w):
             if p.HasField(name):
@@ -108,18 +111,18 @@ class Pooling:
         return pool_attrs(bottom[0] * bottom[1], (bottom[2], bottom[3]), g.pooled, g.kernel,
                           g.stride, g.pad, g.method)  # fmt: skip
 
-    def _mask(self, op: Op, ctx: Any) -> Any:
+    def _mask(self, op: Op, ctx: LowerContext) -> Buffer | None:
         """MAX pooling remembers each output's argmax: in the second top if given, else kept."""
         if op.param.pooling_param.PoolMethod.Name(op.param.pooling_param.pool) != "MAX":
             return None
         return ctx.y(1) if len(op.tops) == 2 else ctx.state("argmax", op.tops[0].shape)
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         mask = self._mask(op, ctx)
         ctx.emit(pool(Operand(ctx.x(0)), Operand(ctx.y(0)),
                       Operand(mask) if mask is not None else None, self._attrs(op)))  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -142,7 +145,7 @@ class LRN(SameShape):
     and a product: scale = 1 + alpha * avg, and ``k`` is not used.
     """
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         require_axes(bottoms[0], 4, "LRN")
         size = layer.lrn_param.local_size
         if size % 2 == 0:
@@ -166,7 +169,7 @@ class LRN(SameShape):
         # the adjoint of the AVE pooling already divides by n*n
         return attrs, {"k": 1.0, "a": p.alpha, "beta": p.beta}, 2.0 * p.alpha * p.beta
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         shape = op.bottoms[0].shape
         attrs, consts, _ = self._plan(op)
         scale = ctx.state("scale", shape)
@@ -177,7 +180,7 @@ class LRN(SameShape):
                  {"x": ctx.x(0), "s": scale}, {**consts, "minus_beta": -consts["beta"]}),
         )  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
@@ -205,7 +208,7 @@ class LRN(SameShape):
 class Crop:
     """The second bottom's extent of the first, from ``axis`` on, at the given offsets."""
 
-    def infer(self, layer: Any, bottoms: list[Shape], ctx: Any) -> list[Shape]:
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.crop_param
         big, like = bottoms
         if len(big) != len(like):
@@ -245,12 +248,12 @@ class Crop:
             start += offset * strides[i]
         return top, strides, start
 
-    def lower(self, op: Op, ctx: Any) -> None:
+    def lower(self, op: Op, ctx: LowerContext) -> None:
         top, strides, start = self._layout(op)
         ctx.emit(strided_copy(Operand(ctx.x(0), start), Operand(ctx.y(0)), top, strides,
                               contiguous_strides(top)))  # fmt: skip
 
-    def grad(self, op: Op, ctx: Any) -> None:
+    def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is not None:
             dx, accumulate = target

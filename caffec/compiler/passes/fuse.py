@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from caffec.compiler.kernels import (
     Buffer,
@@ -64,26 +62,24 @@ from caffec.compiler.kernels import (
     Loop,
     Operand,
     Step,
-    View,
     kernels_of,
 )
+from caffec.compiler.passes.fuse_copies import read_through_copies, write_into_copies
+from caffec.compiler.passes.fusion_scope import (
+    Entry,
+    Scope,
+    elementwise_only,
+    fused,
+    is_at,
+    is_map,
+    loads_of,
+)
 from caffec.compiler.passes.plan_memory import pinned_buffers, runtime_written
-from caffec.compiler.primitives import contiguous_strides, coordinate
 from caffec.errors import InternalError
 
 ANCHORS = frozenset({"gemm", "conv", "reduce", "pool", "pool_grad", "copy"})
 _NAME = re.compile(r"(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_]*")
 _FLAT_INDEX = re.compile(r"(?<![A-Za-z0-9_.])i(?![A-Za-z0-9_])")
-
-
-@dataclass(eq=False)
-class Entry:
-    """An instruction of one pass, the step it runs in, and the steps (layers) its work
-    came from."""
-
-    instr: Instr
-    home: int
-    origins: set[int] = field(default_factory=set)
 
 
 def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
@@ -94,8 +90,8 @@ def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
         steps: list[Step] = getattr(kgraph, direction)
         scope = Scope(kgraph, direction, pinned, fixed)
         scope.entries = [Entry(i, s, {s}) for s, step in enumerate(steps) for i in step.instrs]
-        rewrites = (_read_through_copies, _hoist_parameter_maps, _compose_adjacent_maps,
-                    _sink_maps_into_loops, _write_into_copies)  # fmt: skip
+        rewrites = (read_through_copies, _hoist_parameter_maps, _compose_adjacent_maps,
+                    _sink_maps_into_loops, write_into_copies)  # fmt: skip
         for rewrite in rewrites:
             rewrite(scope)
         _rebuild(steps, _group(scope))
@@ -106,169 +102,6 @@ def fuse(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
     return kgraph
 
 
-@dataclass(eq=False)
-class Scope:
-    """One pass being fused: its instructions so far, and the rest of the graph."""
-
-    kgraph: KernelGraph
-    direction: str
-    pinned: set[Buffer]
-    fixed: set[Buffer]  # what the runtime writes: never moved
-    entries: list[Entry] = field(default_factory=list)
-    moved: set[int] = field(default_factory=set)  # kernels now writing a copy's destination
-
-    def kernels(self) -> list[Kernel]:
-        """Every kernel of every pass as things stand, fused kernels opened."""
-        instrs = [e.instr for e in self.entries]
-        for direction, steps in self.kgraph.steps().items():
-            if direction != self.direction:
-                instrs += [i for step in steps for i in step.instrs]
-        out: list[Kernel] = []
-        for instr in instrs:
-            for kernel in kernels_of(instr):
-                out += kernel.parts()
-        return out
-
-    def users(self, buffer: Buffer) -> tuple[list[Kernel], list[Kernel]]:
-        """The kernels that read ``buffer`` and the ones that write it."""
-        kernels = self.kernels()
-        readers = [k for k in kernels if any(o.buffer is buffer for o in k.reads)]
-        writers = [k for k in kernels if any(o.buffer is buffer for o in k.writes)]
-        return readers, writers
-
-
-def fused(parts: list[Kernel]) -> Kernel:
-    """One kernel running ``parts`` in order. It reads what a part reads (or accumulates
-    into) before an earlier part wrote it, and writes what any part writes."""
-    flat = [p for part in parts for p in part.parts()]
-    reads: list[Operand] = []
-    writes: list[Operand] = []
-    for part in flat:
-        written = {o.buffer for o in writes}
-        inputs = [*part.reads, *(part.writes if part.accumulate else [])]
-        reads += [o for o in inputs if o.buffer not in written and o not in reads]
-        writes += [o for o in part.writes if o not in writes]
-    return Kernel("fused", reads, writes, {"parts": flat})
-
-
-# --- who touches what ------------------------------------------------------------------------
-
-
-def _is(o: Operand, buffer: Buffer, offset: int = 0, step: int = 0) -> bool:
-    """Whether ``o`` is ``buffer`` from ``offset`` advancing ``step`` (operands compare by
-    identity)."""
-    return o.buffer is buffer and o.offset == offset and o.step == step
-
-
-def _is_map(instr: Instr, random_ok: bool = False) -> bool:
-    return (
-        isinstance(instr, Kernel)
-        and instr.prim == "map"
-        and not instr.accumulate
-        and (random_ok or not instr.attrs["random"])
-    )
-
-
-def _loads_of(kernel: Kernel, buffer: Buffer) -> list[tuple[str, int, str]]:
-    return [load for load in kernel.attrs["loads"] if kernel.reads[load[1]].buffer is buffer]
-
-
-def _elementwise_only(kernel: Kernel, buffer: Buffer) -> bool:
-    """Whether a map reads ``buffer`` (if at all) only at its own element, as a whole."""
-    return all(index == "i" for _, _, index in _loads_of(kernel, buffer)) and all(
-        o.buffer is not buffer or _is(o, buffer) for o in kernel.reads
-    )
-
-
-# --- 1. copies read through ------------------------------------------------------------------
-
-
-def _drop_copies(scope: Scope, rewrite: Callable[[int, Kernel], bool]) -> bool:
-    """Drop each copy kernel for which ``rewrite(position, copy)`` made it unneeded; whether
-    any was."""
-    entries = scope.entries
-    position = 0
-    dropped = False
-    while position < len(entries):
-        copy = entries[position].instr
-        if isinstance(copy, Kernel) and copy.prim == "copy" and rewrite(position, copy):
-            del entries[position]
-            dropped = True
-        else:
-            position += 1
-    return dropped
-
-
-def _read_through_copies(scope: Scope) -> None:
-    def rewrite(position: int, copy: Kernel) -> bool:
-        target = _reader_through(scope, position)
-        if target is None:
-            return False
-        _read_through(copy, scope.entries[target].instr)
-        scope.entries[target].origins |= scope.entries[position].origins
-        return True
-
-    _drop_copies(scope, rewrite)
-
-
-def _reader_through(scope: Scope, position: int) -> int | None:
-    """The position of the one map that may read through the copy at ``position``."""
-    entries = scope.entries
-    copy = entries[position].instr
-    assert isinstance(copy, Kernel)
-    a = copy.attrs
-    destination, source = copy.writes[0], copy.reads[0]
-    if copy.accumulate or not _is(destination, destination.buffer):
-        return None
-    if destination.buffer in scope.pinned:
-        return None
-    if destination.buffer.size != a["size"] or a["dst_strides"] != contiguous_strides(a["shape"]):
-        return None
-    readers, writers = scope.users(destination.buffer)
-    if writers != [copy] or len(readers) != 1 or source.step:
-        return None
-    reader = readers[0]
-    for later in range(position + 1, len(entries)):
-        instr = entries[later].instr
-        if instr is reader:
-            if not _is_map(reader, random_ok=True) or not _elementwise_only(
-                reader, destination.buffer
-            ):
-                return None
-            if any(o.buffer is source.buffer for o in reader.writes):
-                return None
-            return later
-        if any(
-            o.buffer is source.buffer for k in kernels_of(entries[later].instr) for o in k.writes
-        ):
-            return None  # the source changes before the reader would read it
-    return None
-
-
-def _strided_index(shape: list[int], strides: list[int]) -> str:
-    """Where element i of a contiguous array of ``shape`` lies in one laid out by
-    ``strides``."""
-    terms = [
-        f"{coordinate(tuple(shape), axis)} * {stride}"
-        for axis, stride in enumerate(strides)
-        if shape[axis] > 1 and stride
-    ]
-    return " + ".join(terms) or "0"
-
-
-def _read_through(copy: Kernel, reader: Kernel) -> None:
-    """Make ``reader`` load the copy's source where the copy would have put it."""
-    index = _strided_index(copy.attrs["shape"], copy.attrs["src_strides"])
-    destination = copy.writes[0].buffer
-    for number, (name, slot, _) in enumerate(reader.attrs["loads"]):
-        if reader.reads[slot].buffer is destination:
-            reader.reads[slot] = copy.reads[0]
-            reader.attrs["loads"][number] = (name, slot, index)
-
-
-# --- 2. map chains -------------------------------------------------------------------------
-
-
 def _hoist_parameter_maps(scope: Scope) -> None:
     """Move a map that reads only parameters (BatchNorm's per-channel coefficients) ahead of
     the layer before it, where the map after it reads that layer's output element for
@@ -277,7 +110,7 @@ def _hoist_parameter_maps(scope: Scope) -> None:
     for position in range(1, len(entries) - 1):
         kernel, after, last = (entries[p].instr for p in (position, position + 1, position - 1))
         home, previous = entries[position].home, entries[position - 1].home
-        if previous == home or not (_is_map(kernel) and _is_map(after)):
+        if previous == home or not (is_map(kernel) and is_map(after)):
             continue
         if any(o.buffer.kind != "param" for o in kernel.reads):
             continue
@@ -290,7 +123,7 @@ def _hoist_parameter_maps(scope: Scope) -> None:
             continue
         output = {o.buffer for k in kernels_of(last) for o in k.writes}
         assert isinstance(after, Kernel)
-        if not any(o.buffer in output and _elementwise_only(after, o.buffer) for o in after.reads):
+        if not any(o.buffer in output and elementwise_only(after, o.buffer) for o in after.reads):
             continue
         moved = entries.pop(position)
         moved.home = previous
@@ -314,15 +147,15 @@ def _compose_adjacent_maps(scope: Scope) -> None:
 
 
 def _compose(scope: Scope, first: Instr, second: Instr) -> Kernel | None:
-    if not (_is_map(first) and _is_map(second)):
+    if not (is_map(first) and is_map(second)):
         return None
     assert isinstance(first, Kernel) and isinstance(second, Kernel)
     if len(first.writes) != 1 or first.attrs["size"] != second.attrs["size"]:
         return None
     middle = first.writes[0]
-    if not _is(middle, middle.buffer) or not _loads_of(second, middle.buffer):
+    if not is_at(middle, middle.buffer) or not loads_of(second, middle.buffer):
         return None
-    if not _elementwise_only(second, middle.buffer):
+    if not elementwise_only(second, middle.buffer):
         return None
     written = {o.buffer for o in second.writes}
     if middle.buffer in written:
@@ -400,7 +233,7 @@ def _sink_maps_into_loops(scope: Scope) -> None:
     position = 0
     while position + 1 < len(entries):
         loop, kernel = entries[position].instr, entries[position + 1].instr
-        if isinstance(loop, Loop) and _is_map(kernel):
+        if isinstance(loop, Loop) and is_map(kernel):
             assert isinstance(kernel, Kernel)
             sliced = _sliced(kernel, loop)
             if sliced is not None:
@@ -429,14 +262,14 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
     whole = {slot: index == "i" for _, slot, index in a["loads"]}
     for slot, read in enumerate(kernel.reads):
         if read.buffer in written:
-            if not whole.get(slot) or not _is(read, read.buffer):
+            if not whole.get(slot) or not is_at(read, read.buffer):
                 return None
-            if any(not _is(o, read.buffer, 0, step) for o in written[read.buffer]):
+            if any(not is_at(o, read.buffer, 0, step) for o in written[read.buffer]):
                 return None
     for write in kernel.writes:
-        if not _is(write, write.buffer) or write.buffer in read_in_loop:
+        if not is_at(write, write.buffer) or write.buffer in read_in_loop:
             return None
-        if any(not _is(o, write.buffer, 0, step) for o in written.get(write.buffer, [])):
+        if any(not is_at(o, write.buffer, 0, step) for o in written.get(write.buffer, [])):
             return None
 
     def shifted(index: str) -> str:
@@ -455,153 +288,6 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
 
 
 # --- 4. copies written through ---------------------------------------------------------------
-
-
-def _write_into_copies(scope: Scope) -> None:
-    def rewrite(position: int, copy: Kernel) -> bool:
-        a, (source,), (destination,) = copy.attrs, copy.reads, copy.writes
-        if copy.accumulate:
-            return False
-        if _moved(scope, copy, source, destination, a["dst_strides"]):
-            return True
-        if _written_after(scope, position, source.buffer):
-            return False  # the destination would change with the source
-        return _moved(scope, copy, destination, source, a["src_strides"])
-
-    while _drop_copies(scope, rewrite):
-        pass  # a dropped copy can free another (a Slice's top, once the Split after it went)
-
-
-def _moved(scope: Scope, copy: Kernel, gone: Operand, kept: Operand, layout: list[int]) -> bool:
-    """Retarget every access of one side of the copy, ``gone``, to its place in the other,
-    ``kept``, laid out there by ``layout``: the source into the destination (a Concat's
-    bottom), or the destination onto the source (a Flatten's, Split's or Slice's top). The
-    value must be whole on its side, no one else may write where it lands, and every access
-    must be movable (see above). A blob the user reads becomes a view there."""
-    a = copy.attrs
-    value = gone.buffer
-    shape = a["shape"]
-    if not _is(gone, value) or value.size != a["size"] or kept.step:
-        return False
-    if value.kind not in ("value", "grad") or value in scope.fixed:
-        return False
-    if (a["src_strides"] if gone is copy.reads[0] else a["dst_strides"]) != contiguous_strides(
-        shape
-    ):
-        return False
-    flat = layout == contiguous_strides(shape)
-    if not flat and (len(shape) != 2 or layout[1] != 1):
-        return False
-    view = None
-    if value in scope.pinned:
-        view = _view(value, kept, shape, layout)
-        if view is None or (not flat and not _viewed_whole(scope.kgraph, value)):
-            return False
-    readers, writers = scope.users(value)
-    _, kept_writers = scope.users(kept.buffer)
-    if gone is copy.reads[0]:  # beside the other copies into the destination, or what
-        if any(k.accumulate or (k.prim != "copy" and id(k) not in scope.moved)  # writes there
-               for k in kept_writers):  # fmt: skip
-            return False
-    elif writers != [copy]:
-        return False
-    accesses = [(k, o) for k in {*readers, *writers} - {copy}
-                for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
-    if not flat:
-        row = shape[1]
-        for kernel, o in accesses:
-            sliced = o.offset == 0 and o.step == row
-            whole = _is(o, value) and kernel.prim == "map"
-            if whole and o in kernel.writes:
-                return False  # a map writes element i: it cannot scatter
-            if whole and any(ix != "i" for _, sl, ix in kernel.attrs["loads"]
-                             if kernel.reads[sl] is o):  # fmt: skip
-                return False
-            if not (sliced or whole):
-                return False
-    for kernel, o in accesses:
-        _retarget(kernel, o, kept, shape, layout, flat)
-        scope.moved.add(id(kernel))
-    if view is not None:
-        _bind_view(scope.kgraph, value, kept.buffer, view)
-    return True
-
-
-def _written_after(scope: Scope, position: int, buffer: Buffer) -> bool:
-    """Whether a kernel after entry ``position`` (in this pass or a later one) writes
-    ``buffer``."""
-    later = [e.instr for e in scope.entries[position + 1 :]]
-    passes = list(scope.kgraph.steps())
-    for direction in passes[passes.index(scope.direction) + 1 :]:
-        later += [i for step in scope.kgraph.steps()[direction] for i in step.instrs]
-    return any(o.buffer is buffer for i in later for k in kernels_of(i) for p in k.parts()
-               for o in p.writes)  # fmt: skip
-
-
-def _view(value: Buffer, kept: Operand, shape: list[int], layout: list[int]) -> View | None:
-    """Where ``value`` lies in ``kept``'s buffer, as a view of its own shape: contiguous
-    from the offset, or (a 2-D copy) the rows of its leading axes ``layout[0]`` apart."""
-    if layout == contiguous_strides(shape):
-        return View(kept.offset, value.shape, tuple(contiguous_strides(value.shape)))
-    rows = shape[0]
-    split = next((k for k in range(len(value.shape) + 1) if math.prod(value.shape[:k]) == rows),
-                 None)  # fmt: skip
-    if split is None:
-        return None
-    leading = [layout[0] * math.prod(value.shape[j + 1 : split]) for j in range(split)]
-    return View(kept.offset, value.shape, (*leading, *contiguous_strides(value.shape[split:])))
-
-
-def _viewed_whole(kgraph: KernelGraph, buffer: Buffer) -> bool:
-    """Whether every blob that is a view into ``buffer`` is all of it, as it is laid out."""
-    whole = View(0, buffer.shape, tuple(contiguous_strides(buffer.shape)))
-    views = [b.data_view for b in kgraph.blobs.values() if b.data is buffer]
-    views += [b.diff_view for b in kgraph.blobs.values() if b.diff is buffer]
-    return all(v is None or v == whole for v in views)
-
-
-def _bind_view(kgraph: KernelGraph, value: Buffer, base: Buffer, view: View) -> None:
-    """Show the blobs bound to ``value`` where it now lives (a view already into ``value``
-    moves along with it: by an offset, or as all of it)."""
-    for blob in kgraph.blobs.values():
-        if blob.data is value:
-            blob.data, blob.data_view = base, _composed(blob.data_view, view)
-        if blob.diff is value:
-            blob.diff, blob.diff_view = base, _composed(blob.diff_view, view)
-
-
-def _composed(inner: View | None, outer: View) -> View:
-    """``inner`` (a view into a value, or None: all of it) once the value is ``outer``."""
-    if (
-        inner is None
-        or inner.strides == tuple(contiguous_strides(inner.shape))
-        and (inner.shape == outer.shape and inner.offset == 0)
-    ):
-        return outer
-    return View(inner.offset + outer.offset, inner.shape, inner.strides)  # a flat move
-
-
-def _retarget(
-    kernel: Kernel, old: Operand, kept: Operand, shape: list[int], layout: list[int], flat: bool
-) -> None:
-    """Replace operand ``old`` of ``kernel`` by its place in ``kept``."""
-    if flat:  # the same layout, from the kept operand's offset
-        new = Operand(kept.buffer, kept.offset + old.offset, old.step)
-    elif old.step:  # image n's slice: its row there
-        new = Operand(kept.buffer, kept.offset, layout[0])
-    else:  # a whole-value map operand read element for element: gather from the rows
-        new = Operand(kept.buffer, kept.offset)
-        index = _strided_index(shape, layout)
-        for number, (name, slot, _) in enumerate(kernel.attrs["loads"]):
-            if kernel.reads[slot] is old:
-                kernel.attrs["loads"][number] = (name, slot, index)
-    for operands in (kernel.reads, kernel.writes):
-        for number, o in enumerate(operands):
-            if o is old:
-                operands[number] = new
-
-
-# --- 5. groups -----------------------------------------------------------------------------
 
 
 def _joins(group: list[Kernel], kernel: Kernel) -> bool:
@@ -682,7 +368,7 @@ def _write_through(kernels: list[Kernel], scope: Scope) -> None:
             if reader not in kernels or reader.accumulate:
                 continue
             slots = [s for s, o in enumerate(reader.reads) if o.buffer is middle]
-            if any(not _is(reader.reads[s], middle, write.offset, write.step) for s in slots):
+            if any(not is_at(reader.reads[s], middle, write.offset, write.step) for s in slots):
                 continue
             if any(index != "i" for _, s, index in reader.attrs["loads"] if s in slots):
                 continue

@@ -91,7 +91,7 @@ def lower(
                 layer=op.name,
                 hint="remove the layer, or see the README for the layer types caffec compiles",
             )
-        fed = getattr(spec.rules, "fed_by_runtime", False)
+        fed = spec.fed_by_runtime
         for value in op.tops:
             if value.shape is None:
                 raise InternalError("lowering needs shapes", layer=op.name)
