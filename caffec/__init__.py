@@ -6,7 +6,9 @@ files, :mod:`caffec.compiler` builds and transforms the graphs,
 :mod:`caffec.runtime` runs them.
 """
 
-__version__ = "0.1.0"
+from caffec.version import __version__
+
+__all__ = ["__version__"]
 
 
 def __getattr__(name: str):  # the API loads on first use, so `import caffec` stays light

@@ -398,10 +398,12 @@ def _net_options(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from caffec.compiler.pipeline import PASS_NAMES
+    from caffec.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="caffec", description="A graph compiler for Caffe models."
     )
+    parser.add_argument("--version", action="version", version=f"caffec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dump = sub.add_parser("dump", help="print a net's layer graph after a pass")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets caffec up on a Debian or Ubuntu machine: the system packages it needs
 # (installed with apt-get only when missing), a virtual environment in .venv,
-# and caffec itself in editable mode with the test and data extras.
+# and caffec itself in editable mode with the test, data and docs extras.
 #   bash scripts/setup.sh          # idempotent; rerun after pulling
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +26,4 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,docs]'

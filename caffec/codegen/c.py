@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import caffec
 from caffec.codegen.renderer import (
     Rendered,
     aliased,
@@ -28,6 +27,7 @@ from caffec.codegen.toolchain import build_library, c_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop, Step
 from caffec.compiler.targets.cpu import CpuTarget, parallel_grain
 from caffec.formats.manifest import ABI_VERSION
+from caffec.version import __version__
 
 
 class CRenderer:
@@ -72,7 +72,7 @@ class CRenderer:
                                     "comment": comment, "count": loop.count if loop else 1,
                                     "threads": loop.threads if loop else 1})  # fmt: skip
         prelude = self.env.get_template("prelude.c.j2").render(
-            version=caffec.__version__, dtype=kgraph.dtype, n_kernels=len(kernels)
+            version=__version__, dtype=kgraph.dtype, n_kernels=len(kernels)
         )
         source = self.env.get_template("net.c.j2").render(
             prelude=prelude,

@@ -26,7 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import caffec
 from caffec.codegen.renderer import (
     Rendered,
     aliased,
@@ -40,6 +39,7 @@ from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, kernels_of
 from caffec.compiler.targets.cuda import CudaTarget
 from caffec.formats.manifest import CudaInstr, CudaLaunches, Launch
+from caffec.version import __version__
 
 BLOCK = 256  # threads per block of a grid-stride kernel
 MAX_BLOCKS = 8192  # enough to fill any current GPU; the loops stride over the rest
@@ -166,7 +166,7 @@ class CudaRenderer:
                     for instr in step.instrs
                 ])  # fmt: skip
         prelude = self.env.get_template("prelude.cu.j2").render(
-            version=caffec.__version__, dtype=kgraph.dtype, n_functions=len(functions)
+            version=__version__, dtype=kgraph.dtype, n_functions=len(functions)
         )
         source = self.env.get_template("net.cu.j2").render(prelude=prelude, functions=functions)
         return Rendered(source, CudaLaunches(launches, steps))

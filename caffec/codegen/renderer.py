@@ -17,12 +17,11 @@ from typing import Any, Protocol
 
 import jinja2
 
-import caffec
 from caffec.compiler.kernels import Kernel, KernelGraph, Operand
 from caffec.errors import InternalError
 from caffec.formats.manifest import CudaLaunches
 
-TEMPLATES = Path(caffec.__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 _IDENT = re.compile(r"\buniform\(\)|[A-Za-z_][A-Za-z0-9_]*")
 _FUNCTIONS = {"exp", "log", "tanh", "fabs", "pow", "sqrt", "fmax", "fmin", "floor"}
 
