@@ -379,21 +379,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _net_options(parser: argparse.ArgumentParser) -> None:
-    """The options that pick which net a prototxt describes: phase, NetState, shapes."""
-    parser.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST", type=str.upper)
-    parser.add_argument(
-        "--stage", action="append", default=[], help="a NetState stage (repeatable)"
-    )
-    parser.add_argument("--level", type=int, default=0, help="the NetState level")
-    parser.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=parse_shape,
-        metavar="NAME=N,C,H,W",
-        help="the shape of a data layer's top (repeatable)",
-    )
+def _net_options(
+    parser: argparse.ArgumentParser, phase: str = "TEST", caffe: bool = False, shape: bool = True
+) -> None:
+    """The options that pick which net a prototxt describes: phase, NetState, data shapes;
+    ``caffe``: also under the single-dash names Caffe's tool takes (``-phase``)."""
+
+    def names(flag: str) -> list[str]:
+        return [f"-{flag}", f"--{flag}"] if caffe else [f"--{flag}"]
+
+    parser.add_argument(*names("phase"), choices=["TRAIN", "TEST"], default=phase,
+                        type=str.upper)  # fmt: skip
+    parser.add_argument(*names("stage"), action="append", default=[],
+                        help="a NetState stage (repeatable)")  # fmt: skip
+    parser.add_argument(*names("level"), type=int, default=0, help="the NetState level")
+    if shape:
+        parser.add_argument("--shape", action="append", default=[], type=parse_shape,
+                            metavar="NAME=N,C,H,W",
+                            help="the shape of a data layer's top (repeatable)")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -474,10 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("-weights", "--weights", help="the trained .caffemodel")
     test.add_argument("-iterations", "--iterations", type=int, default=50)
     test.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
-    test.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TEST",
-                      type=str.upper)  # fmt: skip
-    test.add_argument("-stage", "--stage", action="append", default=[])
-    test.add_argument("-level", "--level", type=int, default=0)
+    _net_options(test, caffe=True, shape=False)
     test.set_defaults(run=_cmd_test)
 
     backends = {"choices": ["lmdb", "leveldb"], "default": "lmdb", "type": str.lower}
@@ -510,18 +510,7 @@ def _parser() -> argparse.ArgumentParser:
     time_.add_argument("-model", "--model", required=True, help="the net .prototxt")
     time_.add_argument("-iterations", "--iterations", type=int, default=50)
     time_.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
-    time_.add_argument("-phase", "--phase", choices=["TRAIN", "TEST"], default="TRAIN",
-                       type=str.upper)  # fmt: skip
-    time_.add_argument("-stage", "--stage", action="append", default=[])
-    time_.add_argument("-level", "--level", type=int, default=0)
-    time_.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        type=parse_shape,
-        metavar="NAME=N,C,H,W",
-        help="a data top's shape, when its source is absent",
-    )
+    _net_options(time_, "TRAIN", caffe=True)
     time_.add_argument("--kernels", action="store_true", help="also time every kernel")
     time_.set_defaults(run=_cmd_time)
 

@@ -16,12 +16,10 @@ from typing import Any
 
 from caffec.codegen.renderer import (
     Rendered,
-    aliased,
     environment,
-    expression,
     kernel_names,
     layer_numbers,
-    pointer,
+    template_helpers,
 )
 from caffec.codegen.toolchain import build_library, c_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, Loop, Step
@@ -89,7 +87,7 @@ class CRenderer:
     def body(self, kernel: Kernel) -> str:
         """The C of one kernel (a fused kernel renders its parts one after another)."""
         return self.env.get_template(f"{kernel.prim}.c.j2").render(
-            kernel=kernel, ptr=pointer, expr_c=expression, aliased=aliased, body=self.body,
+            kernel=kernel, **template_helpers(), body=self.body,
             grain=parallel_grain(kernel.prim),
         )  # fmt: skip
 

@@ -28,12 +28,10 @@ from typing import Any
 
 from caffec.codegen.renderer import (
     Rendered,
-    aliased,
     environment,
-    expression,
     kernel_names,
     layer_numbers,
-    pointer,
+    template_helpers,
 )
 from caffec.codegen.toolchain import build_cuda, cuda_flags
 from caffec.compiler.kernels import Kernel, KernelGraph, kernels_of
@@ -131,9 +129,7 @@ class CudaRenderer:
         names = kernel_names(kgraph)
         layer_index = layer_numbers(kgraph)
         helpers = {
-            "ptr": pointer,
-            "expr_c": expression,
-            "aliased": aliased,
+            **template_helpers(),
             "tile": TILE,
             "gemm_layout": lambda a: gemm_layout(a, multiprocessors),
             "reduce_per_block": lambda a: reduce_per_block(a, multiprocessors),

@@ -119,6 +119,11 @@ def kernel_names(kgraph: KernelGraph) -> dict[int, str]:
     return names
 
 
+def template_helpers() -> dict[str, Any]:
+    """What every target's templates call: operand addresses, map expressions, aliasing."""
+    return {"ptr": pointer, "expr_c": expression, "aliased": aliased}
+
+
 def layer_numbers(kgraph: KernelGraph) -> dict[str, int]:
     """Each layer's position in the net, by name: how comments in the source name a layer."""
     return {layer["name"]: i for i, layer in enumerate(kgraph.layers)}

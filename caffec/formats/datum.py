@@ -37,17 +37,13 @@ def datum_array(datum: caffe_pb2.Datum, where: str, mode: str | None = None) -> 
             hint="the database is damaged or was not written by Caffe's tools",
         )
     if len(datum.data):
-        if len(datum.data) != count:
-            raise UserError(
-                f"{where}: the Datum says {shape_text(shape)} ({count} bytes) but holds "
-                f"{len(datum.data)} bytes of data",
-                hint="the database is damaged; convert it again",
-            )
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    if len(datum.float_data) != count:
+        values, what = np.frombuffer(datum.data, dtype=np.uint8), "bytes of data"
+    else:
+        values, what = np.asarray(datum.float_data, dtype=np.float32), "float_data values"
+    if values.size != count:
         raise UserError(
             f"{where}: the Datum says {shape_text(shape)} ({count} values) but holds "
-            f"{len(datum.float_data)} float_data values",
+            f"{values.size} {what}",
             hint="the database is damaged; convert it again",
         )
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+    return values.reshape(shape)

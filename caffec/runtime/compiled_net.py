@@ -16,6 +16,7 @@ import numpy as np
 
 from caffec.errors import UserError, shape_text
 from caffec.formats.manifest import FeederEntry, Manifest, ViewEntry
+from caffec.formats.snapshots import load_blobs, weights_by_name, write_weights
 from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
@@ -185,53 +186,19 @@ class CompiledNet:
                 self._exec.zero(p.grad)
 
     def copy_from(self, path: str | Path) -> None:
-        """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom)."""
-        if str(path).endswith(".h5"):
-            from caffec.formats.hdf5_snapshot import read_hdf5_weights
-
-            by_name = read_hdf5_weights(path)
-        else:
-            from caffec.formats.weights import read_weights
-
-            by_name = read_weights(path).blobs_by_name()
-        for name, blobs in by_name.items():
-            if name not in self.params or not blobs:
-                continue  # Caffe ignores source layers the net does not have
-            target = self.params[name]
-            if len(blobs) != len(target):
-                raise UserError(
-                    f"layer '{name}': {path} holds {len(blobs)} blobs, the net's layer has "
-                    f"{len(target)}",
-                    hint="the caffemodel was trained for a different net",
-                )
-            for i, (source, dest) in enumerate(zip(blobs, target, strict=True)):
-                if not source.matches(dest.shape):
-                    raise UserError(
-                        f"layer '{name}': cannot copy param {i}: the weights in {path} have "
-                        f"shape {shape_text(source.shape)}, the net's parameter has "
-                        f"{shape_text(dest.shape)}",
-                        hint="the layer's num_output, kernel or input size differs from the "
-                        "net the weights were trained with",
-                    )
-                dest.data[...] = source.data.reshape(dest.shape)
+        """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom):
+        layers the net does not have are ignored, the others must fit."""
+        for name, blobs in weights_by_name(path).items():
+            if name in self.params and blobs:
+                load_blobs(blobs, [b.data for b in self.params[name]], f"layer '{name}' in {path}",
+                           "the weights were trained for a net whose layer differs (num_output, "
+                           "kernel, input size)")  # fmt: skip
 
     def save(self, path: str | Path) -> None:
         """Write the weights as a .caffemodel (or Caffe's HDF5 form, for a .h5 path)."""
-        if str(path).endswith(".h5"):
-            from caffec.formats.hdf5_snapshot import write_hdf5_weights
-
-            write_hdf5_weights(path, [(layer.name, [b.data for b in layer.blobs])
-                                      for layer in self.layers])  # fmt: skip
-            return
-        from caffec.formats import caffe_pb2
-        from caffec.formats.binaryproto_writer import write_caffemodel
-
-        net = caffe_pb2.NetParameter(name=self.artifact.manifest.name)
-        blobs = []
-        for layer in self.layers:
-            net.layer.add(name=layer.name, type=layer.type)
-            blobs.append([b.data for b in layer.blobs])
-        write_caffemodel(path, net, blobs)
+        write_weights(path, self.artifact.manifest.name,
+                      [(layer.name, layer.type, [b.data for b in layer.blobs])
+                       for layer in self.layers])  # fmt: skip
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a MemoryData layer (pycaffe's API): each forward takes the next batch."""

@@ -60,21 +60,19 @@ def _produce(source: Source, batches: queue.Queue, stop: threading.Event) -> Non
     """The prefetch thread: batches into the queue until stopped or failed."""
     try:
         while not stop.is_set():
-            item: Any = source.batch()
-            while not stop.is_set():
-                try:
-                    batches.put(item, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
+            _put(batches, source.batch(), stop)
     except BaseException as error:  # noqa: BLE001 - handed to the consumer as it was
-        item = _Failure(error)
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.05)
-                break
-            except queue.Full:
-                continue
+        _put(batches, _Failure(error), stop)
+
+
+def _put(batches: queue.Queue, item: Any, stop: threading.Event) -> None:
+    """Queue ``item`` once there is room, unless the feeder stops first."""
+    while not stop.is_set():
+        try:
+            batches.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            continue
 
 
 def _shutdown(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
+from caffec.formats.snapshots import load_blobs, read_solver_snapshot, write_solver_snapshot
 from caffec.runtime.compiled_net import CompiledNet
 
 
@@ -273,15 +274,8 @@ class TrainingLoop:
         self.log(f"Snapshotting to {kind} file {model}")
         self.net.save(model)
         self.log(f"Snapshotting solver state to {kind} file {state}")
-        history = self._ordered_histories()
-        if kind == "HDF5":
-            from caffec.formats.hdf5_snapshot import write_hdf5_solverstate
-
-            write_hdf5_solverstate(state, self.iter, str(model), history, self.current_step)
-        else:
-            from caffec.formats.binaryproto_writer import write_solverstate
-
-            write_solverstate(state, self.iter, str(model), history, self.current_step)
+        write_solver_snapshot(state, self.iter, str(model), self._ordered_histories(),
+                              self.current_step)  # fmt: skip
         return model, state
 
     def _ordered_histories(self) -> list[np.ndarray]:
@@ -294,29 +288,11 @@ class TrainingLoop:
 
     def restore(self, path: str | Path) -> None:
         """Continue from a .solverstate: its weights, histories, iteration and lr position."""
-        if str(path).endswith(".h5"):
-            from caffec.formats.hdf5_snapshot import read_hdf5_solverstate
-
-            iteration, learned_net, current_step, history = read_hdf5_solverstate(path)
-        else:
-            from caffec.formats.binaryproto import read_solverstate
-
-            state, history = read_solverstate(path)
-            iteration, learned_net, current_step = state.iter, state.learned_net, state.current_step
-        mine = self._ordered_histories()
-        if len(history) != len(mine):
-            raise UserError(
-                f"{path} holds {len(history)} history blobs; this solver and net keep {len(mine)}",
-                hint="resume with the solver type and net the snapshot was taken with",
-            )
-        for i, (blob, target) in enumerate(zip(history, mine, strict=True)):
-            if not blob.matches(target.shape):
-                raise UserError(
-                    f"{path}: history blob {i} has shape {blob.shape}, the net needs {target.shape}"
-                )
-            target[...] = blob.data.reshape(target.shape)
-        if learned_net:
-            self.net.copy_from(learned_net)
-        self.iter = iteration
-        self.current_step = current_step
+        snapshot = read_solver_snapshot(path)
+        load_blobs(snapshot.history, self._ordered_histories(), f"{path}'s solver history",
+                   "resume with the solver type and net the snapshot was taken with")  # fmt: skip
+        if snapshot.learned_net:
+            self.net.copy_from(snapshot.learned_net)
+        self.iter = snapshot.iteration
+        self.current_step = snapshot.current_step
         self.net.skip_iterations(self.iter * self.settings.iter_size)

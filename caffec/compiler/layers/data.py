@@ -25,6 +25,17 @@ class FedByRuntime:
         pass
 
 
+class Sourced(FedByRuntime):
+    """A data layer whose tops take the shapes the user gave (``--shape`` of its data top),
+    else those of its parameters or of its source's first record (:meth:`shapes`)."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        return _from_override(layer, ctx) or self.shapes(layer, ctx)
+
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
+        raise NotImplementedError
+
+
 def _from_override(layer: LayerParameter, ctx: InferContext) -> list[Shape] | None:
     """Shapes the user gave for every top (a label top follows the data's batch)."""
     tops = list(layer.top)
@@ -124,19 +135,15 @@ class DummyData:
 
 
 @register_layer("MemoryData", bottoms=0, tops=2)
-class MemoryData(FedByRuntime):
-    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+class MemoryData(Sourced):
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
         p = layer.memory_data_param
-        data = (_batch(p.batch_size), p.channels, p.height, p.width)
-        return _from_override(layer, ctx) or _with_label(layer, data)
+        return _with_label(layer, (_batch(p.batch_size), p.channels, p.height, p.width))
 
 
 @register_layer("Data", bottoms=0, tops=(1, 2))
-class Data(FedByRuntime):
-    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        given = _from_override(layer, ctx)
-        if given:
-            return given
+class Data(Sourced):
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
         p = layer.data_param
         path = _find(p.source, ctx, layer)
         backend = p.DB.Name(p.backend)
@@ -145,11 +152,8 @@ class Data(FedByRuntime):
 
 
 @register_layer("ImageData", bottoms=0, tops=2)
-class ImageData(FedByRuntime):
-    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        given = _from_override(layer, ctx)
-        if given:
-            return given
+class ImageData(Sourced):
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
         p = layer.image_data_param
         channels = 3 if p.is_color else 1
         if p.new_height and p.new_width:
@@ -164,11 +168,8 @@ class ImageData(FedByRuntime):
 
 
 @register_layer("HDF5Data", bottoms=0, tops=(1, None))
-class HDF5Data(FedByRuntime):
-    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        given = _from_override(layer, ctx)
-        if given:
-            return given
+class HDF5Data(Sourced):
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
         tops = list(layer.top)
         p = layer.hdf5_data_param
         listing = _find(p.source, ctx, layer)
@@ -187,11 +188,8 @@ class HDF5Data(FedByRuntime):
 
 
 @register_layer("WindowData", bottoms=0, tops=2)
-class WindowData(FedByRuntime):
-    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        given = _from_override(layer, ctx)
-        if given:
-            return given
+class WindowData(Sourced):
+    def shapes(self, layer: LayerParameter, ctx: InferContext) -> list[Shape]:
         crop = layer.transform_param.crop_size or layer.window_data_param.crop_size
         if not crop:
             raise _missing_shape(layer, "WindowData needs transform_param.crop_size")

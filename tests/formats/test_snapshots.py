@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from caffec.formats import caffe_pb2
-from caffec.formats.weights import read_weights
+from caffec.formats.snapshots import read_weights
 
 
 def test_v1_caffemodel_upgrades_with_its_blobs(tmp_path: Path) -> None:
@@ -60,3 +60,47 @@ def test_real_lenet_weights_fit_the_lenet_layer_graph(corpus: Path) -> None:
     assert [op.name for op in with_params] == ["conv1", "conv2", "ip1", "ip2"]
     for op in with_params:
         assert [b.shape for b in blobs[op.name]] == [p.shape for p in op.params]
+
+
+def test_blobs_load_by_caffes_shape_rule_or_say_what_does_not_fit() -> None:
+    import pytest
+
+    from caffec.errors import UserError
+    from caffec.formats.binaryproto import Blob
+    from caffec.formats.snapshots import load_blobs
+
+    legacy = Blob(np.arange(3, dtype=np.float32).reshape(1, 1, 1, 3), None, legacy_shape=True)
+    target = np.zeros(3, np.float32)
+    load_blobs([legacy], [target], "layer 'ip'", "fix it")  # a 1x1x1xN bias fits N
+    np.testing.assert_array_equal(target, [0, 1, 2])
+    with pytest.raises(UserError, match="layer 'ip' holds 1 blobs where the net has 2") as err:
+        load_blobs([legacy], [target, target], "layer 'ip'", "fix it")
+    assert err.value.hint == "fix it"
+    square = Blob(np.zeros((2, 2), np.float32), None, legacy_shape=False)
+    with pytest.raises(UserError, match="layer 'ip': blob 0 has shape 2x2, the net's has 4"):
+        load_blobs([square], [np.zeros(4, np.float32)], "layer 'ip'", "fix it")
+
+
+def test_weights_and_solver_state_round_trip_in_both_formats(tmp_path: Path) -> None:
+    from caffec.formats.snapshots import (
+        read_solver_snapshot,
+        weights_by_name,
+        write_solver_snapshot,
+        write_weights,
+    )
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for suffix in ("", ".h5"):
+        model = tmp_path / f"net.caffemodel{suffix}"
+        write_weights(model, "net", [("ip", "InnerProduct", [w]), ("relu", "ReLU", [])])
+        blobs = weights_by_name(model)
+        np.testing.assert_array_equal(blobs["ip"][0].data, w)
+        state = tmp_path / f"net.solverstate{suffix}"
+        write_solver_snapshot(state, 7, str(model), [w], current_step=2)
+        snapshot = read_solver_snapshot(state)
+        assert (snapshot.iteration, snapshot.learned_net, snapshot.current_step) == (
+            7,
+            str(model),
+            2,
+        )
+        np.testing.assert_array_equal(snapshot.history[0].data, w)
