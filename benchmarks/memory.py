@@ -50,6 +50,9 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, name, phase, shape in NETS:
         path = REPO / name if name.startswith("examples/") else args.corpus / name
+        if not path.exists():
+            print(f"| {label} | skipped: no {path} (give --corpus) |")
+            continue
         base = Options(phase=phase, shapes={"data": shape}, backward=phase == "TRAIN")
         reference, naive = arena(path, replace(base, opt_level=0))
         default, _ = arena(path, base)

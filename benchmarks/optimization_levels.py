@@ -89,6 +89,9 @@ def main() -> None:
     train = Options(phase="TRAIN", shapes={"data": (64, 1, 28, 28)}, backward=True, solver=SOLVER)
     bench("LeNet training step, batch 64", lenet, train, "train", args.iterations)
     caffenet = args.corpus / "bvlc/models/bvlc_reference_caffenet/deploy.prototxt"
+    if not caffenet.exists():
+        print(f"| CaffeNet forward, batch 10 | skipped: no {caffenet} (give --corpus) |")
+        return
     forward = Options(phase="TEST", shapes={"data": (10, 3, 227, 227)})
     bench("CaffeNet forward, batch 10", caffenet, forward, "forward", args.iterations)
 

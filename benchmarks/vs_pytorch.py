@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO.parent / "shared/corpus/bvlc/models"
-EXAMPLES = REPO.parent / "shared/corpus/bvlc/examples"
+CORPUS = REPO.parent / "shared/corpus"  # Caffe's examples and models (--corpus)
+MODELS = Path("bvlc/models")  # under the corpus
+EXAMPLES = Path("bvlc/examples")
 
-# name, prototxt, phase, data shapes, what is timed, iterations per round
+# name, prototxt (in the repository, or under the corpus), phase, data shapes, what is timed,
+# iterations per round
 CASES = [
     ("lenet", REPO / "examples/mnist/lenet_train_test.prototxt", "TRAIN",
      {"data": (64, 1, 28, 28), "label": (64,)}, "train", 30),
@@ -252,6 +254,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", help="comma-separated case names")
     parser.add_argument("--gpu", action="store_true", help="both on GPU 0 (see above)")
+    parser.add_argument("--corpus", type=Path, default=CORPUS,
+                        help="a folder with Caffe's examples/ and models/ under bvlc/")  # fmt: skip
     args = parser.parse_args()
     import torch
 
@@ -269,6 +273,10 @@ def main() -> None:
           f"   (PyTorch {torch.__version__}, {where})")  # fmt: skip
     for name, path, phase, shapes, kind, iterations in GPU_CASES if args.gpu else CASES:
         if wanted and name not in wanted:
+            continue
+        path = path if path.is_absolute() else args.corpus / path
+        if not path.exists():
+            print(f"{name + ' ' + kind:<22}   skipped: no {path} (give --corpus)")
             continue
         net_file = with_inputs(path, phase, shapes, folder / f"{name}.prototxt")
         device = "cuda" if args.gpu else "cpu"

@@ -111,6 +111,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from caffec.compiler.pipeline import Options
     from caffec.compiler.targets.cuda import CudaTarget
     from caffec.driver import NetSource, compile_to, cpu_target
+    from caffec.formats.atomic import replacing_directory
 
     if args.target == "cuda" and (args.weights or args.report):
         raise UserError(
@@ -127,12 +128,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         keep_blobs=not args.outputs_only, opt_level=args.O, target=target,
     )  # fmt: skip
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
-    kgraph = compile_to(NetSource.from_file(args.net), options, out)
-    if args.weights:
-        from caffec.runtime.compiled_net import CompiledNet
+    with replacing_directory(out) as folder:  # nothing replaced unless the weights fit too
+        kgraph = compile_to(NetSource.from_file(args.net), options, folder)
+        if args.weights:
+            from caffec.runtime.compiled_net import CompiledNet
 
-        CompiledNet(out, args.weights)  # refuse weights that do not fit, before embedding them
-        shutil.copyfile(args.weights, out / "weights.caffemodel")
+            CompiledNet(folder, args.weights)  # refuse weights that do not fit the net
+            shutil.copyfile(args.weights, folder / _embedded_weights(args.weights))
     print(
         f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels "
         f"(from {len(kgraph.primitives())} primitives), "
@@ -141,6 +143,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.report:
         print(_report(out))
     return 0
+
+
+# the file names of weights embedded in an artifact: binary, or Caffe's HDF5 form
+EMBEDDED_WEIGHTS = ("weights.caffemodel", "weights.caffemodel.h5")
+
+
+def _embedded_weights(weights: str | Path) -> str:
+    return EMBEDDED_WEIGHTS[str(weights).endswith(".h5")]
 
 
 def _report(artifact: Path) -> str:
@@ -213,8 +223,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from caffec.runtime.artifact_loader import load_artifact
     from caffec.runtime.compiled_net import CompiledNet
 
-    embedded = Path(args.artifact) / "weights.caffemodel"
-    weights = args.weights or (embedded if embedded.exists() else None)
+    embedded = (Path(args.artifact) / name for name in EMBEDDED_WEIGHTS)
+    weights = args.weights or next((path for path in embedded if path.exists()), None)
     artifact = load_artifact(args.artifact)  # loaded once: checked, then run
     _check_artifact_target(artifact, args.gpu)
     _use_gpu(args.gpu)

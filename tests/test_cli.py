@@ -272,3 +272,33 @@ def test_compile_for_cuda(capsys, tmp_path: Path, corpus: Path) -> None:
     assert status == 2 and "--weights" in err
     status, _, err = run(capsys, "compile", net, "--target", "cuda", "--cuda-arch", "sm90")
     assert status == 2 and "compute capability" in err
+
+
+def test_compile_keeps_the_old_artifact_when_the_weights_do_not_fit(capsys, tmp_path: Path) -> None:
+    """The weights are checked before anything is replaced; weights in Caffe's HDF5 form are
+    embedded as HDF5 and used by ``caffec run``."""
+    import numpy as np
+
+    from caffec.formats.snapshots import write_weights
+
+    net = str(REPO / "examples/mnist/lenet.prototxt")
+    out = tmp_path / "lenet.caffec"
+    assert run(capsys, "compile", net, "-o", str(out))[0] == 0
+    before = (out / "manifest.json").read_bytes()
+    bad = tmp_path / "bad.caffemodel"
+    write_weights(bad, "LeNet", [("conv1", "Convolution", [np.zeros((3, 3), np.float32)])])
+    status, _, err = run(capsys, "compile", net, "-o", str(out), "--weights", str(bad))
+    assert status == 2 and "layer 'conv1'" in err and "Traceback" not in err
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.caffemodel", "lenet.caffec"]
+
+    good = tmp_path / "good.caffemodel.h5"
+    shapes = {"conv1": [(20, 1, 5, 5), (20,)], "conv2": [(50, 20, 5, 5), (50,)],
+              "ip1": [(500, 800), (500,)], "ip2": [(10, 500), (10,)]}  # fmt: skip
+    write_weights(good, "LeNet", [(name, "", [np.full(s, 0.01, np.float32) for s in blobs])
+                                  for name, blobs in shapes.items()])  # fmt: skip
+    assert run(capsys, "compile", net, "-o", str(out), "--weights", str(good))[0] == 0
+    assert (out / "weights.caffemodel.h5").exists()
+    np.save(tmp_path / "x.npy", np.ones((64, 1, 28, 28), np.float32))
+    status, text, _ = run(capsys, "run", str(out), "--input", f"data={tmp_path / 'x.npy'}")
+    assert status == 0 and "min 0.1  max 0.1 " in text  # equal weights: equal scores

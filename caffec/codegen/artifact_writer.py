@@ -10,14 +10,13 @@ renamed, so a reader never sees half of one.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from caffec.codegen.renderer import Rendered, Renderer, kernel_names, renderer_for
 from caffec.compiler.kernels import BlobBinding, Buffer, KernelGraph, Step, View
-from caffec.errors import InternalError, UserError
+from caffec.errors import InternalError
+from caffec.formats.atomic import replacing_directory
 from caffec.formats.manifest import (
     BlobEntry,
     BufferEntry,
@@ -115,24 +114,8 @@ def write_artifact(kgraph: KernelGraph, out_dir: str | Path, reference: bool | N
     library, flags = renderer.build(rendered.source)
     doc = manifest(kgraph, rendered, flags, renderer)
     out = Path(out_dir)
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except OSError as err:
-        raise UserError(f"cannot write the artifact {out}: {err.strerror}") from err
-    try:
+    with replacing_directory(out) as tmp:
         (tmp / renderer.source_name).write_text(rendered.source, encoding="utf-8")
         shutil.copyfile(library, tmp / renderer.library_name)
         (tmp / "manifest.json").write_text(doc.to_json(), encoding="utf-8")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.replace(out, old / "artifact")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

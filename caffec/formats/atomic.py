@@ -1,12 +1,14 @@
-"""Writing files so that nothing is lost: to a temporary name beside the file, renamed over
-it at the end. A reader sees the old file or the whole new one, never half of one, and a
-failed write leaves the old file as it was."""
+"""Writing files and folders so that nothing is lost: to a temporary name beside them, renamed
+into place at the end. A reader sees the old one or the whole new one, never half of one,
+and a failed write leaves the old one as it was."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -48,3 +50,28 @@ def write_atomically(path: PathLike, parts: Iterable[bytes | memoryview]) -> Non
 def write_text_atomically(path: PathLike, text: str) -> None:
     """:func:`write_atomically` for text (UTF-8)."""
     write_atomically(path, [text.encode("utf-8")])
+
+
+@contextlib.contextmanager
+def replacing_directory(path: PathLike) -> Iterator[Path]:
+    """A new folder beside ``path`` for the block to fill; it takes ``path``'s place when the
+    block ends (the old folder, if any, removed), and is removed when the block fails."""
+    target = Path(path)
+    parent = target.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as err:
+        raise UserError(f"cannot write {target}: {err.strerror or err}") from None
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
