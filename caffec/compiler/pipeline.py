@@ -114,7 +114,7 @@ def _backward(c: Compilation) -> bool:
 
 
 def _autodiff(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
-    return autodiff(kgraph, c.lowering) if _backward(c) and c.lowering else kgraph
+    return autodiff(kgraph, c.lowering) if _backward(c) else kgraph  # type: ignore[arg-type]
 
 
 def _solver(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
@@ -145,9 +145,7 @@ KERNEL_PASSES: list[KernelPass] = [
     KernelPass("prune", 0, _prune),
     KernelPass("recompute", 1, lambda k, c: recompute(k, c.options.keep_blobs)),
     KernelPass("fuse", 2, lambda k, c: fuse(k, c.options.keep_blobs)),
-    KernelPass(
-        "parallel_loops", 2, lambda k, c: parallelize_loops(k, c.options.target.threads)
-    ),  # fmt: skip
+    KernelPass("parallel_loops", 2, lambda k, c: parallelize_loops(k, c.options.target.threads)),
     KernelPass("plan_memory", 0, _plan_memory),
 ]
 PASS_NAMES = ["build"] + [p.name for p in LAYER_PASSES] + [p.name for p in KERNEL_PASSES]
