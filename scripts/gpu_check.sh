@@ -68,7 +68,7 @@ step tests 100 "${pytest[@]}" -rP tests --ignore=tests/compiler/test_cuda_target
 step corpus 90 "${pytest[@]}" $parallel tests/compiler/test_cuda_target.py
 step benchmark 110 "$python" benchmarks/vs_pytorch.py --gpu
 # GoogLeNet's training step layer by layer and kernel by kernel on the GPU: which layers
-# the generated kernels (the CPU's algorithm choices included) make slow
+# the generated kernels (the CUDA target's own algorithm choices) make slow
 step time 70 "$python" -m caffec time -gpu 0 -iterations 3 --kernels \
     -model .gpu/corpus/bvlc/models/bvlc_googlenet/train_val.prototxt \
     --shape data=32,3,224,224 --shape label=32
