@@ -212,9 +212,8 @@ class CompiledNet:
         if data.shape[1:] != self.blobs[top].data.shape[1:] or len(data) != len(labels):
             raise UserError(
                 f"set_input_arrays: data {shape_text(data.shape)} and labels "
-                f"{shape_text(labels.shape)} do not "
-                f"fit the layer's {shape_text(self.blobs[top].data.shape)} batches with one label "
-                "each"
+                f"{shape_text(labels.shape)} do not fit the layer's "
+                f"{shape_text(self.blobs[top].data.shape)} batches with one label each"
             )
         if len(data) % batch:
             raise UserError(

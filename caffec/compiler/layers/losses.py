@@ -27,8 +27,7 @@ def _labels_per_prediction(scores: Shape, labels: Shape, axis: int) -> None:
     if count(labels) != expected:
         raise ShapeError(
             f"{count(labels)} labels for predictions of shape {shape_text(scores)}: with the "
-            "class axis "
-            f"{axis} there must be one label per prediction, {expected} in all"
+            f"class axis {axis} there must be one label per prediction, {expected} in all"
         )
 
 
@@ -249,18 +248,17 @@ class SigmoidCrossEntropyLoss:
 
 @register_layer("EuclideanLoss", bottoms=2, loss=True)
 class EuclideanLoss:
+    """sum((a - b)^2) / (2 N); both bottoms get a gradient (b's with the sign flipped)."""
+
     def allow_force_backward(self, bottom: int) -> bool:
         return True  # both bottoms are predictions
-
-    """sum((a - b)^2) / (2 N); both bottoms get a gradient (b's with the sign flipped)."""
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         if count(bottoms[0], 1) != count(bottoms[1], 1):
             raise ShapeError(
                 f"the inputs {shape_text(bottoms[0])} and {shape_text(bottoms[1])} must have the "
-                "same "
-                "number of elements per item"
+                "same number of elements per item"
             )
         return [SCALAR]
 
@@ -288,22 +286,21 @@ class EuclideanLoss:
 
 @register_layer("ContrastiveLoss", bottoms=3, loss=True)
 class ContrastiveLoss:
-    def allow_force_backward(self, bottom: int) -> bool:
-        return bottom != 2  # not the similarity label
-
     """Over pairs (a_i, b_i) with d^2 = ||a_i - b_i||^2: similar pairs (int(sim) != 0) add
     d^2, dissimilar ones max(margin - d, 0)^2 (``legacy_version``: max(margin - d^2, 0));
     the total is divided by 2N. Caffe's backward, kept as it is: for a dissimilar pair it
     divides by d + 1e-4, not d."""
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return bottom != 2  # not the similarity label
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         _same_batch(bottoms)
         a, b, similar = bottoms
         if a != b or count(a, 2) != 1:
             raise ShapeError(
-                f"the two feature bottoms must be N x C (x 1 x 1) and equal, got {shape_text(a)} "
-                "and "
-                f"{shape_text(b)}"
+                "the two feature bottoms must be N x C (x 1 x 1) and equal, got "
+                f"{shape_text(a)} and {shape_text(b)}"
             )
         if count(similar, 1) != 1 or similar[:1] != a[:1]:
             raise ShapeError(
