@@ -192,9 +192,10 @@ class Manifest:
 
     def steps(self, direction: str) -> list[StepEntry]:
         """The steps of a pass: "forward", "backward" or "update"."""
-        return {"forward": self.forward, "backward": self.backward, "update": self.update}[
-            direction
-        ]
+        if direction not in ("forward", "backward", "update"):
+            raise KeyError(direction)
+        steps: list[StepEntry] = getattr(self, direction)
+        return steps
 
     def slot_of_kind(self, kind: str) -> int:
         """The slot of the one buffer of ``kind`` ("counter", "hyper")."""
