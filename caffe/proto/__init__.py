@@ -1,0 +1,1 @@
+"""pycaffe's ``caffe.proto``: the home of ``caffe_pb2``."""
