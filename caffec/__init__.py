@@ -6,9 +6,32 @@ files, :mod:`caffec.compiler` builds and transforms the graphs,
 :mod:`caffec.runtime` runs them.
 """
 
+import sys
+import warnings
+from pathlib import Path
+
 from caffec.version import __version__
 
 __all__ = ["__version__"]
+
+
+def _caffe_shadows_ours() -> str | None:
+    """Where the ``caffe`` already imported lives, if it is not the one installed with caffec
+    (a real Caffe's pycaffe, which pycaffe code in this process then runs on)."""
+    module = sys.modules.get("caffe")
+    where = getattr(module, "__file__", None)
+    if module is None or where is None:
+        return None
+    ours = Path(__file__).resolve().parent.parent / "caffe"
+    return None if Path(where).resolve().parent == ours else where
+
+
+if (_shadowing := _caffe_shadows_ours()) is not None:
+    warnings.warn(
+        f"`import caffe` gave a real Caffe ({_shadowing}), which shadows caffec's pycaffe "
+        "module; remove it from PYTHONPATH to run pycaffe code on caffec",
+        stacklevel=2,
+    )
 
 
 def __getattr__(name: str):  # the API loads on first use, so `import caffec` stays light

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,11 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
             f"'{text}' is not NAME=N,C,H,W (positive integers), e.g. data=64,1,28,28"
         )
     return name, shape
+
+
+def parse_stages(text: str) -> list[str]:
+    """``a,b`` → ``["a", "b"]``: Caffe's tools split ``-stage`` on commas."""
+    return [stage for stage in text.split(",") if stage]
 
 
 def _outputs_only_option(parser: argparse.ArgumentParser) -> None:
@@ -73,10 +78,17 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
     from caffec.formats import caffe_pb2
+    from caffec.formats.binaryproto import file_kinds
     from caffec.formats.text_writer import format_text
     from caffec.formats.upgrade import upgrade_net, upgrade_solver
     from caffec.frontend.textformat import read_text_file
 
+    try:
+        binary = file_kinds(args.file) != ["text"]
+    except UserError:  # missing or empty: the text reader says what is wrong
+        binary = False
+    if binary:
+        return _upgrade_caffemodel(args.file, args.output)
     try:
         net, spans = read_text_file(args.file, caffe_pb2.NetParameter)
         text = format_text(upgrade_net(net, spans)[0])
@@ -92,6 +104,22 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
         write_text_atomically(args.output, text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _upgrade_caffemodel(path: str, output: str | None) -> int:
+    """``upgrade_net_proto_binary``: a V0/V1 caffemodel rewritten with ``layer`` entries, each
+    layer keeping its blobs as stored (legacy shapes and diffs too)."""
+    from caffec.formats.binaryproto_writer import write_caffemodel
+    from caffec.formats.snapshots import read_weights
+
+    if not output:
+        raise UserError(f"{path} is a binary caffemodel; its upgrade is written to a file",
+                        hint="give -o FILE.caffemodel")  # fmt: skip
+    model = read_weights(path)
+    write_caffemodel(output, model.net, model.blobs)
+    blobs = sum(len(b) for b in model.blobs)
+    print(f"wrote {output}: {len(model.net.layer)} layers, {blobs} blobs, in the current format")
     return 0
 
 
@@ -168,7 +196,8 @@ def _report(artifact: Path) -> str:
         "import resource, numpy as np\n"
         "from caffec.runtime.compiled_net import CompiledNet\n"
         f"net = CompiledNet({str(artifact)!r})\n"
-        "net.forward(**{n: np.zeros(net.blobs[n].data.shape) for n in net.inputs})\n"
+        "fed = net.artifact.manifest.inputs\n"
+        "net.forward(**{n: np.zeros(net.blobs[n].data.shape) for n in fed})\n"
         "net.backward() if net.artifact.manifest.backward else None\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -258,7 +287,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.snapshot and args.weights:
         raise UserError("give -snapshot (resume) or -weights (finetune), not both")
     _train_mode(args)
-    solver = Solver(args.solver, cpu_fallback=args.cpu, outputs_only=True)
+    # as `caffe train`: -level sets the solver's train_state level (0 unless given), -stage
+    # adds stages to it
+    solver = Solver(args.solver, outputs_only=True, train_state=(args.level or 0, args.stage))
     if args.weights:
         for path in args.weights.split(","):
             solver.net.copy_from(path)
@@ -304,7 +335,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     import numpy as np
 
     from caffec.net import Net
-    from caffec.runtime.training import caffe_log
+    from caffec.runtime.glog import caffe_log
 
     _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
@@ -318,32 +349,29 @@ def _cmd_test(args: argparse.Namespace) -> int:
             sums[name] = sums.get(name, 0) + np.asarray(value, dtype=np.float64)
             loss += weights.get(name, 0) * float(np.sum(value))
             for score in np.asarray(value).reshape(-1):
-                caffe_log(f"Batch {i}, {name} = {score:g}", source="caffe.cpp:0")
-    caffe_log(f"Loss: {loss / args.iterations:g}", source="caffe.cpp:0")
+                caffe_log(f"Batch {i}, {name} = {score:g}")
+    caffe_log(f"Loss: {loss / args.iterations:g}")
     for name, total in sums.items():
         for score in (total / args.iterations).reshape(-1):
             line = f"{name} = {score:g}"
             if weights.get(name):
                 line += f" (* {weights[name]:g} = {weights[name] * score:g} loss)"
-            caffe_log(line, source="caffe.cpp:0")
+            caffe_log(line)
     return 0
 
 
 def _cmd_time(args: argparse.Namespace) -> int:
     from caffec.net import Net
+    from caffec.runtime.glog import caffe_log
     from caffec.runtime.timing import benchmark
-    from caffec.runtime.training import caffe_log
 
     _use_gpu(args.gpu)
     if args.iterations < 1:
         raise UserError("-iterations must be at least 1")
-    net = Net(args.model, caffec_phase(args.phase), stages=args.stage, level=args.level,
-              shapes=dict(args.shape), backward=True)  # fmt: skip
+    net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
+              level=args.level, shapes=dict(args.shape), backward=True)  # fmt: skip
 
-    def log(message: str) -> None:
-        caffe_log(message, source="caffe.cpp:0")
-
-    benchmark(net, args.iterations, log, kernels=args.kernels)
+    benchmark(net, args.iterations, caffe_log, kernels=args.kernels)
     return 0
 
 
@@ -375,10 +403,62 @@ def _cmd_convert_imageset(args: argparse.Namespace) -> int:
 
 
 def _cmd_compute_mean(args: argparse.Namespace) -> int:
+    from caffec.runtime.glog import caffe_log as log
     from caffec.tools import compute_mean
 
     mean = compute_mean(args.db, args.output, backend=args.backend)
-    print(f"wrote the {'x'.join(map(str, mean.shape))} mean to {args.output}")
+    if args.output:
+        log(f"Write to {args.output}")
+        print(f"wrote the {'x'.join(map(str, mean.shape))} mean to {args.output}")
+    channels = mean.shape[1]
+    log(f"Number of channels: {channels}")
+    for c, value in enumerate(mean[0].reshape(channels, -1).mean(axis=1, dtype="float64")):
+        log(f"mean_value channel [{c}]: {value:g}")
+    return 0
+
+
+def _cmd_convert_cifar(args: argparse.Namespace) -> int:
+    from caffec.tools.cifar import convert_cifar
+
+    for db, count in convert_cifar(args.input_folder, args.output_folder, args.backend).items():
+        print(f"wrote {count} records to {db}")
+    return 0
+
+
+def _cmd_convert_mnist_siamese(args: argparse.Namespace) -> int:
+    from caffec.tools.siamese import convert_mnist_siamese
+
+    count = convert_mnist_siamese(args.images, args.labels, args.db, args.backend, args.seed)
+    print(f"wrote {count} pairs to {args.db}")
+    return 0
+
+
+def _cmd_extract_features(args: argparse.Namespace) -> int:
+    from caffec.net import Net
+    from caffec.tools.features import write_features
+
+    names, dbs = args.blobs.split(","), args.dbs.split(",")
+    if args.num_batches < 1:
+        raise UserError("NUM_BATCHES must be at least 1")
+    if args.mode == "GPU":
+        _use_gpu(str(args.device_id))
+
+    def batches() -> Iterator[list[Any]]:
+        # built once the databases are known to be new, so that a bad one fails first
+        net = Net(args.net, caffec_phase("TEST"), weights=args.weights)
+        unknown = [name for name in names if name not in net.blobs]
+        if unknown:
+            raise UserError(
+                f"the net {args.net} has no blob {', '.join(map(repr, unknown))}",
+                hint=f"its blobs: {', '.join(net.blobs)}",
+            )
+        for _ in range(args.num_batches):
+            net.forward()
+            yield [net.blobs[name].data for name in names]
+
+    counts = write_features(batches(), names, dbs, args.backend)
+    for name, db, count in zip(names, dbs, counts, strict=True):
+        print(f"wrote the features of {count} items of '{name}' to {db}")
     return 0
 
 
@@ -386,6 +466,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from caffec.tools.inspect import describe_file
 
     sys.stdout.write(describe_file(args.file))
+    return 0
+
+
+def _cmd_draw(args: argparse.Namespace) -> int:
+    from caffec.formats import caffe_pb2
+    from caffec.frontend.loader import read_net
+    from caffec.tools.draw import draw_to_file
+
+    net, _ = read_net(args.net)
+    phase = None if args.phase == "ALL" else caffe_pb2.Phase.Value(args.phase)
+    draw_to_file(net, args.output, args.rankdir, phase, args.display_lrm)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -400,13 +492,20 @@ def _net_options(
 
     parser.add_argument(*names("phase"), choices=["TRAIN", "TEST"], default=phase,
                         type=str.upper)  # fmt: skip
-    parser.add_argument(*names("stage"), action="append", default=[],
-                        help="a NetState stage (repeatable)")  # fmt: skip
-    parser.add_argument(*names("level"), type=int, default=0, help="the NetState level")
+    _netstate_options(parser, names)
     if shape:
         parser.add_argument("--shape", action="append", default=[], type=parse_shape,
                             metavar="NAME=N,C,H,W",
                             help="the shape of a data layer's top (repeatable)")  # fmt: skip
+
+
+def _netstate_options(
+    parser: argparse.ArgumentParser, names: Callable[[str], list[str]], level: int | None = 0
+) -> None:
+    """-stage (repeatable, and split on commas as Caffe splits it) and -level."""
+    parser.add_argument(*names("stage"), action="extend", type=parse_stages, default=[],
+                        help="NetState stages, separated by commas (repeatable)")  # fmt: skip
+    parser.add_argument(*names("level"), type=int, default=level, help="the NetState level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -429,8 +528,9 @@ def _parser() -> argparse.ArgumentParser:
     dump.set_defaults(run=_cmd_dump)
 
     upgrade = sub.add_parser("upgrade", help="rewrite a V0/V1 net or old solver in today's format")
-    upgrade.add_argument("file", help="a net or solver .prototxt")
-    upgrade.add_argument("-o", "--output", help="write here instead of standard output")
+    upgrade.add_argument("file", help="a net or solver .prototxt, or a binary .caffemodel")
+    upgrade.add_argument("-o", "--output", help="write here instead of standard output "
+                         "(a caffemodel's upgrade: required)")  # fmt: skip
     upgrade.set_defaults(run=_cmd_upgrade)
 
     compile_ = sub.add_parser("compile", help="compile a net into an artifact directory")
@@ -476,6 +576,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     train.add_argument("-cpu", "--cpu", action="store_true",
                        help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
+    _netstate_options(train, lambda flag: [f"-{flag}", f"--{flag}"], level=None)
     for name, default in (("sigint", "stop"), ("sighup", "snapshot")):
         train.add_argument(f"-{name}_effect", f"--{name}_effect", default=default,
                            choices=["stop", "snapshot", "none"],
@@ -512,14 +613,29 @@ def _parser() -> argparse.ArgumentParser:
 
     mean = sub.add_parser("compute-mean", help="the mean image of a database, as .binaryproto")
     mean.add_argument("db")
-    mean.add_argument("output", help="the .binaryproto to write")
+    mean.add_argument("output", nargs="?", help="the .binaryproto to write (default: none)")
     mean.add_argument("-backend", "--backend", **backends)
     mean.set_defaults(run=_cmd_compute_mean)
+
+    cifar = sub.add_parser("convert-cifar", help="CIFAR-10's binary batches to two databases")
+    cifar.add_argument("input_folder", help="holds data_batch_1.bin .. 5 and test_batch.bin")
+    cifar.add_argument("output_folder", help="gets cifar10_train_BACKEND, cifar10_test_BACKEND")
+    cifar.add_argument("backend", nargs="?", **backends)
+    cifar.set_defaults(run=_cmd_convert_cifar)
+
+    siamese = sub.add_parser("convert-mnist-siamese", help="random pairs of MNIST images")
+    siamese.add_argument("images", help="the images IDX file (plain or .gz)")
+    siamese.add_argument("labels", help="the labels IDX file (plain or .gz)")
+    siamese.add_argument("db", help="the database to create")
+    siamese.add_argument("-backend", "--backend", **{**backends, "default": "leveldb"})
+    siamese.add_argument("-seed", "--seed", type=int, default=0, help="the seed of the pairs")
+    siamese.set_defaults(run=_cmd_convert_mnist_siamese)
 
     time_ = sub.add_parser("time", help="time a net layer by layer, as `caffe time`")
     time_.add_argument("-model", "--model", required=True, help="the net .prototxt")
     time_.add_argument("-iterations", "--iterations", type=int, default=50)
     time_.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
+    time_.add_argument("-weights", "--weights", help="a .caffemodel to load before timing")
     _net_options(time_, "TRAIN", caffe=True)
     time_.add_argument("--kernels", action="store_true", help="also time every kernel")
     time_.set_defaults(run=_cmd_time)
@@ -528,7 +644,33 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file")
     inspect.set_defaults(run=_cmd_inspect)
 
-    query = sub.add_parser("device-query", help="describe the GPUs, as `caffe device_query`")
+    features = sub.add_parser(
+        "extract-features", help="blobs' values per item into databases, as extract_features"
+    )
+    features.add_argument("weights", help="the trained .caffemodel")
+    features.add_argument("net", help="the net .prototxt (its TEST phase runs)")
+    features.add_argument("blobs", help="the blobs to extract, separated by commas")
+    features.add_argument("dbs", help="one new database per blob, separated by commas")
+    features.add_argument("num_batches", type=int, help="how many forward passes")
+    features.add_argument("backend", choices=["lmdb", "leveldb"], type=str.lower)
+    features.add_argument("mode", nargs="?", choices=["CPU", "GPU"], default="CPU",
+                          type=str.upper)  # fmt: skip
+    features.add_argument("device_id", nargs="?", type=int, default=0, help="the GPU's id")
+    features.set_defaults(run=_cmd_extract_features)
+
+    draw = sub.add_parser("draw", help="draw a net with Graphviz, as Caffe's draw_net.py")
+    draw.add_argument("net", help="a net .prototxt (any Caffe format version)")
+    draw.add_argument("output", help="the drawing: .svg, .png, .pdf or .dot")
+    draw.add_argument("--rankdir", choices=["LR", "TB", "BT", "RL"], default="LR",
+                      type=str.upper, help="the direction the net flows in")  # fmt: skip
+    draw.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL",
+                      type=str.upper, help="draw only this phase's layers")  # fmt: skip
+    draw.add_argument("--display-lrm", "--display_lrm", action="store_true",
+                      help="show learning-rate multipliers")  # fmt: skip
+    draw.set_defaults(run=_cmd_draw)
+
+    query = sub.add_parser("device-query", help="describe the GPUs, as `caffe device_query` "
+                           "(also spelt device_query)")  # fmt: skip
     query.add_argument("-gpu", "--gpu", default="all", help="device ids, or all (the default)")
     query.set_defaults(run=_cmd_device_query)
     return parser
@@ -546,7 +688,14 @@ def _cmd_device_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# Caffe's spellings of commands caffec names otherwise: the same parser runs them
+CAFFE_COMMANDS = {"device_query": "device-query"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv:
+        argv[0] = CAFFE_COMMANDS.get(argv[0], argv[0])
     args = _parser().parse_args(argv)
     try:
         return args.run(args)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from caffec.compiler.pipeline import Options
 from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
+from caffec.runtime import random_seed
 from caffec.runtime.compiled_net import TEST, TRAIN, CompiledNet
 
 PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
@@ -25,8 +30,9 @@ class Net(CompiledNet):
     """pycaffe's ``caffe.Net``: ``Net(prototxt, phase)`` or ``Net(prototxt, weights, phase)``.
 
     Keywords beyond pycaffe's: ``shapes`` (data top shapes, as ``--shape``),
-    ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout),
-    ``backward`` (force a backward pass on or off), ``target_cpu``, and
+    ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout;
+    default: :func:`caffec.set_random_seed`'s), ``backward`` (force a backward
+    pass on or off), ``target_cpu``, and
     ``opt_level`` (as ``caffec compile -O``: 2 fuses kernels across layers, so
     partial runs may not start or stop between fused layers; 1 does not fuse;
     0 is the reference build).
@@ -34,15 +40,15 @@ class Net(CompiledNet):
 
     def __init__(
         self,
-        network_file: str | Path,
+        network_file: str | bytes | Path,
         *args: Any,
-        weights: str | Path | None = None,
+        weights: str | bytes | Path | None = None,
         phase: Any = None,
         level: int = 0,
         stages: list[str] | tuple[str, ...] = (),
         shapes: dict[str, tuple[int, ...]] | None = None,
         dtype: str = "float32",
-        seed: int = 0,
+        seed: int | None = None,
         backward: bool | None = None,
         target_cpu: str = "native",
         opt_level: int = 2,
@@ -55,49 +61,107 @@ class Net(CompiledNet):
             raise UserError("Net(prototxt, phase) or Net(prototxt, weights, phase)")
         if phase is None:
             raise UserError("give the phase: caffec.Net(prototxt, caffec.TEST)")
-        if weights is not None and not os.path.exists(weights):
-            raise UserError(f"no such weights file: '{weights}'")
+        if weights is not None:
+            weights = os.fsdecode(weights)
+            if not os.path.exists(weights):
+                raise UserError(f"no such weights file: '{weights}'")
         if opt_level not in (0, 1, 2):
             raise UserError(f"opt_level is 0, 1 or 2, not {opt_level!r}")
-        self._network_file = Path(network_file)
+        self._network_file = Path(os.fsdecode(network_file))
         self._options = Options(
             phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
             dtype=dtype, backward=backward, opt_level=opt_level, target=mode_target(target_cpu),
         )  # fmt: skip
-        self._seed = seed
+        seed = random_seed.current() if seed is None else seed
         artifact = compile_cached(NetSource.from_file(self._network_file), self._options)
         super().__init__(artifact, weights, seed=seed)
 
     def reshape(self) -> None:
-        """Apply ``blob.reshape(...)`` calls: a rebuild for the new shapes (cached), same params."""
-        pending = {name: b.pending_shape for name, b in self.blobs.items() if b.pending_shape}
+        """Apply ``blob.reshape(...)`` calls: a rebuild for the new shapes (cached), with the
+        parameters and what was written into the reshaped blobs."""
+        pending = {name: b for name, b in self.blobs.items() if b.pending_shape}
         if not pending:
             return
-        shapes = dict(self._options.shapes)
-        for name, shape in pending.items():
-            if name not in self.inputs:
+        fed = self.artifact.manifest.inputs
+        for name in pending:
+            if name not in fed:
                 raise UserError(
                     f"only the net's inputs can be reshaped, not '{name}'",
-                    hint=f"inputs: {', '.join(self.inputs)}",
+                    hint=f"inputs: {', '.join(fed)}",
                 )
-            shapes[name] = shape
+        shapes = dict(self._options.shapes)
+        shapes.update({name: b.shape for name, b in pending.items()})
+        written = {name: b.data for name, b in pending.items()}
         self._rebuild(replace(self._options, shapes=shapes))
+        for name, value in written.items():
+            self.blobs[name].data[...] = value
+
+    def backward(
+        self,
+        diffs: Iterable[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, np.ndarray]:
+        """As :meth:`CompiledNet.backward`; a net built without a backward pass gets one on
+        first use (a cached rebuild), as every Caffe net can run backward. A net without a
+        loss runs no layer backward, as in Caffe (unless built with ``backward=True`` or
+        ``force_backward``)."""
+        m = self.artifact.manifest
+        if not m.backward and not m.seeds:
+            if not m.loss_tops:
+                if kwargs:
+                    warnings.warn(
+                        "this net has no loss and no force_backward, so no layer runs backward "
+                        "(Caffe's rule) and the diffs stay zero; build it with backward=True "
+                        "or set force_backward: true to get the gradients",
+                        stacklevel=2,
+                    )
+                return {name: self._blob(name).diff for name in [*self.inputs, *(diffs or [])]}
+            self._rebuild(replace(self._options, backward=True))
+        return super().backward(diffs, start, end, **kwargs)
 
     def _cut_fused_kernel(self, direction: str, before: str, after: str) -> None:
         """A partial run that would cut a fused kernel: rebuild once without fusion (-O1,
         cached), parameters and blobs carried over, as Caffe runs any layer range."""
-        blobs = {name: (b.data.copy(), b.diff.copy()) for name, b in self.blobs.items()}
         self._rebuild(replace(self._options, opt_level=1))
+
+    def _rebuild(self, options: Options) -> None:
+        """Compile again with ``options`` (cached) and carry over the parameters, the inputs
+        and, where the shapes stay, every blob and what the last forward left inside the
+        layers (softmax probabilities, masks, argmaxes: that forward runs again)."""
+        m = self.artifact.manifest
+        inputs = {name: self._exec.host(slot).copy() for name, slot in m.inputs.items()}
+        same_shapes = options.shapes == self._options.shapes
+        blobs = {name: (b.data.copy(), b.diff.copy() if b.learned_diff else None)
+                 for name, b in self.blobs.items()} if same_shapes else {}  # fmt: skip
+        replay = self._forwarded and same_shapes
+        counter = int(self._exec.counter[1])
+        params = self.param_buffers()
+        self.close()  # the data readers were sized for the old build
+        self._options = options
+        artifact = compile_cached(NetSource.from_file(self._network_file), options)
+        CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params,
+                             python_layers=self._python.instances)  # fmt: skip
+        for name, value in inputs.items():
+            slot = self.artifact.manifest.inputs.get(name)
+            if slot is not None and self._exec.host(slot).shape == value.shape:
+                self._exec.host(slot, overwrite=True)[...] = value
+        if replay:
+            self._replay_forward(counter)
+        self._exec.counter[1] = counter
         for name, (data, diff) in blobs.items():
             self.blobs[name].data[...] = data
-            self.blobs[name].diff[...] = diff
+            if diff is not None and self.blobs[name].learned_diff:
+                self.blobs[name].diff[...] = diff
 
-    def _rebuild(self, options: Any) -> None:
-        """Compile again with ``options`` (cached) and carry the parameters over."""
-        self._options = options
-        params = self.param_buffers()
-        artifact = compile_cached(NetSource.from_file(self._network_file), self._options)
-        counter = int(self._exec.counter[1])
-        self.close()  # the data readers were sized for the old build
-        CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params)
-        self._exec.counter[1] = counter
+    def _replay_forward(self, counter: int) -> None:
+        """Run the last forward again on the inputs it had (with its dropout masks), leaving
+        the parameters as they were (BatchNorm's running averages move in TRAIN)."""
+        params = [p.data for p in self.artifact.manifest.params if p.shared_with is None]
+        saved = {slot: self._exec.host(slot).copy() for slot in params}
+        self._exec.counter[1] = counter - 1 if self.phase == TRAIN else counter
+        self._run("forward", 0, len(self.artifact.manifest.forward))
+        for slot, array in saved.items():
+            self._exec.host(slot, overwrite=True)[...] = array
+        self._forwarded = True

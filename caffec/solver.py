@@ -7,16 +7,21 @@ and runs on the train net's parameter arrays (no copies).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from google.protobuf import text_format
 
 from caffec.compiler.pipeline import Options
 from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
 from caffec.frontend.loader import read_solver
+from caffec.runtime import random_seed
 from caffec.runtime.compiled_net import CompiledNet
-from caffec.runtime.training import SolverSettings, TrainingLoop, caffe_log
+from caffec.runtime.glog import caffe_log, net_setup_lines
+from caffec.runtime.training import SolverSettings, TrainingLoop
 
 
 def _settings(param: Any) -> SolverSettings:
@@ -57,6 +62,15 @@ def _net_sources(param: Any) -> tuple[Any, list[Any]]:
     return train, tests
 
 
+def _described(source: tuple[str, Any], training: bool) -> str:
+    """Where a net comes from, in the words of Caffe's solver log."""
+    kind, value = source
+    inline = kind.endswith("_param")
+    if training:
+        return f"specified in {kind}." if inline else f"from {kind} file: {value}"
+    return f"specified by {kind}" if inline else f"specified by {kind} file: {value}"
+
+
 def asks_for_gpu(param: Any) -> bool:
     """Whether a SolverParameter says ``solver_mode: GPU`` (Caffe's default, but only a
     solver that spells it out is taken to mean it: caffec's default is the CPU)."""
@@ -67,10 +81,12 @@ class Solver:
     """A solver.prototxt ready to train: ``solver.net``, ``solver.test_nets``, ``step``, ``solve``.
 
     The nets are compiled for the mode in force (``caffec.set_mode_gpu()``: the
-    CUDA target on the chosen device; else the C target). A solver that asks for
-    ``solver_mode: GPU`` outside GPU mode is refused, never silently moved to the
-    CPU, unless ``cpu_fallback`` allows that (``caffec train`` switches to GPU
-    mode for such a solver itself).
+    CUDA target on the chosen device; else the C target): as in pycaffe, the
+    file's ``solver_mode`` is not read here (``caffec train`` reads it).
+    ``solver_type`` builds that solver whatever the file's ``type`` says, as
+    pycaffe's typed constructors (``caffec.AdamSolver(file)``) do;
+    ``train_state`` (level, stages) sets the train net's level and adds stages,
+    as ``caffe train -level -stage`` does.
     ``outputs_only`` builds the nets lean (as ``caffec train`` does): only their
     outputs stay readable in ``net.blobs``, and the memory of every other value
     is reused, as ``caffec compile --outputs-only`` reports.
@@ -80,7 +96,8 @@ class Solver:
         self,
         solver_file: str | Path,
         *,
-        cpu_fallback: bool = False,
+        solver_type: str | None = None,
+        train_state: tuple[int, Sequence[str]] | None = None,
         log: Any = caffe_log,
         target_cpu: str = "native",
         dtype: str = "float32",
@@ -91,24 +108,30 @@ class Solver:
         self.keep_blobs = not outputs_only
         self.param, _ = read_solver(self.path)
         p = self.param
+        if solver_type is not None:
+            p.type = solver_type
+        if train_state is not None:  # `caffe train -level -stage`
+            p.train_state.level = train_state[0]
+            p.train_state.stage.extend(train_state[1])
         self.target = mode_target(target_cpu)
-        if asks_for_gpu(p) and self.target.name != "cuda" and not cpu_fallback:
-            raise UserError(
-                f"{self.path} asks for solver_mode: GPU, and caffec is in CPU mode",
-                hint="call caffec.set_mode_gpu() first (caffec train does), or allow the CPU "
-                "with cpu_fallback=True",
-            )
         self.settings = _settings(p)
-        seed = p.random_seed if p.random_seed >= 0 else 0
+        seed = p.random_seed if p.random_seed >= 0 else random_seed.current()
         train, tests = _net_sources(p)
+        log("Initializing solver from parameters: \n" + text_format.MessageToString(p).rstrip())
         train_state = p.train_state if p.HasField("train_state") else None
+        log(f"Creating training net {_described(train, True)}")
         self.net = self._compile(train, "TRAIN", train_state, seed, solver=p)
+        for line in net_setup_lines(self.net.artifact.manifest):
+            log(line)
         shared = self.net.param_buffers()
-        self.test_nets = [
-            self._compile(source, "TEST", p.test_state[i] if p.test_state else None, seed,
-                          params=shared)
-            for i, source in enumerate(tests)
-        ]  # fmt: skip
+        self.test_nets = []
+        for i, source in enumerate(tests):
+            log(f"Creating test net (#{i}) {_described(source, False)}")
+            state = p.test_state[i] if p.test_state else None
+            self.test_nets.append(self._compile(source, "TEST", state, seed, params=shared))
+            for line in net_setup_lines(self.test_nets[-1].artifact.manifest):
+                log(line)
+        log("Solver scaffolding done.")
         self.loop = TrainingLoop(self.settings, self.net, self.test_nets, log)
 
     def _compile(self, source: Any, phase: str, state: Any, seed: int, solver: Any = None,
@@ -161,12 +184,7 @@ def get_solver(solver_file: str | Path, **kwargs: Any) -> Solver:
 
 def _typed(name: str) -> type[Solver]:
     def init(self: Solver, solver_file: str | Path, **kwargs: Any) -> None:
-        Solver.__init__(self, solver_file, **kwargs)
-        if self.settings.type != name:
-            raise UserError(
-                f"{name}Solver was given a solver file of type {self.settings.type}",
-                hint="use caffec.get_solver, which follows the file's type",
-            )
+        Solver.__init__(self, solver_file, solver_type=name, **kwargs)
 
     return type(
         f"{name}Solver", (Solver,), {"__init__": init, "__doc__": f"pycaffe's {name}Solver."}

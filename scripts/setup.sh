@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets caffec up on a Debian or Ubuntu machine: the system packages it needs
 # (installed with apt-get only when missing), a virtual environment in .venv,
-# and caffec itself in editable mode with the test, data and docs extras.
+# and caffec itself in editable mode with the test, data, docs and draw extras.
 #   bash scripts/setup.sh          # idempotent; rerun after pulling
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ fi
 missing=()
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(build-essential)
+command -v dot >/dev/null || missing+=(graphviz)
 [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
@@ -26,4 +27,4 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,docs]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,docs,draw]'

@@ -212,7 +212,7 @@ def test_time_reports_caffes_table(capsys) -> None:
     status = main(["time", "-model", str(REPO / "examples/mnist/lenet_train_test.prototxt"),
                    "--shape", "data=64,1,28,28", "-iterations", "3", "--kernels"])  # fmt: skip
     assert status == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     messages = [line.split("] ", 1)[1] for line in out.splitlines()]
     layers = re.findall(r"^\s*(\S+)\tforward: ([\d.e-]+) ms\.$", "\n".join(messages), re.M)
     assert [name for name, _ in layers] == ["mnist", "conv1", "pool1", "conv2", "pool2", "ip1",

@@ -11,7 +11,7 @@ import pytest
 import caffec
 from caffec.errors import UserError
 from caffec.runtime.training import SolverSettings, learning_rate
-from caffec.solver import SGDSolver, get_solver
+from caffec.solver import AdamSolver, SGDSolver, get_solver
 
 NET = """
 name: "tiny"
@@ -115,8 +115,12 @@ def test_update_rules_match_caffe(tmp_path: Path, kind: str, settings: dict) -> 
         net.blobs["x"].data[...] = rng.standard_normal((4, 3))
         net.blobs["label"].data[...] = rng.integers(0, 3, 4)
         before = {(layer, i): net.params[layer][i].data.copy() for layer, i, _, _ in params}
+        net.clear_param_diffs()  # the gradient of one pass; the step sums iter_size of them
+        net.forward()
+        net.backward()
+        passes = settings.get("iter_size", 1)
+        grads = {(layer, i): net.params[layer][i].diff * passes for layer, i, _, _ in params}
         solver.step(1)
-        grads = {(layer, i): net.params[layer][i].diff.copy() for layer, i, _, _ in params}
         rate = learning_rate(solver.settings, it, 0)[0]
         assert rate == pytest.approx(0.1 * (1 + 0.1 * it) ** -0.75)
         clip = settings.get("clip_gradients", -1)
@@ -126,6 +130,9 @@ def test_update_rules_match_caffe(tmp_path: Path, kind: str, settings: dict) -> 
             expected = caffe_update(kind, settings, before[(layer, i)], grads[(layer, i)], history[(layer, i)],
                                     rate, lr_mult, decay_mult, it + 1, scale)  # fmt: skip
             np.testing.assert_allclose(net.params[layer][i].data, expected, rtol=1e-6, atol=1e-12)
+            # what Caffe's ApplyUpdate leaves in the diff: the step subtracted from the weights
+            np.testing.assert_allclose(net.params[layer][i].diff, before[(layer, i)] - expected,
+                                       rtol=1e-6, atol=1e-12)  # fmt: skip
     np.testing.assert_array_equal(net.params["frozen"][0].data, frozen)
     np.testing.assert_array_equal(net.params["a"][0].data, net.params["b"][0].data)  # shared
 
@@ -157,16 +164,17 @@ def test_solver_errors(tmp_path: Path) -> None:
         learning_rate(SolverSettings(lr_policy="invv"), 0, 0)
     with pytest.raises(UserError, match="unknown solver type 'Adamm'"):
         get_solver(solver_file(tmp_path, "Adamm", {}), log=lambda m: None)
-    gpu = solver_file(tmp_path, "SGD", {}, "solver_mode: GPU\n")
-    with pytest.raises(UserError, match="solver_mode: GPU") as info:
-        get_solver(gpu)
-    assert "set_mode_gpu" in info.value.hint and "cpu_fallback" in info.value.hint
-    assert get_solver(gpu, cpu_fallback=True, log=lambda m: None).iter == 0
-    with pytest.raises(UserError, match="AdamSolver was given a solver file of type SGD"):
-        from caffec.solver import AdamSolver
-
-        AdamSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None)
     assert SGDSolver(solver_file(tmp_path, "SGD", {}), log=lambda m: None).iter == 0
+
+
+def test_python_solvers_follow_pycaffe(tmp_path: Path) -> None:
+    """pycaffe takes the mode from set_mode_*, never from the file's solver_mode, and its typed
+    constructors build their own type whatever the file's type says."""
+    gpu = solver_file(tmp_path, "SGD", {}, "solver_mode: GPU\n")
+    solver = AdamSolver(gpu, log=lambda m: None)
+    assert solver.net.artifact.manifest.target.name == "c"
+    assert solver.settings.type == "Adam" and solver.net.artifact.manifest.solver.type == "Adam"
+    assert solver.net.artifact.manifest.solver.histories_per_param == 2
 
 
 RANDOM_NET = """
@@ -225,9 +233,10 @@ def test_log_lines_are_caffes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         f'lr_policy: "fixed"\ndisplay: 2\nmax_iter: 4\nsnapshot_prefix: "{tmp_path / "s"}"\n'
     )
     get_solver(solver).solve()
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()  # on stderr, as glog writes
     glog = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] (.*)$")
-    messages = [glog.match(line).group(1) for line in lines]
+    # (the solver's parameters, logged first, run over several lines)
+    messages = [match.group(1) for line in lines if (match := glog.match(line))]
     assert "Iteration 0, Testing net (#0)" in messages
     assert any(re.fullmatch(r"    Test net output #0: accuracy = [\d.e-]+", m) for m in messages)
     assert any(re.fullmatch(r"    Test net output #1: loss = [\d.e-]+ \(\* 1 = [\d.e-]+ loss\)", m)

@@ -57,7 +57,7 @@ def test_convert_train_and_test(small_fashion: Path, tmp_path: Path, capsys, mon
         'max_iter: 300\nsnapshot_prefix: "lenet"\nrandom_seed: 1701\nsolver_mode: CPU\n'
     )
     assert main(["train", "-solver", "solver.prototxt"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     losses = [float(x) for x in re.findall(r"Iteration \d+ \(.*\), loss = ([\d.e-]+)", out)]
     assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0], losses
     accuracy = float(re.findall(r"Test net output #0: accuracy = ([\d.]+)", out)[-1])
@@ -67,7 +67,7 @@ def test_convert_train_and_test(small_fashion: Path, tmp_path: Path, capsys, mon
     status = main(["test", "-model", "net.prototxt", "-weights", "lenet_iter_300.caffemodel",
                    "-iterations", "10"])  # fmt: skip
     assert status == 0
-    scored = capsys.readouterr().out
+    scored = capsys.readouterr().err
     assert float(re.findall(r"\] accuracy = ([\d.]+)", scored)[-1]) == pytest.approx(accuracy)
 
     # resume from the snapshot for 100 more iterations
@@ -77,7 +77,7 @@ def test_convert_train_and_test(small_fashion: Path, tmp_path: Path, capsys, mon
         main(["train", "-solver", "solver.prototxt", "-snapshot", "lenet_iter_300.solverstate"])
         == 0
     )
-    resumed = capsys.readouterr().out
+    resumed = capsys.readouterr().err
     assert (
         "Iteration 300, Testing net (#0)" in resumed
         and (tmp_path / "lenet_iter_400.caffemodel").exists()
@@ -108,10 +108,10 @@ def test_signals_snapshot_and_stop(tmp_path: Path) -> None:
         'snapshot_prefix: "sig"\n'
     )
     proc = subprocess.Popen([sys.executable, "-m", "caffec", "train", "-solver", "solver.prototxt"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)  # fmt: skip
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)  # fmt: skip
     seen = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    assert proc.stderr is not None  # the log, as glog writes it
+    for line in proc.stderr:
         seen.append(line)
         if "Iteration 5, lr" in line:
             proc.send_signal(signal.SIGHUP)  # default effect: snapshot

@@ -22,6 +22,7 @@ from caffec.formats.manifest import (
     BufferEntry,
     FeederEntry,
     FillEntry,
+    HostCallEntry,
     LayerEntry,
     Manifest,
     MemoryPlanEntry,
@@ -95,9 +96,34 @@ def manifest(
         loss_tops=list(kgraph.loss_tops),
         fills=[FillEntry(b.index, spec, refill) for b, spec, refill in kgraph.fills],
         feeders=[FeederEntry(**feeder) for feeder in kgraph.feeders],
+        host_calls=host_calls(kgraph),
         net_dir=kgraph.net_dir,
         cuda=rendered.cuda,
     )
+
+
+def host_calls(kgraph: KernelGraph) -> list[HostCallEntry]:
+    """The steps the runtime runs itself (see :func:`caffec.compiler.primitives.host_call`),
+    their operands split back into the roles the layer's rule gave them."""
+    calls = []
+    for direction, steps in kgraph.steps().items():
+        for number, step in enumerate(steps):
+            for kernel in step.kernels():
+                if kernel.prim != "host":
+                    continue
+                a = kernel.attrs
+                reads = [o.buffer.index for o in kernel.reads]
+                writes = iter(o.buffer.index for o in kernel.writes)
+                nb, nt = a["bottoms"], a["tops"]
+                if direction == "forward":
+                    roles = (reads[:nb], list(writes), [], [], [])
+                else:
+                    diffs = [next(writes) if wanted else None for wanted in a["propagate"]]
+                    roles = (reads[2 * nt :], reads[:nt], reads[nt : 2 * nt], diffs,
+                             list(a["accumulate"]))  # fmt: skip
+                calls.append(HostCallEntry(step.layer, direction, number, a["module"],
+                                           a["class_name"], a["param_str"], *roles))  # fmt: skip
+    return calls
 
 
 def _slot(buffer: Buffer | None) -> int | None:

@@ -187,6 +187,14 @@ def fill(out: Buffer | Operand, value: float, size: int | None = None) -> Kernel
     return pmap((n,), [(target, "v")], consts={"v": value})
 
 
+def host_call(direction: str, reads: list[Buffer], writes: list[Buffer], attrs: dict) -> Kernel:
+    """A layer the runtime runs itself, between two steps (a Python layer's ``forward`` or
+    ``backward``): no code is generated for it; its operands tell memory planning and
+    fusion what it touches, and ``attrs`` tell the runtime what to call."""
+    return Kernel("host", [operand(b) for b in reads], [operand(b) for b in writes],
+                  {"direction": direction, **attrs})  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- gemm
 
 

@@ -13,7 +13,7 @@ from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.formats.atomic import write_atomically
 from caffec.formats.binaryproto import Blob, PathLike
-from caffec.formats.protowire import LEN, Chunks, key, len_field, varint_bytes
+from caffec.formats.protowire import LEN, VARINT, Chunks, key, len_field, varint_bytes
 
 
 def _as_array(value: np.ndarray | Blob, where: str) -> np.ndarray:
@@ -26,24 +26,36 @@ def _as_array(value: np.ndarray | Blob, where: str) -> np.ndarray:
     return array
 
 
-def _encode_blob(value: np.ndarray | Blob, where: str) -> Chunks:
-    """A BlobProto for ``value``: a BlobShape, then ``data`` (f4) or ``double_data`` (f8).
-
-    The values go out as a view of the array's memory, never as a Python list.
-    """
-    array = _as_array(value, where)
+def _shape_fields(value: np.ndarray | Blob, array: np.ndarray, where: str) -> bytes:
+    """A BlobShape (field 7), or for a :class:`Blob` read with a legacy shape the four
+    num/channels/height/width fields (1-4) it came with, so that a file rewritten keeps the
+    shape rule Caffe loads it by (a legacy 1x1x1xN bias fits an N-vector)."""
+    if isinstance(value, Blob) and value.legacy_shape:
+        if array.ndim != 4:
+            raise UserError(f"{where} has a legacy shape but {array.ndim} axes, not 4")
+        return b"".join(key(n, VARINT) + varint_bytes(d) for n, d in enumerate(array.shape, 1))
     dims = b"".join(varint_bytes(d) for d in array.shape)
     shape = key(1, LEN) + varint_bytes(len(dims)) + dims if dims else b""
-    field, dtype = (5, "<f4") if array.dtype.itemsize == 4 else (8, "<f8")
-    values = np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8)
-    head = (
-        key(7, LEN)
-        + varint_bytes(len(shape))
-        + shape
-        + key(field, LEN)
-        + varint_bytes(values.nbytes)
+    return key(7, LEN) + varint_bytes(len(shape)) + shape
+
+
+def _encode_blob(value: np.ndarray | Blob, where: str) -> Chunks:
+    """A BlobProto for ``value``: its shape, then ``data`` (f4) or ``double_data`` (f8), and
+    a :class:`Blob`'s ``diff`` where it has one.
+
+    The values go out as views of the arrays' memory, never as Python lists.
+    """
+    array = _as_array(value, where)
+    diff = value.diff if isinstance(value, Blob) else None
+    (data_field, diff_field), dtype = (
+        ((5, 6), "<f4") if array.dtype.itemsize == 4 else ((8, 9), "<f8")
     )
-    return Chunks([head, memoryview(values)], len(head) + values.nbytes)
+    parts: list[bytes | memoryview] = [_shape_fields(value, array, where)]
+    for field, values in ((data_field, array), (diff_field, diff)):
+        if values is not None:
+            raw = np.ascontiguousarray(values, dtype=dtype).reshape(-1).view(np.uint8)
+            parts += [key(field, LEN) + varint_bytes(raw.nbytes), memoryview(raw)]
+    return Chunks(parts, sum(len(p) for p in parts))
 
 
 def _layer_blob_lists(
@@ -108,7 +120,8 @@ def write_caffemodel(
 
 
 def write_blobproto(path: PathLike, array: np.ndarray | Blob) -> None:
-    """Write one array as a .binaryproto (a BlobProto with an N-D shape)."""
+    """Write one array as a .binaryproto: a BlobProto with an N-D shape, or with the legacy
+    num/channels/height/width of a :class:`Blob` whose ``legacy_shape`` says so."""
     write_atomically(path, _encode_blob(array, "the blob").parts)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from caffec.errors import UserError
 
 FORMAT = "caffec-artifact"
-FORMAT_VERSION = 3  # 3: typed entries, the target's description
+FORMAT_VERSION = 4  # 3: typed entries, the target's description; 4: layers' bottoms, host calls
 ABI_VERSION = 3  # the C entry points: caffec_<pass>(void** buf, int begin, int end)
 
 
@@ -51,6 +51,8 @@ class LayerEntry:
     name: str
     type: str
     tops: list[str]
+    bottoms: list[str]
+    param: dict[str, Any]  # its LayerParameter as JSON, without blobs (for full snapshots)
     algorithm: str | None = None  # a convolution's, as ``caffec dump`` names it
 
 
@@ -114,6 +116,23 @@ class FeederEntry:
     type: str
     tops: list[str]
     param: dict[str, Any]  # its LayerParameter as JSON
+
+
+@dataclass
+class HostCallEntry:
+    """A Python layer's forward or backward: the runtime runs it between compiled steps."""
+
+    layer: str
+    direction: str  # "forward" or "backward"
+    step: int  # its step in that pass
+    module: str
+    class_name: str
+    param_str: str
+    bottoms: list[int]  # data slots
+    tops: list[int]
+    top_diffs: list[int]  # backward: what it reads
+    bottom_diffs: list[int | None]  # backward: what it writes (None: propagate_down off)
+    accumulate: list[bool]  # backward, per bottom diff: add the layer's result into it
 
 
 @dataclass
@@ -184,6 +203,7 @@ class Manifest:
     loss_tops: list[tuple[str, float]]  # (blob, loss weight) of each objective term
     fills: list[FillEntry]
     feeders: list[FeederEntry]
+    host_calls: list[HostCallEntry]
     net_dir: str  # relative data sources are looked for here too
     cuda: CudaLaunches | None = None
     format: str = FORMAT

@@ -4,7 +4,7 @@ and loading their blobs into a net with Caffe's shape rule."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from caffec.formats.hdf5_snapshot import (
 from caffec.formats.upgrade import upgrade_net
 
 
-def _hdf5(path: str | Path) -> bool:
-    return str(path).endswith(".h5")
+def _hdf5(path: str | Path, hdf5: bool | None = None) -> bool:
+    """Whether weights are in Caffe's HDF5 form: as asked, else by the ``.h5`` suffix
+    (Caffe's rule)."""
+    return str(path).endswith(".h5") if hdf5 is None else hdf5
 
 
 def read_weights(path: str | Path) -> CaffeModel:
@@ -42,21 +44,29 @@ def read_weights(path: str | Path) -> CaffeModel:
     return CaffeModel(net=net, blobs=blobs, format="current")
 
 
-def weights_by_name(path: str | Path) -> dict[str, list[Blob]]:
+def weights_by_name(path: str | Path, hdf5: bool | None = None) -> dict[str, list[Blob]]:
     """The blobs of trained weights (binary or HDF5) by layer name."""
-    return read_hdf5_weights(path) if _hdf5(path) else read_weights(path).blobs_by_name()
+    return read_hdf5_weights(path) if _hdf5(path, hdf5) else read_weights(path).blobs_by_name()
 
 
 def write_weights(
-    path: str | Path, name: str, layers: Sequence[tuple[str, str, Sequence[np.ndarray]]]
+    path: str | Path,
+    name: str,
+    layers: Sequence[tuple[str, str, Sequence[np.ndarray]]],
+    hdf5: bool | None = None,
+    described: Mapping[str, caffe_pb2.LayerParameter] | None = None,
 ) -> None:
-    """Write ``layers`` (name, type, blobs) as the weights of the net ``name``."""
-    if _hdf5(path):
+    """Write ``layers`` (name, type, blobs) as the weights of the net ``name``; a binary
+    caffemodel carries each layer's full parameter from ``described`` where given (bottoms,
+    tops, settings: a net Caffe can read back, as its snapshots are), else name and type."""
+    if _hdf5(path, hdf5):
         write_hdf5_weights(path, [(layer, blobs) for layer, _, blobs in layers])
         return
     net = caffe_pb2.NetParameter(name=name)
     for layer, kind, _ in layers:
-        net.layer.add(name=layer, type=kind)
+        entry = net.layer.add(name=layer, type=kind)
+        if described and layer in described:
+            entry.CopyFrom(described[layer])
     write_caffemodel(path, net, [blobs for _, _, blobs in layers])
 
 

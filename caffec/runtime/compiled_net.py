@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from caffec.errors import UserError, shape_text
+from caffec.formats import caffe_pb2
 from caffec.formats.manifest import FeederEntry, Manifest, ViewEntry
 from caffec.formats.snapshots import load_blobs, weights_by_name, write_weights
 from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
+from caffec.runtime.python_layers import PythonLayers
 
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
 BufferRef = tuple[int, ViewEntry | None]  # a buffer slot, and the blob's view of it
@@ -49,20 +52,33 @@ class Blob(LegacyAxes):
         self._diff_ref = diff
         self._zero_diff: np.ndarray | None = None
         self.pending_shape: tuple[int, ...] | None = None
+        self._staged: tuple[np.ndarray, np.ndarray] | None = None
 
     def reshape(self, *shape: int) -> None:
-        """Ask for a new shape; it takes effect at ``net.reshape()`` (a cached rebuild)."""
+        """Take a new shape now, as Caffe's blobs do: ``data`` and ``diff`` are arrays of that
+        shape at once (zeros), and the next forward (or ``net.reshape()``) rebuilds the net
+        for it (cached) and starts from what was written into them."""
         if not shape or any(int(d) <= 0 for d in shape):
             raise UserError(f"cannot reshape a blob to {shape}: dimensions must be positive")
-        self.pending_shape = tuple(int(d) for d in shape)
+        new = tuple(int(d) for d in shape)
+        if new == shape_of(self._buffers.manifest, self._data_ref):
+            self.pending_shape, self._staged = None, None
+        elif new != self.pending_shape:
+            self.pending_shape = new
+            zeros = np.zeros(new, dtype=self._buffers.dtype)
+            self._staged = (zeros, zeros.copy())
 
     @property
     def data(self) -> np.ndarray:
+        if self._staged is not None:
+            return self._staged[0]
         return self._buffers.host(*self._data_ref)
 
     @property
     def diff(self) -> np.ndarray:
         """The gradient; a blob nothing differentiates shows zeros."""
+        if self._staged is not None:
+            return self._staged[1]
         if self._diff_ref is not None:
             return self._buffers.host(*self._diff_ref)
         if self._zero_diff is None:
@@ -76,7 +92,7 @@ class Blob(LegacyAxes):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return shape_of(self._buffers.manifest, self._data_ref)
+        return self.pending_shape or shape_of(self._buffers.manifest, self._data_ref)
 
     @property
     def count(self) -> int:
@@ -102,19 +118,32 @@ class CompiledNet:
         *,
         seed: int = 0,
         params: Mapping[tuple[str, int], np.ndarray] | None = None,
+        python_layers: dict[str, Any] | None = None,
     ) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         m = self.artifact.manifest
         self.phase = TRAIN if m.phase == "TRAIN" else TEST
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
-        self._exec = make_executor(self.artifact, self._param_slots(params))
-        self._exec.counter[0] = seed
-        if params is None:
-            self._fill_params()
         self._layer_index = {layer.name: i for i, layer in enumerate(m.layers)}
         # a lean build (--outputs-only) frees forward's values as backward uses them
         self._lean = not m.memory_plan.keep_blobs
         self._forwarded = False
+        self._bind(params)
+        if params is None:
+            self._fill_params()
+        self._python = PythonLayers(m.host_calls, lambda slot: self._exec.host(slot),
+                                    self.params, self.phase, python_layers)  # fmt: skip
+        self._fill_data(initial=True)
+        if weights is not None:
+            self.copy_from(weights)
+
+    def _bind(self, params: Mapping[tuple[str, int], Any] | None) -> None:
+        """Make the executor, with ``params`` as the parameters' memory where given, and the
+        blobs, params and layers that show its buffers."""
+        m = self.artifact.manifest
+        self._exec = make_executor(self.artifact, self._param_slots(params))
+        self._exec.counter[0] = self._seed
         self.blobs: OrderedDict[str, Blob] = OrderedDict(
             (name, Blob(self._exec, (b.data, b.data_view),
                         None if b.diff is None else (b.diff, b.diff_view)))
@@ -127,14 +156,14 @@ class CompiledNet:
         self.layers = [
             Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in m.layers
         ]
-        self._fill_data(initial=True)
-        if weights is not None:
-            self.copy_from(weights)
 
     # --- names, as pycaffe has them -------------------------------------------------------
     @property
     def inputs(self) -> list[str]:
-        return list(self.artifact.manifest.inputs)
+        """The blobs the caller feeds, as Caffe lists them: the tops of Input layers (and of
+        the legacy ``input`` fields), not those of data layers, which read their own."""
+        m = self.artifact.manifest
+        return [top for layer in m.layers if layer.type == "Input" for top in layer.tops]
 
     @property
     def outputs(self) -> list[str]:
@@ -147,6 +176,28 @@ class CompiledNet:
     @property
     def _layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        """Each layer's top blobs, by layer name."""
+        layers = self.artifact.manifest.layers
+        return OrderedDict((layer.name, list(layer.tops)) for layer in layers)
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        """Each layer's bottom blobs, by layer name."""
+        layers = self.artifact.manifest.layers
+        return OrderedDict((layer.name, list(layer.bottoms)) for layer in layers)
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict[str, float]:
+        """Each blob's weight in the loss: a loss layer's ``loss_weight`` for its tops, else 0."""
+        weights = dict(self.artifact.manifest.loss_tops)
+        return OrderedDict((name, weights.get(name, 0.0)) for name in self.blobs)
 
     def reshape(self) -> None:
         raise UserError(
@@ -179,6 +230,31 @@ class CompiledNet:
         return {(p.layer, p.index): self._exec.persistent(p.data)
                 for p in self.artifact.manifest.params}  # fmt: skip
 
+    def share_with(self, other: CompiledNet) -> None:
+        """Use ``other``'s parameters, layer by layer name, instead of this net's own (pycaffe's
+        ``share_with``, Caffe's ShareTrainedLayersWith): a change to one net's weights is the
+        other's. Layers ``other`` lacks keep their own; blob values are carried over."""
+        if type(other._exec) is not type(self._exec):
+            raise UserError("share_with needs both nets on the same device (CPU or GPU)")
+        mine = self.param_buffers()
+        for key, array in other.param_buffers().items():
+            if key in mine:
+                own, theirs = self.params[key[0]][key[1]], other.params[key[0]][key[1]]
+                if own.shape != theirs.shape:
+                    raise UserError(
+                        f"share_with: layer '{key[0]}' parameter {key[1]} has shape "
+                        f"{shape_text(own.shape)} here and {shape_text(theirs.shape)} in the "
+                        "other net",
+                        hint="share between nets built from the same layers",
+                    )
+                mine[key] = array
+        values = {name: b.data.copy() for name, b in self.blobs.items()}
+        counter = self._exec.counter.copy()
+        self._bind(mine)
+        self._exec.counter[...] = counter
+        for name, value in values.items():
+            self.blobs[name].data[...] = value
+
     def clear_param_diffs(self) -> None:
         """Zero every parameter gradient (they accumulate across backward passes)."""
         for p in self.artifact.manifest.params:
@@ -188,7 +264,10 @@ class CompiledNet:
     def copy_from(self, path: str | Path) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom):
         layers the net does not have are ignored, the others must fit."""
-        for name, blobs in weights_by_name(path).items():
+        self._copy_from(path, None)
+
+    def _copy_from(self, path: str | Path, hdf5: bool | None) -> None:
+        for name, blobs in weights_by_name(path, hdf5).items():
             if name in self.params and blobs:
                 load_blobs(blobs, [b.data for b in self.params[name]], f"layer '{name}' in {path}",
                            "the weights were trained for a net whose layer differs (num_output, "
@@ -196,9 +275,22 @@ class CompiledNet:
 
     def save(self, path: str | Path) -> None:
         """Write the weights as a .caffemodel (or Caffe's HDF5 form, for a .h5 path)."""
-        write_weights(path, self.artifact.manifest.name,
-                      [(layer.name, layer.type, [b.data for b in layer.blobs])
-                       for layer in self.layers])  # fmt: skip
+        self._save(path, None)
+
+    def save_hdf5(self, path: str | Path) -> None:
+        """Write the weights in Caffe's HDF5 form, whatever the file's name."""
+        self._save(path, True)
+
+    def load_hdf5(self, path: str | Path) -> None:
+        """Load weights in Caffe's HDF5 form, whatever the file's name (as ``copy_from``)."""
+        self._copy_from(path, True)
+
+    def _save(self, path: str | Path, hdf5: bool | None) -> None:
+        m = self.artifact.manifest
+        described = {layer.name: json_format.ParseDict(layer.param, caffe_pb2.LayerParameter())
+                     for layer in m.layers}  # fmt: skip
+        write_weights(path, m.name, [(layer.name, layer.type, [b.data for b in layer.blobs])
+                                     for layer in self.layers], hdf5, described)  # fmt: skip
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a MemoryData layer (pycaffe's API): each forward takes the next batch."""
@@ -241,7 +333,7 @@ class CompiledNet:
             if name not in self.blobs:
                 raise UserError(
                     f"the net has no blob named '{name}'",
-                    hint=f"{what}s: {', '.join(self.inputs) or 'none'}",
+                    hint=f"{what}s: {', '.join(self.artifact.manifest.inputs) or 'none'}",
                 )
             if what == "input":
                 slot = self.artifact.manifest.inputs.get(name)
@@ -311,14 +403,17 @@ class CompiledNet:
     ) -> dict[str, np.ndarray]:
         """Run forward (from layer ``start`` to ``end``) and return the outputs (and ``blobs``)."""
         self._check_whole_pass("forward", start, end)
+        if any(b.pending_shape for b in self.blobs.values()):
+            self.reshape()  # Caffe reshapes every layer on forward
         begin, stop = self._step_range("forward", start, end)
         if start is None:
+            self._inputs_from_blobs()
             self._feed_memory()
             self._fill_data()
             for feeder in self._feeders(kwargs):
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
-        self._exec.run("forward", begin, stop)
+        self._run("forward", begin, stop)
         self._forwarded = True
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time
@@ -345,6 +440,7 @@ class CompiledNet:
             )
         self._check_whole_pass("backward", start, end)
         begin, stop = self._step_range("backward", start, end)
+        m = self.artifact.manifest  # a partial run may have rebuilt the net
         if self._lean and not self._forwarded:
             raise UserError(
                 "this net was built with --outputs-only: its backward pass reuses the memory of "
@@ -354,9 +450,71 @@ class CompiledNet:
         for slot, weight in m.seeds:
             self._exec.host(slot, overwrite=True)[...] = weight
         self._set_inputs(kwargs, "diff")
-        self._exec.run("backward", begin, stop)
+        self._run("backward", begin, stop)
         self._forwarded = not self._lean
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
+
+    def _run(self, direction: str, begin: int, stop: int) -> None:
+        """Run steps [begin, stop) of a pass: the compiled code, and the Python layers' calls
+        between its segments."""
+        position = begin
+        for step in self._python.steps(direction):
+            if begin <= step < stop:
+                self._exec.run(direction, position, step)
+                self._python.run(direction, step)
+                position = step + 1
+        self._exec.run(direction, position, stop)
+
+    def _inputs_from_blobs(self) -> None:
+        """An input that an in-place layer rewrites has its own buffer, and its blob shows the
+        rewritten values: what the blob holds (written by the caller, or left by the last
+        pass, as in Caffe, where both are one memory) is the next pass's input."""
+        m = self.artifact.manifest
+        for name in self.inputs:
+            slot = m.inputs[name]
+            if self.blobs[name]._data_ref != (slot, None):
+                self._exec.host(slot, overwrite=True)[...] = self.blobs[name].data
+
+    def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """pycaffe's ``forward_all``: forward over inputs of any length, batch by batch (the
+        last batch padded), and the outputs (and ``blobs``) of every item."""
+        return self._over_batches(kwargs, blobs, None, backward=False)[0]
+
+    def forward_backward_all(
+        self, blobs: Iterable[str] | None = None, diffs: Iterable[str] | None = None, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """pycaffe's ``forward_backward_all``: forward with the inputs, backward with the
+        output diffs among ``kwargs``, batch by batch; the outputs and the inputs' diffs (and
+        ``blobs``, ``diffs``) of every item."""
+        return self._over_batches(kwargs, blobs, diffs, backward=True)
+
+    def _over_batches(
+        self,
+        kwargs: Mapping[str, Any],
+        blobs: Iterable[str] | None,
+        diffs: Iterable[str] | None,
+        backward: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        given = {name: np.asarray(value) for name, value in kwargs.items()}
+        counts = {len(value) for value in given.values()}
+        if len(counts) > 1:
+            raise UserError("forward_all: the arrays given have different numbers of items")
+        first_input = next(iter([*given, *self.inputs]), None)
+        batch = self.blobs[first_input].shape[0] if first_input else 1
+        total = counts.pop() if counts else batch
+        outputs: dict[str, list[np.ndarray]] = {}
+        gradients: dict[str, list[np.ndarray]] = {}
+        for first in range(0, total, batch):
+            chunk = {name: padded(value[first : first + batch], batch)
+                     for name, value in given.items()}  # fmt: skip
+            forward_in = {n: v for n, v in chunk.items() if n not in self.outputs}
+            for name, value in self.forward(blobs, **forward_in).items():
+                outputs.setdefault(name, []).append(value.copy())
+            if backward:
+                backward_in = {n: v for n, v in chunk.items() if n in self.outputs}
+                for name, value in self.backward(diffs, **backward_in).items():
+                    gradients.setdefault(name, []).append(value.copy())
+        return joined(outputs, batch, total), joined(gradients, batch, total)
 
     def _check_whole_pass(self, direction: str, start: str | None, end: str | None) -> None:
         if self._lean and (start is not None or end is not None):
@@ -425,6 +583,20 @@ def make_executor(artifact: Artifact, params: Mapping[int, Any] | None) -> Execu
     from caffec.runtime.device_executor import DeviceExecutor
 
     return DeviceExecutor(artifact, cuda_device.open_device(gpu.current_device()), params)
+
+
+def padded(items: np.ndarray, count: int) -> np.ndarray:
+    """``items`` with zero items added up to ``count`` (a last, short batch)."""
+    if len(items) >= count:
+        return items
+    return np.concatenate([items, np.zeros((count - len(items), *items.shape[1:]), items.dtype)])
+
+
+def joined(batches: dict[str, list[np.ndarray]], batch: int, total: int) -> dict[str, Any]:
+    """Per-batch arrays as one per blob: items joined and the padding dropped, or, for a blob
+    without one item per input (a loss), one value per batch."""
+    return {name: np.concatenate(values)[:total] if values[0].shape[:1] == (batch,)
+            else np.stack(values) for name, values in batches.items()}  # fmt: skip
 
 
 def shape_of(manifest: Manifest, ref: BufferRef) -> tuple[int, ...]:

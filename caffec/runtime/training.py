@@ -10,13 +10,11 @@ share the train net's parameter arrays), and writes and restores snapshots.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 from caffec.errors import UserError
 from caffec.formats.snapshots import load_blobs, read_solver_snapshot, write_solver_snapshot
 from caffec.runtime.compiled_net import CompiledNet
+from caffec.runtime.glog import caffe_log
 
 
 @dataclass
@@ -86,13 +85,6 @@ def learning_rate(s: SolverSettings, iteration: int, current_step: int) -> tuple
         f"unknown lr_policy '{policy}'",
         hint=did_you_mean(policy, POLICIES) or f"policies: {', '.join(POLICIES)}",
     )
-
-
-def caffe_log(message: str, stream: Any = None, source: str = "solver.cpp:0") -> None:
-    """One line in glog's format, which Caffe's log parsers (parse_log.py) expect."""
-    now = datetime.now()
-    prefix = f"I{now:%m%d %H:%M:%S}.{now.microsecond:06d} {os.getpid():5d} {source}]"
-    print(f"{prefix} {message}", file=stream or sys.stdout, flush=True)
 
 
 class Progress:
@@ -218,6 +210,7 @@ class TrainingLoop:
         """Caffe's Solver::Solve: step to max_iter, a final snapshot, a final test."""
         s = self.settings
         self.log("Solving " + (self.net.artifact.manifest.name or "net"))
+        self.log(f"Learning Rate Policy: {s.lr_policy}")
         self.step(s.max_iter - self.iter)
         if s.snapshot_after_train and (not s.snapshot or self.iter % s.snapshot != 0):
             self.snapshot()
@@ -288,6 +281,7 @@ class TrainingLoop:
 
     def restore(self, path: str | Path) -> None:
         """Continue from a .solverstate: its weights, histories, iteration and lr position."""
+        self.log(f"Restoring previous solver status from {path}")
         snapshot = read_solver_snapshot(path)
         load_blobs(snapshot.history, self._ordered_histories(), f"{path}'s solver history",
                    "resume with the solver type and net the snapshot was taken with")  # fmt: skip

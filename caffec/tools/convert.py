@@ -7,39 +7,33 @@
 - :func:`compute_mean` is ``compute_image_mean``: the per-pixel mean of a
   database as a 1xCxHxW ``.binaryproto`` for ``transform_param.mean_file``.
 
-A database is written under a temporary name beside its destination and
-renamed at the end, so a failed conversion leaves nothing half-written; an
-existing destination is never overwritten.
+Databases are written through :class:`~caffec.tools.db_writer.DBWriter`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
-import shutil
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from caffec.errors import UserError, shape_text
 from caffec.formats import caffe_pb2
+from caffec.formats.binaryproto import Blob
 from caffec.formats.binaryproto_writer import write_blobproto
 from caffec.formats.databases import iter_db
 from caffec.formats.datum import datum_array, parse_datum
 from caffec.formats.idx import read_idx
 from caffec.formats.images import pillow, read_image, resize_bilinear
 from caffec.formats.lists import parse_image_list
-from caffec.formats.optional import optional_module
+from caffec.tools.db_writer import DBWriter, backend_name
 
 __all__ = ["compute_mean", "convert_imageset", "convert_mnist"]
 
 PathLike = str | os.PathLike[str]
 
-_COMMIT_EVERY = 1000  # records per transaction, as Caffe's tools commit
 _FORMATS = {  # encode_type -> Pillow format
     "jpg": "JPEG",
     "jpeg": "JPEG",
@@ -54,128 +48,12 @@ _FORMATS = {  # encode_type -> Pillow format
 }
 
 
-def _backend(name: str) -> str:
-    backend = name.lower()
-    if backend not in ("lmdb", "leveldb"):
-        raise UserError(f"unknown database backend '{name}'", hint="use lmdb or leveldb")
-    return backend
-
-
-class _DBWriter:
-    """A new LMDB or LevelDB database, written under a temporary name and renamed at the end."""
-
-    def __init__(self, out: PathLike, backend: str) -> None:
-        self.backend = _backend(backend)
-        self.out = Path(out)
-        if self.out.exists() or self.out.is_symlink():
-            raise UserError(
-                f"{self.out} already exists; caffec does not overwrite a database",
-                hint="remove it first, or choose another output path",
-            )
-        parent = self.out.parent
-        if not parent.is_dir():
-            raise UserError(
-                f"cannot create {self.out}: the folder {parent} does not exist",
-                hint="create the folder first",
-            )
-        self.tmp = parent / f".{self.out.name}.{secrets.token_hex(4)}.tmp"
-        self.pending: list[tuple[bytes, bytes]] = []
-        self.count = 0
-        if self.backend == "lmdb":
-            self.lmdb = optional_module("lmdb", "lmdb")
-            self.map_size = 64 << 20
-            try:
-                self.env = self.lmdb.open(
-                    str(self.tmp), map_size=self.map_size, subdir=True, sync=False, metasync=False
-                )
-            except self.lmdb.Error as err:
-                raise UserError(f"cannot create the LMDB database {self.out}: {err}") from None
-        else:
-            plyvel = optional_module("plyvel", "plyvel")
-            try:
-                self.db = plyvel.DB(
-                    str(self.tmp),
-                    create_if_missing=True,
-                    error_if_exists=True,
-                    write_buffer_size=64 << 20,
-                )
-            except (plyvel.Error, OSError) as err:
-                raise UserError(f"cannot create the LevelDB database {self.out}: {err}") from None
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.pending.append((key, value))
-        self.count += 1
-        if len(self.pending) >= _COMMIT_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        if self.backend == "leveldb":
-            with self.db.write_batch() as batch:
-                for key, value in self.pending:
-                    batch.put(key, value)
-            self.pending.clear()
-            return
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key, value in self.pending:
-                        txn.put(key, value)
-                break
-            except self.lmdb.MapFullError:  # the transaction was aborted; grow and redo it
-                self.map_size *= 2
-                self.env.set_mapsize(self.map_size)
-        self.pending.clear()
-
-    def _close(self) -> None:
-        if self.backend == "lmdb":
-            self.env.close()
-        else:
-            self.db.close()
-
-    def finish(self) -> None:
-        self.flush()
-        if self.backend == "lmdb":
-            self.env.sync(True)
-        self._close()
-        if self.out.exists():
-            raise UserError(f"{self.out} appeared while it was being written; not replacing it")
-        os.rename(self.tmp, self.out)
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> _DBWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if kind is None:
-            try:
-                self.finish()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
-
-
 # --------------------------------------------------------------------------- MNIST
 
 
-def convert_mnist(images: PathLike, labels: PathLike, out: PathLike, backend: str = "lmdb") -> int:
-    """Caffe's convert_mnist_data: IDX files into a database of Datums; the count written.
-
-    Each record is a 1xHxW uint8 Datum with its label, keyed ``%08d`` by its
-    position in the files. Gzipped IDX files are read as they are.
-    """
+def read_mnist(images: PathLike, labels: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's images (uint8 NxHxW) and their labels from IDX files, plain or gzipped,
+    checked to be the pair they should be (the files swapped or mismatched say so)."""
     pixels = read_idx(images)
     classes = read_idx(labels)
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
@@ -195,9 +73,19 @@ def convert_mnist(images: PathLike, labels: PathLike, out: PathLike, backend: st
             f"{images} holds {len(pixels)} images but {labels} holds {len(classes)} labels",
             hint="give the labels file that belongs to the images file",
         )
+    return pixels, classes
+
+
+def convert_mnist(images: PathLike, labels: PathLike, out: PathLike, backend: str = "lmdb") -> int:
+    """Caffe's convert_mnist_data: IDX files into a database of Datums; the count written.
+
+    Each record is a 1xHxW uint8 Datum with its label, keyed ``%08d`` by its
+    position in the files. Gzipped IDX files are read as they are.
+    """
+    pixels, classes = read_mnist(images, labels)
     _, rows, cols = pixels.shape
     datum = caffe_pb2.Datum(channels=1, height=rows, width=cols)
-    with _DBWriter(out, backend) as db:
+    with DBWriter(out, backend) as db:
         for i in range(len(pixels)):
             datum.data = pixels[i].tobytes()
             datum.label = int(classes[i])
@@ -277,7 +165,7 @@ def convert_imageset(
     encoded = encoded or bool(encode_type)
     mode = "gray" if gray else "color"
     first_shape: tuple[int, ...] | None = None
-    with _DBWriter(out, backend) as db:
+    with DBWriter(out, backend) as db:
         for line_id, (name, label, number) in enumerate(lines):
             where = f"line {number} of {list_path}"
             path = Path(os.path.join(os.fspath(root), name))
@@ -320,15 +208,16 @@ def convert_imageset(
 # --------------------------------------------------------------------------- mean images
 
 
-def compute_mean(db: PathLike, out: PathLike, backend: str = "lmdb") -> np.ndarray:
+def compute_mean(db: PathLike, out: PathLike | None = None, backend: str = "lmdb") -> np.ndarray:
     """Caffe's compute_image_mean: the per-pixel mean of a database's images.
 
-    Writes it to ``out`` as a 1xCxHxW ``.binaryproto`` and returns it
-    (float32). Encoded records are decoded with their own channels. The sum
-    is kept in float64 (Caffe's float32 sum loses precision past 2**24).
+    Returns it as a 1xCxHxW float32 array and, given ``out``, writes it there as a
+    ``.binaryproto`` with the legacy num/channels/height/width shape, as Caffe's tool
+    writes it. Encoded records are decoded with their own channels. The sum is kept in
+    float64 (Caffe's float32 sum loses precision past 2**24).
     """
     path = Path(db)
-    name = _backend(backend).upper()
+    name = backend_name(backend).upper()
     total: np.ndarray | None = None
     count = 0
     for key, value in iter_db(path, name):
@@ -347,5 +236,6 @@ def compute_mean(db: PathLike, out: PathLike, backend: str = "lmdb") -> np.ndarr
     if total is None:
         raise UserError(f"the database {path} is empty; there is no mean to compute")
     mean = (total / count).astype(np.float32)[None]
-    write_blobproto(out, mean)
+    if out is not None:
+        write_blobproto(out, Blob(data=mean, diff=None, legacy_shape=True))
     return mean

@@ -73,7 +73,7 @@ def check_equivalent(
             fan_in = max(1, int(np.prod(a.data.shape[1:])))
             a.data[...] = b.data[...] = rng.standard_normal(a.data.shape) / np.sqrt(fan_in)
     feed = {}
-    for name in reference.inputs:
+    for name in reference.artifact.manifest.inputs:  # every fed blob, data layers' too
         shape = reference.blobs[name].data.shape
         label = "label" in name or name == "sim"
         feed[name] = rng.integers(0, 2, shape) if label else rng.standard_normal(shape)

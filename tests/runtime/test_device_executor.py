@@ -165,7 +165,7 @@ def test_the_cli_runs_on_the_device(tmp_path: Path, emulated_gpu, capsys, monkey
 
     assert main(["time", "-model", str(tmp_path / "net.prototxt"), "-gpu", "0",
                  "-iterations", "1"]) == 0  # fmt: skip
-    assert "Average Forward-Backward" in capsys.readouterr().out
+    assert "Average Forward-Backward" in capsys.readouterr().err
 
     # solver_mode: GPU trains on the solver's device_id; -cpu keeps it on the CPU
     path = _solver(tmp_path, "solver_mode: GPU\ndevice_id: 0\n")
@@ -221,7 +221,7 @@ def test_time_times_every_kernel_on_the_gpu(tmp_path: Path, emulated_gpu, capsys
     (tmp_path / "net.prototxt").write_text(CONV_NET)
     assert main(["time", "-model", str(tmp_path / "net.prototxt"), "-gpu", "0",
                  "-iterations", "1", "--kernels"]) == 0  # fmt: skip
-    rows = [line for line in capsys.readouterr().out.splitlines() if "_convolution_" in line]
+    rows = [line for line in capsys.readouterr().err.splitlines() if "_convolution_" in line]
     assert rows and all(re.search(r": [\d.e-]+ ms\.$", r) for r in rows)
     assert not any("_pack" in r for r in rows)
 

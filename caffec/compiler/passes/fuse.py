@@ -292,6 +292,8 @@ def _sliced(kernel: Kernel, loop: Loop) -> Kernel | None:
 
 def _joins(group: list[Kernel], kernel: Kernel) -> bool:
     """Whether ``kernel`` may join ``group`` (the kernels just before it; see above)."""
+    if any(k.prim == "host" for k in (*group, kernel)):
+        return False  # a Python layer runs between compiled code, never inside it
     anchors = [k for k in group if k.prim in ANCHORS]
     written = {o.buffer for k in group for o in k.writes}
     reads_group = any(o.buffer in written for o in kernel.reads)

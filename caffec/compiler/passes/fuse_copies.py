@@ -149,6 +149,8 @@ def _moved(scope: Scope, copy: Kernel, gone: Operand, kept: Operand, layout: lis
         return False
     accesses = [(k, o) for k in {*readers, *writers} - {copy}
                 for o in (*k.reads, *k.writes) if o.buffer is value]  # fmt: skip
+    if any(k.prim == "host" for k, _ in accesses):
+        return False  # a Python layer sees whole buffers: its blobs are plain arrays
     if not flat:
         row = shape[1]
         for kernel, o in accesses:

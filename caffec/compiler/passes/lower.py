@@ -145,8 +145,15 @@ def lower(
 
 
 def _layer_entry(op: Op, algorithms: dict[str, str]) -> dict[str, Any]:
-    """What the manifest says of a layer: name, type, tops, and its algorithm if it chose one."""
-    entry: dict[str, Any] = {"name": op.name, "type": op.type, "tops": [v.blob for v in op.tops]}
+    """What the manifest says of a layer: name, type, blobs, and its algorithm if it chose one."""
+    described = type(op.param)()
+    described.CopyFrom(op.param)
+    described.ClearField("blobs")  # weights travel apart; the rest makes a full snapshot
+    entry: dict[str, Any] = {
+        "name": op.name, "type": op.type, "tops": [v.blob for v in op.tops],
+        "bottoms": [v.blob for v in op.bottoms],
+        "param": json_format.MessageToDict(described, preserving_proto_field_name=True),
+    }  # fmt: skip
     if op.name in algorithms:
         entry["algorithm"] = algorithms[op.name]
     return entry

@@ -2,8 +2,9 @@
 
 Caffe's ``ApplyUpdate`` in order: clip the gradients by their global L2 norm
 (``clip_gradients``), divide them by ``iter_size``, add the weight decay
-(L2: decay * w, L1: decay * sign(w)), then apply the solver's rule and
-subtract the result from the weights. Here all of that is one ``map`` per
+(L2: decay * w, L1: decay * sign(w)), then apply the solver's rule, subtract
+the result from the weights and leave it in the gradient (where pycaffe users
+read it after ``solver.step``). Here all of that is one ``map`` per
 parameter (plus one norm reduction when clipping). The learning rate of the
 iteration, with Adam's bias correction folded in, is a scalar the runtime
 writes into the ``hyper`` buffer before running the step; everything else
@@ -117,6 +118,7 @@ def add_solver_updates(kgraph: KernelGraph, solver: Any) -> KernelGraph:
         all_lets = [("g", f"grad * {scale} + {penalty}"), ("lr", "r * lr_mult"), *lets]
         outputs = [(b, expr) for b, expr in zip(histories, history_exprs, strict=True)]
         outputs.append((p.data, f"w - ({step})"))
+        outputs.append((p.grad, step))  # what Caffe's ApplyUpdate leaves in the diff
         instrs.append(pmap(shape, outputs, inputs, consts, lets=all_lets))
     kgraph.update = [Step("solver", kind, instrs)]
     kgraph.solver = {"type": kind, "histories_per_param": n_histories}
