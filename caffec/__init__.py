@@ -43,6 +43,10 @@ def __getattr__(name: str):  # the API loads on first use, so `import caffec` st
         from caffec.runtime import compiled_net as net
 
         return getattr(net, name)
+    if name == "set_random_seed":
+        from caffec.runtime.random_seed import set_random_seed
+
+        return set_random_seed
     if name in ("set_mode_cpu", "set_mode_gpu", "set_device"):
         from caffec.runtime import gpu
 

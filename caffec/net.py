@@ -31,7 +31,7 @@ class Net(CompiledNet):
 
     Keywords beyond pycaffe's: ``shapes`` (data top shapes, as ``--shape``),
     ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout;
-    default: :func:`caffec.set_random_seed`'s), ``backward`` (force a backward
+    default: :func:`caffec.set_random_seed`'s), ``backward`` (build a backward
     pass on or off), ``target_cpu``, and
     ``opt_level`` (as ``caffec compile -O``: 2 fuses kernels across layers, so
     partial runs may not start or stop between fused layers; 1 does not fuse;
@@ -105,16 +105,15 @@ class Net(CompiledNet):
     ) -> dict[str, np.ndarray]:
         """As :meth:`CompiledNet.backward`; a net built without a backward pass gets one on
         first use (a cached rebuild), as every Caffe net can run backward. A net without a
-        loss runs no layer backward, as in Caffe (unless built with ``backward=True`` or
-        ``force_backward``)."""
+        loss runs no layer backward, as in Caffe, unless it sets ``force_backward``."""
         m = self.artifact.manifest
         if not m.backward and not m.seeds:
             if not m.loss_tops:
                 if kwargs:
                     warnings.warn(
                         "this net has no loss and no force_backward, so no layer runs backward "
-                        "(Caffe's rule) and the diffs stay zero; build it with backward=True "
-                        "or set force_backward: true to get the gradients",
+                        "(Caffe's rule) and the diffs stay zero; set force_backward: true in "
+                        "the prototxt to get the gradients",
                         stacklevel=2,
                     )
                 return {name: self._blob(name).diff for name in [*self.inputs, *(diffs or [])]}

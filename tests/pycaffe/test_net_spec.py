@@ -153,6 +153,7 @@ def test_lenet_notebook_net_runs_in_caffec(tmp_path: Path, monkeypatch) -> None:
     assert run.blobs["score"].data.shape == (4, 10)
     assert np.isfinite(run.blobs["loss"].data).all()
     assert list(run.blobs["label"].data) == [0, 1, 2, 3]
+    run.close()  # its reader's database handle, shared per process
 
 
 # --- pycaffe's naming and order rules on small nets --------------------------------------
