@@ -292,6 +292,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     solver = Solver(args.solver, outputs_only=True, train_state=(args.level or 0, args.stage))
     if args.weights:
         for path in args.weights.split(","):
+            solver.loop.log(f"Finetuning from {path}")
             solver.net.copy_from(path)
     effects = {"sigint": args.sigint_effect, "sighup": args.sighup_effect}
 

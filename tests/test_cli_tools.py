@@ -344,3 +344,28 @@ def test_convert_mnist_siamese_pairs_images_by_seed(capsys, tmp_path: Path) -> N
     status, _, err = run(capsys, "convert-mnist-siamese", images,
                          write_idx(tmp_path / "few", labels[:4]), tmp_path / "bad")  # fmt: skip
     assert status == 2 and "holds 6 images but" in err and not (tmp_path / "bad").exists()
+
+
+def test_train_logs_what_it_finetunes_from(capsys, tmp_path: Path) -> None:
+    import caffec
+
+    (tmp_path / "net.prototxt").write_text(STAGED_NET)
+    net = caffec.Net(str(tmp_path / "net.prototxt"), caffec.TRAIN)
+    net.params["ip"][0].data[...] = 0.25
+    net.save(tmp_path / "start.caffemodel")
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0\nmax_iter: 1\n'
+                      f'lr_policy: "fixed"\nsnapshot_after_train: true\n'
+                      f'snapshot_prefix: "{tmp_path / "tuned"}"\n')  # fmt: skip
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    try:
+        status, _, err = run(capsys, "train", "-solver", solver, "-weights",
+                             tmp_path / "start.caffemodel")  # fmt: skip
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert status == 0, err
+    assert f"Finetuning from {tmp_path / 'start.caffemodel'}" in err
+    tuned = caffec.Net(str(tmp_path / "net.prototxt"), caffec.TRAIN,
+                       weights=str(tmp_path / "tuned_iter_1.caffemodel"))  # fmt: skip
+    np.testing.assert_array_equal(tuned.params["ip"][0].data, 0.25)  # base_lr 0: unchanged

@@ -146,6 +146,8 @@ class CudaRenderer:
                 for kernel in step.kernels():
                     name, parts = names[id(kernel)], kernel.parts()
                     launches[name] = []
+                    if kernel.prim == "host":
+                        continue  # a Python layer: the runtime calls it, nothing launches
                     for number, part in enumerate(parts):
                         comment = f"{part.prim}, {direction} of {where} ({step.layer_type})"
                         if len(parts) > 1:

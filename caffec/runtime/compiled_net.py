@@ -134,6 +134,7 @@ class CompiledNet:
             self._fill_params()
         self._python = PythonLayers(m.host_calls, lambda slot: self._exec.host(slot),
                                     self.params, self.phase, python_layers)  # fmt: skip
+        self._show_python_layers()
         self._fill_data(initial=True)
         if weights is not None:
             self.copy_from(weights)
@@ -157,6 +158,16 @@ class CompiledNet:
             Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in m.layers
         ]
 
+    def _show_python_layers(self) -> None:
+        """``net.layers[i]`` of a Python layer is the user's object, as in pycaffe (where
+        code calls its own methods on it, e.g. a data layer's)."""
+        for i, name in enumerate(self._layer_names):
+            instance = self._python.instances.get(name)
+            if instance is not None:
+                if not hasattr(instance, "type"):
+                    instance.type = "Python"
+                self.layers[i] = instance
+
     # --- names, as pycaffe has them -------------------------------------------------------
     @property
     def inputs(self) -> list[str]:
@@ -171,11 +182,11 @@ class CompiledNet:
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
-        return OrderedDict((layer.name, layer) for layer in self.layers)
+        return OrderedDict(zip(self._layer_names, self.layers, strict=True))
 
     @property
     def _layer_names(self) -> list[str]:
-        return [layer.name for layer in self.layers]
+        return [layer.name for layer in self.artifact.manifest.layers]
 
     @property
     def _blob_names(self) -> list[str]:
@@ -251,6 +262,7 @@ class CompiledNet:
         values = {name: b.data.copy() for name, b in self.blobs.items()}
         counter = self._exec.counter.copy()
         self._bind(mine)
+        self._show_python_layers()
         self._exec.counter[...] = counter
         for name, value in values.items():
             self.blobs[name].data[...] = value
@@ -289,8 +301,9 @@ class CompiledNet:
         m = self.artifact.manifest
         described = {layer.name: json_format.ParseDict(layer.param, caffe_pb2.LayerParameter())
                      for layer in m.layers}  # fmt: skip
-        write_weights(path, m.name, [(layer.name, layer.type, [b.data for b in layer.blobs])
-                                     for layer in self.layers], hdf5, described)  # fmt: skip
+        write_weights(path, m.name, [(layer.name, layer.type,
+                                      [b.data for b in self.params.get(layer.name, [])])
+                                     for layer in m.layers], hdf5, described)  # fmt: skip
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a MemoryData layer (pycaffe's API): each forward takes the next batch."""

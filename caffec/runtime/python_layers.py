@@ -24,6 +24,7 @@ class Layer:
     """pycaffe's ``caffe.Layer``: subclass it and write ``setup``, ``reshape``, ``forward``
     and ``backward``. caffec sets ``param_str``, ``phase`` and ``blobs`` before ``setup``."""
 
+    type = "Python"
     param_str: str = ""
     phase: int = 0
     blobs: Any = ()

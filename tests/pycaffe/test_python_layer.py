@@ -207,6 +207,13 @@ def test_a_python_data_layer_feeds_training(layers: Path) -> None:
     data = solver.net.blobs["data"].data
     np.testing.assert_array_equal(data[:, 0], np.arange(16, 24))  # the third batch
     np.testing.assert_array_equal(solver.net.blobs["label"].data, np.arange(16, 24) % 2)
+    # pycaffe hands out the layer's own object: user code calls its methods on it
+    layer = solver.net.layers[list(solver.net._layer_names).index("data")]
+    assert layer.type == "Python" and layer.position == 24
+    layer.position = 0
+    solver.net.forward()
+    np.testing.assert_array_equal(solver.net.blobs["data"].data[:, 0], np.arange(8))
+    assert solver.net.layer_dict["data"] is layer
     assert np.abs(solver.net.params["ip"][0].data).max() > 0  # it trained
     # and with the command line, as `caffe train` runs Python layers
     run = subprocess.run(
@@ -231,3 +238,24 @@ def test_errors_in_user_code_name_the_layer(layers: Path) -> None:
     missing = SCALE_NET.replace('module: "user_layers"', 'module: "no_such_module"')
     with pytest.raises(UserError, match="cannot import the Python layer module 'no_such_module'"):
         caffe.Net(write(layers, "missing.prototxt", missing), caffe.TEST)
+
+
+def test_python_layers_run_between_the_gpus_kernels(layers: Path, any_gpu) -> None:
+    """On the CUDA target the layer sees host copies of the device's buffers, and what it
+    writes goes back before the next kernels: the same numbers as on the CPU."""
+    from caffec.runtime import gpu
+
+    path = write(layers, "scale.prototxt", SCALE_NET)
+    on_gpu = caffe.Net(path, caffe.TRAIN)
+    assert on_gpu.artifact.manifest.target.name == "cuda"
+    gpu.set_mode_cpu()
+    on_cpu = caffe.Net(path, caffe.TRAIN)
+    x = np.random.default_rng(2).standard_normal((4, 3))
+    for net in (on_gpu, on_cpu):
+        net.params["scale"][0].data[...] = [0.5, -1.0, 2.0]
+        net.forward(x=x)
+        net.backward()
+    np.testing.assert_allclose(on_gpu.blobs["loss"].data, on_cpu.blobs["loss"].data, rtol=1e-5)
+    np.testing.assert_allclose(on_gpu.blobs["x"].diff, on_cpu.blobs["x"].diff, rtol=1e-5)
+    np.testing.assert_allclose(on_gpu.params["scale"][0].diff, on_cpu.params["scale"][0].diff,
+                               rtol=1e-5)  # fmt: skip

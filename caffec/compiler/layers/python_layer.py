@@ -22,7 +22,6 @@ from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import host_call
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
-from caffec.errors import UserError
 from caffec.runtime.compiled_net import LegacyAxes
 
 
@@ -104,7 +103,6 @@ class Python:
         return [ParamBlob(shape, None, f"blob {i}") for i, shape in enumerate(shapes)]
 
     def lower(self, op: Op, ctx: LowerContext) -> None:
-        self._check_target(op, ctx)
         bottoms = [ctx.x(i) for i in range(len(op.bottoms))]
         tops = [ctx.y(i) for i in range(len(op.tops))]
         ctx.emit(host_call("forward", bottoms, tops, self._names(op)))
@@ -113,7 +111,6 @@ class Python:
         """One call of the layer's ``backward``: it reads the tops' data and diffs and the
         bottoms' data, writes the bottoms' diffs (where propagate_down holds) and adds into
         its blobs' diffs; a diff that gradients are summed in gets its sum from the runtime."""
-        self._check_target(op, ctx)
         n = len(op.bottoms)
         targets = [ctx.dx(i) for i in range(n)]
         params = [ctx.dw(i) for i in range(len(op.params))]
@@ -132,13 +129,3 @@ class Python:
         p = op.param.python_param
         return {"module": p.module, "class_name": p.layer, "param_str": p.param_str,
                 "bottoms": len(op.bottoms), "tops": len(op.tops)}  # fmt: skip
-
-    @staticmethod
-    def _check_target(op: Op, ctx: LowerContext) -> None:
-        if ctx.target.name == "cuda":
-            raise UserError(
-                "caffec cannot compile Python layers for the CUDA target yet: they run on the CPU",
-                span=op.span,
-                layer=op.name,
-                hint="build this net for the CPU (caffec.set_mode_cpu(), or drop -gpu)",
-            )
