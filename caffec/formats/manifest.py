@@ -217,6 +217,12 @@ class Manifest:
         steps: list[StepEntry] = getattr(self, direction)
         return steps
 
+    def blob_shape(self, name: str) -> tuple[int, ...]:
+        """Blob ``name``'s shape, as its buffer (or its view of one) holds it."""
+        blob = self.blobs[name]
+        view = blob.data_view
+        return tuple(view.shape if view is not None else self.buffers[blob.data].shape)
+
     def slot_of_kind(self, kind: str) -> int:
         """The slot of the one buffer of ``kind`` ("counter", "hyper")."""
         return next(i for i, b in enumerate(self.buffers) if b.kind == kind)

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from caffec.errors import UserError, shape_text
 from caffec.formats import caffe_pb2
-from caffec.formats.manifest import FeederEntry, Manifest, ViewEntry
+from caffec.formats.manifest import FeederEntry, LayerEntry, Manifest, ViewEntry
 from caffec.formats.snapshots import load_blobs, weights_by_name, write_weights
 from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
@@ -100,12 +100,34 @@ class Blob(LegacyAxes):
 
 
 class Layer:
-    """What pycaffe's ``net.layers[i]`` shows: the type and the parameter blobs."""
+    """What pycaffe's ``net.layers[i]`` shows: the type, the parameter blobs, and ``setup``
+    and ``reshape``, which check blobs against the shapes the layer was compiled for."""
 
-    def __init__(self, name: str, type_name: str, blobs: list[Blob]) -> None:
-        self.name = name
-        self.type = type_name
+    def __init__(self, entry: LayerEntry, blobs: list[Blob], shape: Any) -> None:
+        self.name = entry.name
+        self.type = entry.type
         self.blobs = blobs
+        self._entry = entry
+        self._shape = shape  # a blob name -> its compiled shape
+
+    def setup(self, bottom: list[Any], top: list[Any]) -> None:
+        self.reshape(bottom, top)
+
+    def reshape(self, bottom: list[Any], top: list[Any]) -> None:
+        """Caffe's Layer::Reshape: here the layer's shapes are compiled, so the blobs must
+        have them (a new shape is the net's to apply: ``blob.reshape`` + ``net.reshape``)."""
+        for what, names, blobs in (("bottom", self._entry.bottoms, bottom),
+                                   ("top", self._entry.tops, top)):  # fmt: skip
+            if len(blobs) != len(names):
+                raise UserError(f"layer '{self.name}' has {len(names)} {what}s, not {len(blobs)}")
+            for name, blob in zip(names, blobs, strict=True):
+                if tuple(blob.shape) != self._shape(name):
+                    raise UserError(
+                        f"layer '{self.name}' was compiled for {what} '{name}' of shape "
+                        f"{shape_text(self._shape(name))}, not {shape_text(tuple(blob.shape))}",
+                        hint="reshape the net's inputs (blob.reshape, then net.reshape() or "
+                        "forward()): the net compiles again for the new shapes",
+                    )
 
 
 class CompiledNet:
@@ -155,7 +177,7 @@ class CompiledNet:
             grad = None if p.grad is None else (p.grad, None)
             self.params.setdefault(p.layer, []).append(Blob(self._exec, (p.data, None), grad))
         self.layers = [
-            Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in m.layers
+            Layer(layer, self.params.get(layer.name, []), m.blob_shape) for layer in m.layers
         ]
 
     def _show_python_layers(self) -> None:

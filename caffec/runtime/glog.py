@@ -52,7 +52,7 @@ def net_setup_lines(manifest: Manifest) -> list[str]:
                   for top in layer.tops]  # fmt: skip
         lines.append(f"Setting up {layer.name}")
         for top in layer.tops:
-            shape = blob_shape(manifest, top)
+            shape = manifest.blob_shape(top)
             count = math.prod(shape)
             dims = "".join(f"{d} " for d in shape)  # a scalar shows its count alone
             lines.append(f"Top shape: {dims}({count})")
@@ -62,11 +62,3 @@ def net_setup_lines(manifest: Manifest) -> list[str]:
         lines.append(f"Memory required for data: {memory}")
     lines.append("Network initialization done.")
     return lines
-
-
-def blob_shape(manifest: Manifest, name: str) -> tuple[int, ...]:
-    """A blob's shape as the net's memory holds it."""
-    blob = manifest.blobs[name]
-    if blob.data_view is not None:
-        return tuple(blob.data_view.shape)
-    return tuple(manifest.buffers[blob.data].shape)

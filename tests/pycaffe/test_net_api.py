@@ -209,3 +209,15 @@ def test_set_random_seed_seeds_the_nets_made_after_it(net_file: Path) -> None:
         assert not np.array_equal(first.params["ip"][0].data, third.params["ip"][0].data)
     finally:
         caffe.set_random_seed(0)
+
+
+def test_a_compiled_layers_setup_and_reshape_check_its_shapes(net_file: Path) -> None:
+    net = caffe.Net(str(net_file), caffe.TEST)
+    layer = net.layer_dict["ip"]
+    assert layer.type == "InnerProduct" and [b.data.shape for b in layer.blobs] == [(5, 3), (5,)]
+    bottom, top = [net.blobs["sum"]], [net.blobs["ip"]]
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    with pytest.raises(UserError, match="compiled for bottom 'sum' of shape 4x3, not 2x3"):
+        net.blobs["sum"].reshape(2, 3)
+        layer.reshape(bottom, top)
