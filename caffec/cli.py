@@ -32,6 +32,16 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def parse_memory(text: str) -> int:
+    """``8G`` → 8 GiB in bytes (K, M, G, T: powers of 1024)."""
+    from caffec.runtime.memory_limits import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_stages(text: str) -> list[str]:
     """``a,b`` → ``["a", "b"]``: Caffe's tools split ``-stage`` on commas."""
     return [stage for stage in text.split(",") if stage]
@@ -43,6 +53,13 @@ def _outputs_only_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="share memory more: only the outputs stay readable after a run",
     )
+
+
+def _max_memory_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-memory", type=parse_memory, metavar="BYTES",
+        help="the memory the net may take, e.g. 8G (default: this machine's memory)",
+    )  # fmt: skip
 
 
 def _level_option(parser: argparse.ArgumentParser) -> None:
@@ -60,10 +77,12 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from caffec.compiler.dump import FORMATS, kernels_to_text
     from caffec.compiler.pipeline import KERNEL_PASSES, Options
     from caffec.driver import NetSource, kernel_graph, layer_graph
+    from caffec.runtime.memory_limits import INDEX_LIMIT
 
     options = Options(
         phase=args.phase, stages=args.stage, level=args.level, shapes=dict(args.shape),
         keep_blobs=not args.outputs_only, opt_level=args.O,
+        max_memory=INDEX_LIMIT,  # shapes whatever memory they take, if code can index them
     )  # fmt: skip
     source = NetSource.from_file(args.net)
     if args.after in {p.name for p in KERNEL_PASSES}:
@@ -154,6 +173,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         phase="TRAIN" if args.train else args.phase, stages=args.stage, level=args.level,
         shapes=dict(args.shape), dtype=args.dtype, backward=True if args.train else None,
         keep_blobs=not args.outputs_only, opt_level=args.O, target=target,
+        max_memory=args.max_memory,
     )  # fmt: skip
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
     with replacing_directory(out) as folder:  # nothing replaced unless the weights fit too
@@ -161,7 +181,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if args.weights:
             from caffec.runtime.compiled_net import CompiledNet
 
-            CompiledNet(folder, args.weights)  # refuse weights that do not fit the net
+            # refuse weights that do not fit the net
+            CompiledNet(folder, args.weights, strict_weights=args.strict_weights)
             shutil.copyfile(args.weights, folder / _embedded_weights(args.weights))
     print(
         f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels "
@@ -251,13 +272,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from caffec.runtime.artifact_loader import load_artifact
     from caffec.runtime.compiled_net import CompiledNet
+    from caffec.runtime.memory_limits import check_artifact
 
     embedded = (Path(args.artifact) / name for name in EMBEDDED_WEIGHTS)
     weights = args.weights or next((path for path in embedded if path.exists()), None)
     artifact = load_artifact(args.artifact)  # loaded once: checked, then run
     _check_artifact_target(artifact, args.gpu)
+    check_artifact(artifact.manifest, args.max_memory, args.artifact)
     _use_gpu(args.gpu)
-    net = CompiledNet(artifact, weights, seed=args.seed)
+    net = CompiledNet(artifact, weights, seed=args.seed, strict_weights=args.strict_weights)
     outputs = net.forward(**_read_inputs(args.input))
     if args.output:
         target = Path(args.output)
@@ -289,11 +312,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _train_mode(args)
     # as `caffe train`: -level sets the solver's train_state level (0 unless given), -stage
     # adds stages to it
-    solver = Solver(args.solver, outputs_only=True, train_state=(args.level or 0, args.stage))
+    solver = Solver(args.solver, outputs_only=True, train_state=(args.level or 0, args.stage),
+                    check_divergence=not args.allow_divergence,
+                    max_memory=args.max_memory)  # fmt: skip
     if args.weights:
-        for path in args.weights.split(","):
+        paths = args.weights.split(",")
+        for path in paths:
             solver.loop.log(f"Finetuning from {path}")
-            solver.net.copy_from(path)
+        solver.net.load_weights(paths, strict=args.strict_weights)
     effects = {"sigint": args.sigint_effect, "sighup": args.sighup_effect}
 
     def handle(signum: int, _frame: object) -> None:
@@ -303,9 +329,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         elif effect == "snapshot":
             solver.loop.snapshot_requested = True
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGHUP, handle)
-    solver.solve(args.snapshot)
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGHUP)}
+    try:
+        solver.solve(args.snapshot)
+    finally:  # main() may be called in a longer-lived process (tests, scripts)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 
@@ -340,7 +369,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
     _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
-              level=args.level)  # fmt: skip
+              level=args.level, strict_weights=args.strict_weights,
+              max_memory=args.max_memory)  # fmt: skip
     weights = dict(net.artifact.manifest.loss_tops)
     sums: dict[str, np.ndarray] = {}
     loss = 0.0
@@ -370,7 +400,8 @@ def _cmd_time(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise UserError("-iterations must be at least 1")
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
-              level=args.level, shapes=dict(args.shape), backward=True)  # fmt: skip
+              level=args.level, shapes=dict(args.shape), backward=True,
+              strict_weights=args.strict_weights, max_memory=args.max_memory)  # fmt: skip
 
     benchmark(net, args.iterations, caffe_log, kernels=args.kernels)
     return 0
@@ -500,6 +531,13 @@ def _net_options(
                             help="the shape of a data layer's top (repeatable)")  # fmt: skip
 
 
+def _strict_weights(parser: argparse.ArgumentParser, caffe: bool) -> None:
+    names = ["-strict_weights", "--strict-weights"] if caffe else ["--strict-weights"]
+    parser.add_argument(*names, action="store_true", dest="strict_weights",
+                        help="weights that miss a layer with parameters are an error, "
+                             "not a warning")  # fmt: skip
+
+
 def _netstate_options(
     parser: argparse.ArgumentParser, names: Callable[[str], list[str]], level: int | None = 0
 ) -> None:
@@ -540,9 +578,11 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--train", action="store_true", help="TRAIN phase, with backward")
     _net_options(compile_)
     compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
+    _strict_weights(compile_, caffe=False)
     compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     _level_option(compile_)
     _outputs_only_option(compile_)
+    _max_memory_option(compile_)
     compile_.add_argument(
         "--report", action="store_true", help="print the arena against Caffe's, and peak RSS"
     )
@@ -561,6 +601,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a compiled artifact forward on .npy/.npz inputs")
     run.add_argument("artifact", help="a directory made by caffec compile")
     run.add_argument("--weights", help="a .caffemodel (default: the one embedded, if any)")
+    _strict_weights(run, caffe=False)
     run.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
         help="an input blob's data (repeatable)",
@@ -568,15 +609,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write the outputs to a .npy (one output) or .npz file")
     run.add_argument("--seed", type=int, default=0, help="seed of the fillers of missing weights")
     run.add_argument("-gpu", "--gpu", help="the GPU a CUDA artifact runs on")
+    _max_memory_option(run)
     run.set_defaults(run=_cmd_run)
 
     train = sub.add_parser("train", help="train a net with a solver, as `caffe train`")
     train.add_argument("-solver", "--solver", required=True, help="the solver .prototxt")
     train.add_argument("-snapshot", "--snapshot", help="a .solverstate to resume from")
     train.add_argument("-weights", "--weights", help="caffemodels to finetune from (commas)")
+    _strict_weights(train, caffe=True)
+    train.add_argument("-allow_divergence", "--allow-divergence", action="store_true",
+                       dest="allow_divergence",
+                       help="train on when the loss or the weights stop being finite")  # fmt: skip
     train.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     train.add_argument("-cpu", "--cpu", action="store_true",
                        help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
+    _max_memory_option(train)
     _netstate_options(train, lambda flag: [f"-{flag}", f"--{flag}"], level=None)
     for name, default in (("sigint", "stop"), ("sighup", "snapshot")):
         train.add_argument(f"-{name}_effect", f"--{name}_effect", default=default,
@@ -587,9 +634,11 @@ def _parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="score a trained net, as `caffe test`")
     test.add_argument("-model", "--model", required=True, help="the net .prototxt")
     test.add_argument("-weights", "--weights", help="the trained .caffemodel")
+    _strict_weights(test, caffe=True)
     test.add_argument("-iterations", "--iterations", type=int, default=50)
     test.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     _net_options(test, caffe=True, shape=False)
+    _max_memory_option(test)
     test.set_defaults(run=_cmd_test)
 
     backends = {"choices": ["lmdb", "leveldb"], "default": "lmdb", "type": str.lower}
@@ -637,8 +686,10 @@ def _parser() -> argparse.ArgumentParser:
     time_.add_argument("-iterations", "--iterations", type=int, default=50)
     time_.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     time_.add_argument("-weights", "--weights", help="a .caffemodel to load before timing")
+    _strict_weights(time_, caffe=True)
     _net_options(time_, "TRAIN", caffe=True)
     time_.add_argument("--kernels", action="store_true", help="also time every kernel")
+    _max_memory_option(time_)
     time_.set_defaults(run=_cmd_time)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")
@@ -703,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaffecError as err:
         print(f"caffec {args.command}: {err}", file=sys.stderr)
         return err.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C; an Interrupted says what it stopped
+        print(f"caffec {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `caffec dump net.prototxt | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

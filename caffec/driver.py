@@ -11,11 +11,13 @@ cache, so an unchanged net compiles once per machine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from caffec.codegen.artifact_writer import write_artifact
 from caffec.codegen.toolchain import cache_dir, compiler_fingerprint, vector_bytes
@@ -25,9 +27,12 @@ from caffec.compiler.pipeline import Options, build_kernel_graph, layer_graph_of
 from caffec.compiler.targets import Target
 from caffec.compiler.targets.cpu import CpuTarget
 from caffec.compiler.targets.cuda import CudaTarget
+from caffec.errors import Interrupted
 from caffec.formats.source_map import SourceMap
 from caffec.formats.upgrade import upgrade_net
 from caffec.frontend.loader import read_net
+
+Compile = TypeVar("Compile", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,24 @@ def kernel_graph(source: NetSource, options: Options, after: str | None = None) 
     return build_kernel_graph(layer_graph(source, options), options, after)
 
 
+def _interruptible(compile_: Compile) -> Compile:
+    """Ctrl-C during a compile says what it stopped: artifacts and build-cache entries are
+    written under temporary names that an interrupted write removes, so nothing was."""
+
+    @functools.wraps(compile_)
+    def run(source: NetSource, *args: Any) -> Any:
+        try:
+            return compile_(source, *args)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            name = f"'{source.net.name}'" if source.net.name else "the net"
+            raise Interrupted(f"interrupted while compiling {name}; nothing was written") from None
+
+    return run  # type: ignore[return-value]
+
+
+@_interruptible
 def compile_to(source: NetSource, options: Options, out: str | Path) -> KernelGraph:
     """Compile ``source`` into the artifact directory ``out`` (replacing what is there);
     the kernel graph it was built from."""
@@ -93,6 +116,7 @@ def compile_to(source: NetSource, options: Options, out: str | Path) -> KernelGr
     return kgraph
 
 
+@_interruptible
 def compile_cached(source: NetSource, options: Options) -> Path:
     """The artifact directory of ``source`` built with ``options``, from the build cache.
 

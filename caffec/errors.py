@@ -63,10 +63,22 @@ class CaffecError(Exception):
         if self.span is not None:
             line = self.span.source_line()
             if line is not None:
-                text += f"\n    {line}\n    {' ' * (self.span.col - 1)}^"
+                line, col = _around(line, self.span.col)
+                text += f"\n    {line}\n    {' ' * (col - 1)}^"
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+def _around(line: str, col: int, width: int = 160) -> tuple[str, int]:
+    """At most ``width`` characters of ``line`` around column ``col`` (a line of a million
+    digits is shown in part), and where ``col`` is in them."""
+    if len(line) <= width:
+        return line, col
+    start = max(0, min(col - 1 - width // 2, len(line) - width))
+    head = "..." if start else ""
+    tail = "..." if start + width < len(line) else ""
+    return head + line[start : start + width] + tail, col - start + len(head)
 
 
 class UserError(CaffecError):
@@ -79,6 +91,11 @@ class InternalError(CaffecError):
     """A caffec bug: the message says so and asks for a report (exit 1)."""
 
     exit_status = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what it interrupted and what it left behind, for the CLI to print
+    (exit 130); still a KeyboardInterrupt to everyone else."""
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

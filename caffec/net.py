@@ -32,10 +32,12 @@ class Net(CompiledNet):
     Keywords beyond pycaffe's: ``shapes`` (data top shapes, as ``--shape``),
     ``dtype`` ("float64" for gradient checks), ``seed`` (fillers and dropout;
     default: :func:`caffec.set_random_seed`'s), ``backward`` (build a backward
-    pass on or off), ``target_cpu``, and
-    ``opt_level`` (as ``caffec compile -O``: 2 fuses kernels across layers, so
-    partial runs may not start or stop between fused layers; 1 does not fuse;
-    0 is the reference build).
+    pass on or off), ``target_cpu``, ``strict_weights`` (weights that miss a
+    layer with parameters are an error, not a warning), ``opt_level`` (as
+    ``caffec compile -O``: 2 fuses kernels across layers, so partial runs may
+    not start or stop between fused layers; 1 does not fuse; 0 is the
+    reference build), and ``max_memory`` (the bytes the net may take, as
+    ``--max-memory``; default: this machine's memory).
     """
 
     def __init__(
@@ -52,6 +54,8 @@ class Net(CompiledNet):
         backward: bool | None = None,
         target_cpu: str = "native",
         opt_level: int = 2,
+        strict_weights: bool = False,
+        max_memory: int | None = None,
     ) -> None:
         if len(args) == 2:
             weights, phase = args
@@ -71,10 +75,11 @@ class Net(CompiledNet):
         self._options = Options(
             phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
             dtype=dtype, backward=backward, opt_level=opt_level, target=mode_target(target_cpu),
+            max_memory=max_memory,
         )  # fmt: skip
         seed = random_seed.current() if seed is None else seed
         artifact = compile_cached(NetSource.from_file(self._network_file), self._options)
-        super().__init__(artifact, weights, seed=seed)
+        super().__init__(artifact, weights, seed=seed, strict_weights=strict_weights)
 
     def reshape(self) -> None:
         """Apply ``blob.reshape(...)`` calls: a rebuild for the new shapes (cached), with the

@@ -17,9 +17,11 @@ from google.protobuf import text_format
 from caffec.compiler.pipeline import Options
 from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
+from caffec.formats.atomic import sweep_temporaries
 from caffec.frontend.loader import read_solver
 from caffec.runtime import random_seed
 from caffec.runtime.compiled_net import CompiledNet
+from caffec.runtime.debug_info import Diverged, first_nonfinite
 from caffec.runtime.glog import caffe_log, net_setup_lines
 from caffec.runtime.training import SolverSettings, TrainingLoop
 
@@ -89,7 +91,8 @@ class Solver:
     as ``caffe train -level -stage`` does.
     ``outputs_only`` builds the nets lean (as ``caffec train`` does): only their
     outputs stay readable in ``net.blobs``, and the memory of every other value
-    is reused, as ``caffec compile --outputs-only`` reports.
+    is reused, as ``caffec compile --outputs-only`` reports. ``max_memory``: the bytes
+    each net may take, as ``--max-memory`` (default: this machine's memory).
     """
 
     def __init__(
@@ -98,14 +101,17 @@ class Solver:
         *,
         solver_type: str | None = None,
         train_state: tuple[int, Sequence[str]] | None = None,
+        check_divergence: bool = True,
         log: Any = caffe_log,
         target_cpu: str = "native",
         dtype: str = "float32",
         outputs_only: bool = False,
+        max_memory: int | None = None,
     ) -> None:
         self.path = Path(solver_file)
         self.dtype = dtype
         self.keep_blobs = not outputs_only
+        self.max_memory = max_memory
         self.param, _ = read_solver(self.path)
         p = self.param
         if solver_type is not None:
@@ -115,12 +121,18 @@ class Solver:
             p.train_state.stage.extend(train_state[1])
         self.target = mode_target(target_cpu)
         self.settings = _settings(p)
+        # what a snapshot killed halfway (kill -9, a crash) left under this prefix
+        prefix = self.settings.snapshot_prefix or "snapshot"
+        for leftover in sweep_temporaries(f"{prefix}_iter_"):
+            log(f"Removed {leftover}, left by an interrupted snapshot")
         seed = p.random_seed if p.random_seed >= 0 else random_seed.current()
         train, tests = _net_sources(p)
         log("Initializing solver from parameters: \n" + text_format.MessageToString(p).rstrip())
         train_state = p.train_state if p.HasField("train_state") else None
         log(f"Creating training net {_described(train, True)}")
-        self.net = self._compile(train, "TRAIN", train_state, seed, solver=p)
+        self._train = (train, train_state, seed)
+        self.net = self._compile(train, "TRAIN", train_state, seed, solver=p,
+                                 inspectable=self.settings.debug_info)  # fmt: skip
         for line in net_setup_lines(self.net.artifact.manifest):
             log(line)
         shared = self.net.param_buffers()
@@ -132,10 +144,13 @@ class Solver:
             for line in net_setup_lines(self.test_nets[-1].artifact.manifest):
                 log(line)
         log("Solver scaffolding done.")
-        self.loop = TrainingLoop(self.settings, self.net, self.test_nets, log)
+        self.loop = TrainingLoop(self.settings, self.net, self.test_nets, log,
+                                 check_divergence=check_divergence)  # fmt: skip
 
     def _compile(self, source: Any, phase: str, state: Any, seed: int, solver: Any = None,
-                 params: Any = None) -> CompiledNet:  # fmt: skip
+                 params: Any = None, inspectable: bool = False) -> CompiledNet:  # fmt: skip
+        """A net of the solver's; ``inspectable``: every blob kept and no fusion, so each
+        layer's values can be read after its step (debug_info, finding a divergence)."""
         kind, value = source
         options = Options(
             phase=phase,
@@ -144,8 +159,10 @@ class Solver:
             backward=phase == "TRAIN",
             solver=solver,
             dtype=self.dtype,
-            keep_blobs=self.keep_blobs,
+            keep_blobs=self.keep_blobs or inspectable,
+            opt_level=1 if inspectable else 2,
             target=self.target,
+            max_memory=self.max_memory,
         )
         if kind.endswith("_param"):
             net = NetSource.inline(value, self.path.parent)
@@ -163,12 +180,47 @@ class Solver:
         return self.loop.iter
 
     def step(self, iterations: int) -> None:
-        self.loop.step(iterations)
+        self._located(lambda: self.loop.step(iterations))
 
     def solve(self, resume_file: str | Path | None = None) -> None:
         if resume_file is not None:
             self.restore(resume_file)
-        self.loop.solve()
+        self._located(self.loop.solve)
+
+    def _located(self, run: Any) -> None:
+        """Run ``run``; a divergence it meets is reported with the first layer that made
+        non-finite values, found on a rerun of the batch by a net built to be inspected."""
+        try:
+            run()
+        except Diverged as err:
+            raise Diverged(err.iteration, f"{err.what}; {self._first_nonfinite()}") from None
+
+    def _first_nonfinite(self) -> str:
+        train, state, seed = self._train
+        probe = self._compile(train, "TRAIN", state, seed, params=self.net.param_buffers(),
+                              inspectable=True)  # fmt: skip
+        m = self.net.artifact.manifest
+        for name, slot in m.inputs.items():  # what the caller fed; data layers read anew
+            probe._exec.host(probe.artifact.manifest.inputs[name], overwrite=True)[...] = (
+                self.net._exec.host(slot)
+            )
+        probe.skip_iterations(int(self.net._exec.counter[1]) - 1)
+        found: list[str] = []
+
+        def look(direction: str, step: int) -> None:
+            found.extend(filter(None, [first_nonfinite(probe, direction, step)]))
+            if found:
+                raise StopIteration
+
+        probe.step_hook = look
+        try:
+            probe.forward()
+            probe.backward()
+        except StopIteration:
+            pass
+        finally:
+            probe.close()
+        return found[0] if found else "a rerun of the batch gave finite values"
 
     def snapshot(self) -> tuple[Path, Path]:
         return self.loop.snapshot()

@@ -1,8 +1,18 @@
-"""Helpers for tests that run two builds of one net side by side."""
+"""Helpers for tests: two builds of one net side by side, and solvers written beside nets."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+
+def solver_beside(folder: Path, net: str, fields: str) -> Path:
+    """``folder/solver.prototxt`` training ``net`` (written as ``folder/net.prototxt``) with
+    the solver ``fields`` (prototxt text)."""
+    (folder / "net.prototxt").write_text(net)
+    solver = folder / "solver.prototxt"
+    solver.write_text(f'net: "{folder / "net.prototxt"}"\n{fields}')
+    return solver
 
 
 def same_params(source: Any, dest: Any) -> None:

@@ -4,7 +4,6 @@ convert-mnist-siamese; each on small files written here, bad input exiting 2."""
 
 from __future__ import annotations
 
-import signal
 import struct
 from pathlib import Path
 
@@ -95,12 +94,7 @@ def test_train_takes_level_and_stages(capsys, tmp_path: Path, flags: list[str],
     solver = tmp_path / "solver.prototxt"
     solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.01\nmax_iter: 1\n'
                       'lr_policy: "fixed"\nsnapshot_after_train: false\n')  # fmt: skip
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
-    try:
-        status, _, err = run(capsys, "train", "-solver", solver, *flags)
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+    status, _, err = run(capsys, "train", "-solver", solver, *flags)
     assert status == 0, err
     created = {line.split("Creating Layer ")[1] for line in err.splitlines()
                if "Creating Layer " in line}  # fmt: skip
@@ -357,13 +351,8 @@ def test_train_logs_what_it_finetunes_from(capsys, tmp_path: Path) -> None:
     solver.write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0\nmax_iter: 1\n'
                       f'lr_policy: "fixed"\nsnapshot_after_train: true\n'
                       f'snapshot_prefix: "{tmp_path / "tuned"}"\n')  # fmt: skip
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
-    try:
-        status, _, err = run(capsys, "train", "-solver", solver, "-weights",
-                             tmp_path / "start.caffemodel")  # fmt: skip
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+    status, _, err = run(capsys, "train", "-solver", solver, "-weights",
+                         tmp_path / "start.caffemodel")  # fmt: skip
     assert status == 0, err
     assert f"Finetuning from {tmp_path / 'start.caffemodel'}" in err
     tuned = caffec.Net(str(tmp_path / "net.prototxt"), caffec.TRAIN,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from caffec.codegen.renderer import Rendered, Renderer, kernel_names, renderer_for
 from caffec.compiler.kernels import BlobBinding, Buffer, KernelGraph, Step, View
@@ -23,6 +24,7 @@ from caffec.formats.manifest import (
     FeederEntry,
     FillEntry,
     HostCallEntry,
+    LabelCheckEntry,
     LayerEntry,
     Manifest,
     MemoryPlanEntry,
@@ -43,6 +45,7 @@ def manifest(
         raise InternalError("the kernel graph has no memory plan: run the plan_memory pass")
     offsets = {b.index: offset for b, offset in plan.offsets.items()}
     names = kernel_names(kgraph)
+    kept = {id(b) for b in kgraph.buffers}
 
     def steps(direction: list[Step]) -> list[StepEntry]:
         return [StepEntry(s.layer, s.layer_type, [names[id(k)] for k in s.kernels()], s.joined)
@@ -69,7 +72,7 @@ def manifest(
         buffers=[
             BufferEntry(b.name, list(b.shape), b.kind, offsets.get(b.index)) for b in kgraph.buffers
         ],  # fmt: skip
-        layers=[LayerEntry(**layer) for layer in kgraph.layers],
+        layers=[layer_entry(layer, kept) for layer in kgraph.layers],
         forward=steps(kgraph.forward),
         backward=steps(kgraph.backward),
         update=steps(kgraph.update),
@@ -97,9 +100,26 @@ def manifest(
         fills=[FillEntry(b.index, spec, refill) for b, spec, refill in kgraph.fills],
         feeders=[FeederEntry(**feeder) for feeder in kgraph.feeders],
         host_calls=host_calls(kgraph),
+        label_checks=[
+            LabelCheckEntry(
+                c["layer"], c["status"].index, c["labels"].index, c["classes"], c["ignore"]
+            )
+            for c in kgraph.label_checks
+        ],  # fmt: skip
         net_dir=kgraph.net_dir,
         cuda=rendered.cuda,
     )
+
+
+def layer_entry(layer: dict[str, Any], kept: set[int]) -> LayerEntry:
+    """A layer's manifest entry: its buffers as slots (None where pruning dropped one)."""
+    fields = {k: v for k, v in layer.items() if not k.endswith("_buffers")}
+
+    def slots(buffers: list[Buffer | None]) -> list[int | None]:
+        return [b.index if b is not None and id(b) in kept else None for b in buffers]
+
+    return LayerEntry(**fields, top_slots=slots(layer["top_buffers"]),
+                      bottom_diff_slots=slots(layer["bottom_diff_buffers"]))  # fmt: skip
 
 
 def host_calls(kgraph: KernelGraph) -> list[HostCallEntry]:

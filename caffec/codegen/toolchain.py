@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from caffec.errors import InternalError, UserError
+from caffec.errors import InternalError, UserError, did_you_mean
+from caffec.formats.atomic import cannot_write, disk_full
 
 
 def cache_dir() -> Path:
@@ -79,6 +80,21 @@ def _check_cpu_name(target_cpu: str) -> None:
         raise UserError(f"--target-cpu '{target_cpu}' is not a CPU name", hint="e.g. x86-64-v3")
 
 
+# how GCC ("valid arguments to '-march=' switch are: ...") and Clang ("valid target CPU
+# values are: ...") list the CPU names they know, after refusing one
+_CPU_NAMES = re.compile(r"valid (?:arguments to \S+ switch are|target CPU values are): ([^;\n]*)")
+
+
+def _cpu_names_hint(target_cpu: str, stderr: str) -> str:
+    """The CPU names the compiler listed when it refused ``target_cpu`` (a close one first)."""
+    listed = _CPU_NAMES.search(stderr)
+    if listed is None:
+        return "use native (this machine's CPU), or a -march name of the C compiler"
+    names = listed.group(1).replace(",", " ").split()
+    close = did_you_mean(target_cpu, names)
+    return f"{close + ' ' if close else ''}valid names: {' '.join(names)}"
+
+
 # The C compiler's macros for vector instruction sets, widest first, and their width in bytes
 _VECTOR_MACROS = [("__AVX512F__", 64), ("__AVX__", 32), ("__SSE2__", 16), ("__ARM_NEON", 16)]
 
@@ -94,11 +110,9 @@ def vector_bytes(target_cpu: str) -> int:
         capture_output=True, text=True,
     )  # fmt: skip
     if result.returncode != 0:
-        said = result.stderr.strip().splitlines()[:1]
         raise UserError(
-            f"the C compiler does not build for --target-cpu '{target_cpu}'"
-            + (f": {said[0]}" if said else ""),
-            hint="name a CPU it knows (gcc: -march values, e.g. x86-64-v3), or use native",
+            f"the C compiler ({compiler}) does not build for --target-cpu '{target_cpu}'",
+            hint=_cpu_names_hint(target_cpu, result.stderr),
         )
     defined = set(re.findall(r"#define (\w+)", result.stdout))
     return next((width for macro, width in _VECTOR_MACROS if macro in defined), 0)
@@ -198,22 +212,40 @@ def _cached_build(
         return output
     if crash.exists():
         raise CompilerCrash(crash.read_text(encoding="utf-8"))
-    entry.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=entry) as tmp:
-        Path(tmp, source_name).write_text(source, encoding="utf-8")
-        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
-        if result.returncode != 0:
-            crashed = bool(_CRASH.search(result.stderr))
-            message = _describe_failure(source, result.stderr, source_name, crashed)
-            if not crashed:
-                raise InternalError(message)
-            Path(tmp, "crash.txt").write_text(message, encoding="utf-8")
-            os.replace(Path(tmp, "crash.txt"), crash)
-            raise CompilerCrash(message)
-        os.replace(Path(tmp, output_name), output)
-        if not (entry / source_name).exists():
-            os.replace(Path(tmp, source_name), entry / source_name)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=entry) as tmp:
+            Path(tmp, source_name).write_text(source, encoding="utf-8")
+            result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+            if result.returncode != 0:
+                _check_disk(result.stderr, entry, command[0])
+                crashed = bool(_CRASH.search(result.stderr))
+                message = _describe_failure(source, result.stderr, source_name, crashed)
+                if not crashed:
+                    raise InternalError(message)
+                Path(tmp, "crash.txt").write_text(message, encoding="utf-8")
+                os.replace(Path(tmp, "crash.txt"), crash)
+                raise CompilerCrash(message)
+            os.replace(Path(tmp, output_name), output)
+            if not (entry / source_name).exists():
+                os.replace(Path(tmp, source_name), entry / source_name)
+    except OSError as err:
+        raise cannot_write(entry, err, CACHE_FULL) from None
     return output
+
+
+CACHE_FULL = "free some space on that disk, or set CAFFEC_CACHE_DIR to a folder on another one"
+
+
+def _check_disk(stderr: str, entry: Path, compiler: str) -> None:
+    """A compiler that failed because the disk is full (the cache's, or its temporaries'
+    in $TMPDIR) is no caffec bug: a UserError quoting it."""
+    said = [line.strip() for line in stderr.splitlines() if disk_full(line)]
+    if said:
+        raise UserError(
+            f"{entry}: cannot build: {disk_full(said[0])} ({compiler}: {said[0]})",
+            hint=f"{CACHE_FULL} (and TMPDIR, where the compiler writes its temporaries)",
+        )
 
 
 def _describe_failure(source: str, stderr: str, source_name: str, crashed: bool = False) -> str:

@@ -20,6 +20,13 @@ def _layer_label(param: Any, index: int) -> str:
     return param.name or f"#{index} ({param.type or 'no type'})"
 
 
+def version_name(blob: str, version: int) -> str:
+    """The name of a blob's ``version``-th value (0: the blob's own name), primed as
+    derivatives are written: x', x'', x''', then x'4, x'5: a name stays short however many
+    in-place layers rewrite the blob, so building, dumps and manifests grow linearly."""
+    return blob + ("'" * version if version <= 3 else f"'{version}")
+
+
 def _with_automatic_top(param: Any) -> Any:
     """A loss layer written without tops gets one, as Caffe gives it (named "(automatic)")."""
     spec = lookup(param.type)
@@ -35,7 +42,8 @@ def build_layer_graph(net: Any, spans: SourceMap | None = None, phase: str = "TE
     """The layer graph of ``net`` (a current-format NetParameter, already filtered)."""
     spans = spans or SourceMap()
     current: dict[str, Value] = {}  # blob name -> its latest version
-    taken: set[str] = set()
+    taken: set[str] = set()  # every value's name so far
+    versions: dict[str, int] = {}  # blob name -> the version its next value tries first
     ops: list[Op] = []
     for index, param in enumerate(net.layer):
         param = _with_automatic_top(param)
@@ -67,11 +75,12 @@ def build_layer_graph(net: Any, spans: SourceMap | None = None, phase: str = "TE
                 )
             if blob in [op_top.blob for op_top in op.tops]:
                 raise UserError(f"top '{blob}' is listed twice", span=top_span, layer=name)
-            version = blob
-            while version in taken:
-                version += "'"
-            taken.add(version)
-            value = Value(name=version, blob=blob, span=top_span)
+            version = versions.get(blob, 0)
+            while version_name(blob, version) in taken:
+                version += 1
+            versions[blob] = version + 1
+            value = Value(name=version_name(blob, version), blob=blob, span=top_span)
+            taken.add(value.name)
             op.tops.append(value)
         for value in op.tops:
             current[value.blob] = value

@@ -32,6 +32,7 @@ KINDS = (
     "counter",  # int64 scalars the runtime updates: [0] = random seed, [1] = iteration
     "history",  # solver state per parameter (momentum, squared gradients), persistent
     "hyper",  # real scalars the runtime sets each iteration: [0] = the learning rate
+    "status",  # a check's result the runtime reads after a pass (labels out of range)
 )
 
 
@@ -179,6 +180,7 @@ class KernelGraph:
     seeds: list[tuple[Buffer, float]]  # loss tops' gradient buffers and their loss_weight
     loss_tops: list[tuple[str, float]]  # blob name and loss weight of each objective term
     fills: list[tuple[Buffer, dict[str, Any], bool]]  # DummyData: buffer, filler, refill each run
+    label_checks: list[dict[str, Any]] = field(default_factory=list)  # see LowerContext
     layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, tops for net.layers
     output_diffs: dict[str, Buffer] = field(default_factory=dict)  # where backward starts from
     feeders: list[dict[str, Any]] = field(default_factory=list)  # data layers the runtime reads

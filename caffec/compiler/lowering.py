@@ -11,12 +11,28 @@ target (:meth:`caffec.compiler.targets.Target.emit`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import Buffer, Instr, ParamBinding, Shape
 from caffec.compiler.passes.params import filler_dict
+from caffec.compiler.primitives import pmap, reduce
 from caffec.compiler.targets import ConvAlgorithms, ConvShape, Target, general_algorithms
+from caffec.errors import UserError
+
+
+@contextmanager
+def at_layer(op: Op) -> Iterator[None]:
+    """A UserError a layer's rule raises without saying where (a NaN constant) is placed at
+    the layer: its ``file:line:col`` and its name."""
+    try:
+        yield
+    except UserError as err:
+        err.span = err.span or op.span
+        err.layer = err.layer or op.name
+        raise
 
 
 class Lowering:
@@ -38,6 +54,7 @@ class Lowering:
         self.states: dict[tuple[Op, str], Buffer] = {}
         self.counter = self.new("random seed and iteration", (2,), "counter")
         self.fills: list[tuple[Buffer, dict[str, Any], bool]] = []
+        self.label_checks: list[dict[str, Any]] = []
 
     def new(self, name: str, shape: Shape, kind: str) -> Buffer:
         buffer = Buffer(name, tuple(shape), kind)
@@ -101,6 +118,24 @@ class LowerContext:
     def fill_each_run(self, buffer: Buffer, filler: Any, refill: bool) -> None:
         """Ask the runtime to fill ``buffer`` with ``filler`` (DummyData)."""
         self._lowering.fills.append((buffer, filler_dict(filler) or {}, refill))
+
+    def check_labels(self, labels: Buffer, classes: int, ignore: float | None) -> None:
+        """Count the labels outside [0, classes) (and not ``ignore``, nor fractional) into a
+        status buffer the runtime reads after forward, to name the bad label: a loss or
+        accuracy never computes on one (Caffe reads past its blob, or counts it correct)."""
+        count = labels.size
+        flags = self.workspace("labels out of range", (count,))
+        status = self._lowering.new(f"{self.op.name} labels out of range", (1,), "status")
+        self.emit(
+            pmap((count,), [(flags, "l != ignore && (l < 0 || l >= classes || l != floor(l))"
+                                    " ? 1 : 0")],
+                 {"l": labels}, {"ignore": -1.5 if ignore is None else ignore,
+                                 "classes": classes}),
+            reduce(flags, status, (count,), [0]),
+        )  # fmt: skip
+        self._lowering.label_checks.append({"layer": self.op.name, "status": status,
+                                            "labels": labels, "classes": classes,
+                                            "ignore": ignore})  # fmt: skip
 
     def emit(self, *instrs: Instr) -> None:
         """Add instructions to the layer's step, as the target runs them."""

@@ -24,6 +24,7 @@ from caffec.compiler.lowering import Lowering
 from caffec.compiler.passes.autodiff import autodiff
 from caffec.compiler.passes.fuse import fuse
 from caffec.compiler.passes.lower import lower
+from caffec.compiler.passes.memory_budget import check_memory
 from caffec.compiler.passes.parallel_loops import parallelize_loops
 from caffec.compiler.passes.params import create_params
 from caffec.compiler.passes.plan_memory import ITEMSIZE, blob_versions, naive_bytes, plan_memory
@@ -36,8 +37,10 @@ from caffec.compiler.registry import InferContext
 from caffec.compiler.targets import Target
 from caffec.compiler.targets.cpu import CpuTarget
 from caffec.errors import UserError, did_you_mean
+from caffec.formats.cycle_collection import cycle_collection_paused
 from caffec.formats.source_map import SourceMap
 from caffec.frontend.loader import read_net, select_phase
+from caffec.runtime.memory_limits import INDEX_LIMIT
 
 
 @dataclass
@@ -58,6 +61,16 @@ class Options:
     choose_algorithms: bool = True  # at -O2: each layer takes its target's fastest algorithm
     skip: frozenset[str] = frozenset()  # kernel passes left out (to see one pass's effect)
     target: Target = field(default_factory=CpuTarget)
+    max_memory: int | None = None  # bytes the net may take (None: this machine's memory)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ITEMSIZE:
+            raise UserError(f"there is no dtype '{self.dtype}' to compile a net in",
+                            hint=f"dtypes: {', '.join(ITEMSIZE)}")  # fmt: skip
+        budget = self.max_memory
+        if budget is not None and not (isinstance(budget, int) and 0 < budget <= INDEX_LIMIT):
+            raise UserError(f"max_memory is {budget!r}, not a number of bytes",
+                            hint="give one from 1 to 2^63 - 1, e.g. 8 << 30 for 8 GiB")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,13 @@ class LayerPass:
 
 LAYER_PASSES: list[LayerPass] = [
     LayerPass("verify", lambda g, o: verify(g)),
-    LayerPass("shape_inference", lambda g, o: infer_shapes(g, InferContext(o.shapes, o.base_dir))),
-    LayerPass("params", lambda g, o: create_params(g)),
+    LayerPass(
+        "shape_inference",
+        lambda g, o: infer_shapes(
+            g, InferContext(o.shapes, o.base_dir), ITEMSIZE[o.dtype], o.max_memory
+        ),
+    ),
+    LayerPass("params", lambda g, o: create_params(g, ITEMSIZE[o.dtype], o.max_memory)),
     # a lean build (-O1 and up) pools before the ReLU that feeds it, nobody seeing between
     LayerPass(
         "reorder", lambda g, o: pool_before_relu(g) if o.opt_level >= 1 and not o.keep_blobs else g
@@ -135,6 +153,7 @@ def _plan_memory(kgraph: KernelGraph, c: Compilation) -> KernelGraph:
         kgraph, share=c.options.opt_level >= 1, keep_blobs=c.options.keep_blobs,
         blob_of=blob_versions(c.lowering), naive=c.naive_bytes,
     )  # fmt: skip
+    check_memory(kgraph, c.graph, c.options.max_memory)
     return kgraph
 
 
@@ -186,11 +205,12 @@ def build_kernel_graph(
     _check_pass_name(after)
     compilation = Compilation(graph, options)
     kgraph: Any = None  # "lower" makes it
-    for kernel_pass in KERNEL_PASSES:
-        if runs(kernel_pass, options):
-            kgraph = kernel_pass.run(kgraph, compilation)
-        if kernel_pass.name == after:
-            break
+    with cycle_collection_paused():
+        for kernel_pass in KERNEL_PASSES:
+            if runs(kernel_pass, options):
+                kgraph = kernel_pass.run(kgraph, compilation)
+            if kernel_pass.name == after:
+                break
     return kgraph
 
 
@@ -199,7 +219,8 @@ def layer_graph_of(
 ) -> LayerGraph:
     """Like :func:`load_layer_graph`, for a net already read and upgraded (an inline net)."""
     net, spans = select_phase(net, spans, options.phase, options.stages, options.level)
-    return run_passes(build_layer_graph(net, spans, options.phase), options, after)
+    with cycle_collection_paused():
+        return run_passes(build_layer_graph(net, spans, options.phase), options, after)
 
 
 def load_layer_graph(path: str | Path, options: Options, after: str | None = None) -> LayerGraph:

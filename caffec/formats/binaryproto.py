@@ -64,6 +64,8 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 T = TypeVar("T")
 
+# The most bytes one numpy array may span.
+_MAX_BYTES = np.iinfo(np.intp).max
 # BlobProto element fields: field number -> (little-endian dtype, unpacked wire type).
 _ELEMENT_FIELDS = {5: ("<f4", I32), 6: ("<f4", I32), 8: ("<f8", I64), 9: ("<f8", I64)}
 
@@ -274,6 +276,9 @@ def _decode_blob(r: Reader, start: int, end: int, where: str) -> Blob:
     shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4)) if legacy else tuple(dims)
     if any(d < 0 for d in shape):
         raise Malformed(f"{where} has a negative dimension in its shape {shape}")
+    # numpy refuses to shape even an empty array wider than memory (8: the widest element)
+    if math.prod(d for d in shape if d) * 8 > _MAX_BYTES:
+        raise Malformed(f"{where} has the shape {shape_text(shape)}, larger than any array")
     count = math.prod(shape)
     # Caffe prefers double_data when present, else data (even when empty).
     data_field = 8 if pieces[8] else 5
@@ -320,12 +325,32 @@ def _split_blobs(
     return bytes(kept), blobs
 
 
+def _undecodable_string(message: Message) -> bytes | None:
+    """The first string field of ``message`` that is not UTF-8: protobuf hands those back
+    as bytes (and fails on the first copy into another message), proto2 parsing lets them
+    through."""
+    for field, value in message.ListFields():
+        for item in value if field.is_repeated else [value]:
+            if field.message_type is not None:
+                found = _undecodable_string(item)
+                if found is not None:
+                    return found
+            elif field.type == field.TYPE_STRING and isinstance(item, bytes):
+                return item
+    return None
+
+
 def _merge(message: Message, data: bytes, start: int, label: str) -> None:
     """Fill a protobuf message from spliced bytes, reporting decode errors as corrupt."""
     try:
         message.MergeFromString(data)
     except DecodeError as e:
         raise Malformed(f"corrupt data in {label} starting at byte {start}: {e}") from None
+    text = _undecodable_string(message)
+    if text is not None:
+        raise Malformed(
+            f"corrupt data in {label} starting at byte {start}: the text {text[:60]!r} is not UTF-8"
+        )
 
 
 def _parse_caffemodel(r: Reader) -> CaffeModel:

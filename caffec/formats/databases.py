@@ -7,13 +7,17 @@ only when a database is opened.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from caffec.errors import InternalError, UserError
+from caffec.formats.lmdb_file import check_lmdb_file
 from caffec.formats.optional import optional_module
+
+NAMES = {"LMDB": "LMDB", "LEVELDB": "LevelDB"}  # as messages write the backends
 
 
 def key_text(key: bytes) -> str:
@@ -47,6 +51,7 @@ _HANDLES_LOCK = threading.Lock()
 
 def _open_lmdb(path: Path) -> Any:
     lmdb = optional_module("lmdb", "lmdb")
+    check_lmdb_file(path)  # a file shorter than its header says would be a SIGBUS
     try:
         return lmdb.open(
             str(path),
@@ -71,7 +76,22 @@ def _open_leveldb(path: Path) -> Any:
             if "lock" in str(err).lower()
             else None
         )
-        raise UserError(f"cannot open the LevelDB database {path}: {err}", hint=hint) from None
+        raise UserError(
+            f"cannot open the LevelDB database {path}: {_said(err)}", hint=hint
+        ) from None
+
+
+def _said(err: BaseException) -> str:
+    """What lmdb or plyvel said (plyvel says it in bytes)."""
+    said = err.args[0] if len(err.args) == 1 else err
+    return said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+
+
+def _errors(backend: str) -> type[Exception]:
+    """The base of what lmdb or plyvel raise for a database they cannot read."""
+    if backend == "LMDB":
+        return optional_module("lmdb", "lmdb").Error
+    return optional_module("plyvel", "plyvel").Error
 
 
 def _acquire(path: Path, backend: str) -> Any:
@@ -105,40 +125,61 @@ class Cursor:
         self.backend = backend
         self.closed = False
         _check_backend(path, backend)
+        self._errors = _errors(backend)
         handle = _acquire(path, backend)
         try:
-            if backend == "LMDB":
-                self._env = handle
-                self._txn = handle.begin(buffers=False)
-                self._cursor = self._txn.cursor()
-                self.empty = not self._cursor.first()
-            else:
-                self._db = handle
-                self._iter = handle.iterator()
-                self._peek = next(self._iter, None)
-                self.empty = self._peek is None
+            with self._reading():
+                if backend == "LMDB":
+                    self._env = handle
+                    self._txn = handle.begin(buffers=False)
+                    self._cursor = self._txn.cursor()
+                    self.empty = not self._cursor.first()
+                else:
+                    self._db = handle
+                    self._iter = handle.iterator()
+                    self._peek = next(self._iter, None)
+                    self.empty = self._peek is None
         except BaseException:
             _release(path, backend)
             raise
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """lmdb's and plyvel's errors (a damaged page or block) as a UserError naming the
+        database."""
+        try:
+            yield
+        except self._errors as err:
+            raise UserError(
+                f"cannot read the {NAMES[self.backend]} database {self.path}: {_said(err)}",
+                hint="the database is damaged (an interrupted write or copy?); convert or "
+                "copy it again",
+            ) from None
+
     def peek(self) -> tuple[bytes, bytes]:
         """The current record, staying on it."""
         if self.backend == "LMDB":
-            return self._cursor.item()
+            with self._reading():
+                return self._cursor.item()
         if self._peek is None:
             raise InternalError("read past the end of an empty LevelDB database")
         return self._peek
 
     def once(self) -> Iterator[tuple[bytes, bytes]]:
         """Every record once, in key order, from the first."""
-        if self.backend == "LMDB":
-            yield from self._txn.cursor()
-        else:
-            with self._db.iterator() as records:
-                yield from records
+        with self._reading():
+            if self.backend == "LMDB":
+                yield from self._txn.cursor()
+            else:
+                with self._db.iterator() as records:
+                    yield from records
 
     def next(self) -> tuple[bytes, bytes]:
         """The current record; then step to the next one, back to the first after the last."""
+        with self._reading():
+            return self._step()
+
+    def _step(self) -> tuple[bytes, bytes]:
         if self.backend == "LMDB":
             key, value = self._cursor.item()
             if not self._cursor.next():
@@ -153,6 +194,20 @@ class Cursor:
             self._iter = self._db.iterator()
             self._peek = next(self._iter, None)
         return item
+
+    def skip(self, count: int) -> None:
+        """Step on as ``count`` next() calls would, going round the database once at most:
+        where reading stands repeats every ``records`` steps (LMDB's steps read no values)."""
+        with self._reading():
+            if self.backend == "LMDB":
+                for _ in range(count % self._env.stat()["entries"]):
+                    if not self._cursor.next():
+                        self._cursor.first()
+                return
+            with self._db.iterator(include_value=False) as keys:
+                records = sum(1 for _ in keys)
+            for _ in range(count % records):
+                self._step()
 
     def close(self) -> None:
         if self.closed:

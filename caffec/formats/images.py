@@ -44,6 +44,12 @@ def image_to_chw(image: Any, mode: str | None) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, ::-1].transpose(2, 0, 1))
 
 
+def _decoding_errors(image_module: Any) -> tuple[type[Exception], ...]:
+    """What Pillow raises for bytes that are not an image it can decode: a damaged header
+    claiming billions of pixels is a DecompressionBombError, which is none of the others."""
+    return (OSError, ValueError, SyntaxError, image_module.DecompressionBombError)
+
+
 def decode_image(data: bytes, mode: str | None, what: str) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, ...) held in memory; see :func:`image_to_chw`."""
     image_module = pillow()
@@ -51,7 +57,7 @@ def decode_image(data: bytes, mode: str | None, what: str) -> np.ndarray:
         with image_module.open(io.BytesIO(data)) as image:
             image.load()
             return image_to_chw(image, mode)
-    except (OSError, ValueError, SyntaxError) as err:
+    except _decoding_errors(image_module) as err:
         raise UserError(f"{what}: cannot decode the encoded image: {err}") from None
 
 
@@ -64,7 +70,7 @@ def read_image(path: Path, mode: str | None, what: str) -> np.ndarray:
             return image_to_chw(image, mode)
     except FileNotFoundError:
         raise UserError(f"{what}: the image {path} does not exist") from None
-    except (OSError, ValueError, SyntaxError) as err:
+    except _decoding_errors(image_module) as err:
         raise UserError(f"{what}: cannot read the image {path}: {err}") from None
 
 

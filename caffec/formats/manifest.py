@@ -53,6 +53,8 @@ class LayerEntry:
     tops: list[str]
     bottoms: list[str]
     param: dict[str, Any]  # its LayerParameter as JSON, without blobs (for full snapshots)
+    top_slots: list[int | None]  # the buffers this layer's tops are written to
+    bottom_diff_slots: list[int | None]  # where its bottoms' gradients are (None: none)
     algorithm: str | None = None  # a convolution's, as ``caffec dump`` names it
 
 
@@ -116,6 +118,17 @@ class FeederEntry:
     type: str
     tops: list[str]
     param: dict[str, Any]  # its LayerParameter as JSON
+
+
+@dataclass
+class LabelCheckEntry:
+    """A loss's or accuracy's labels, counted out of range by the generated code."""
+
+    layer: str
+    status: int  # the slot the count is written to, after forward
+    labels: int  # the slot of the labels it checks
+    classes: int
+    ignore: float | None  # the layer's ignore_label
 
 
 @dataclass
@@ -204,6 +217,7 @@ class Manifest:
     fills: list[FillEntry]
     feeders: list[FeederEntry]
     host_calls: list[HostCallEntry]
+    label_checks: list[LabelCheckEntry]
     net_dir: str  # relative data sources are looked for here too
     cuda: CudaLaunches | None = None
     format: str = FORMAT

@@ -39,7 +39,10 @@ def read_weights(path: str | Path) -> CaffeModel:
     if model.format == "current":
         return model
     by_name = model.blobs_by_name()
-    net, _ = upgrade_net(model.net)
+    try:
+        net, _ = upgrade_net(model.net)
+    except UserError as err:  # the binary net has no spans: the file name says where
+        raise UserError(f"{path}: {err.message}", layer=err.layer, hint=err.hint) from None
     blobs = [by_name.get(layer.name, []) for layer in net.layer]
     return CaffeModel(net=net, blobs=blobs, format="current")
 
@@ -81,10 +84,21 @@ class SolverSnapshot:
 
 
 def read_solver_snapshot(path: str | Path) -> SolverSnapshot:
+    """A .solverstate (or .solverstate.h5); one that says it stopped before iteration 0 is
+    refused (resuming replays the data up to its iteration)."""
     if _hdf5(path):
-        return SolverSnapshot(*read_hdf5_solverstate(path))
-    state, history = read_solverstate(path)
-    return SolverSnapshot(state.iter, state.learned_net, state.current_step, history)
+        snapshot = SolverSnapshot(*read_hdf5_solverstate(path))
+    else:
+        state, history = read_solverstate(path)
+        snapshot = SolverSnapshot(state.iter, state.learned_net, state.current_step, history)
+    if snapshot.iteration < 0:
+        raise UserError(
+            f"{path} says training stopped at iteration {snapshot.iteration}; iterations "
+            "count from 0",
+            hint="the solverstate is damaged or was not written by Caffe; resume from another "
+            "snapshot",
+        )
+    return snapshot
 
 
 def write_solver_snapshot(

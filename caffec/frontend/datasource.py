@@ -14,6 +14,7 @@ from caffec.errors import UserError
 from caffec.formats import caffe_pb2
 from caffec.formats.databases import first_record
 from caffec.formats.datum import parse_datum
+from caffec.formats.hdf5_list import open_listed
 from caffec.formats.optional import optional_module
 
 Shape = tuple[int, ...]
@@ -61,16 +62,21 @@ def image_shape(path: Path, is_color: bool) -> Shape:
 
 def first_listed(list_file: Path) -> str:
     """The first path named in a list file (ImageData's ``path label`` lines, HDF5's paths)."""
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    return first_listed_line(list_file)[1]
+
+
+def first_listed_line(list_file: Path) -> tuple[int, str]:
+    """The first path named in a list file, and the number of its line."""
+    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
-            return line.split()[0]
+            return number, line.split()[0]
     raise UserError(f"the list file {list_file} names no files")
 
 
-def hdf5_shapes(path: Path, names: list[str]) -> dict[str, Shape]:
-    """The shapes of the named datasets in one HDF5 file."""
-    h5py = optional_module("h5py", "h5py")
-    with h5py.File(path, "r") as f:
+def hdf5_shapes(path: Path, names: list[str], named_on: str) -> dict[str, Shape]:
+    """The shapes of the named datasets in one HDF5 file, which ``named_on`` (a line of
+    a list file) names."""
+    with open_listed(path, named_on) as f:
         missing = [n for n in names if n not in f]
         if missing:
             raise UserError(

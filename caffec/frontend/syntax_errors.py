@@ -129,7 +129,7 @@ def describe_token(token: Token) -> str:
     if token.type == "STRING":
         return f"string {shorten(token.value)}"
     if token.type in ("INT", "FLOAT"):
-        return f"number {token.value}"
+        return f"number {shorten(token.value)}"
     return f"'{token.value}'"
 
 

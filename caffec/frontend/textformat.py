@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from lark import Lark, Token, Tree
 
 from caffec.errors import Span, UserError, did_you_mean
+from caffec.formats.cycle_collection import cycle_collection_paused
 from caffec.formats.source_map import Path as FieldPath
 from caffec.formats.source_map import SourceMap
 from caffec.formats.text_writer import is_map
@@ -52,11 +53,12 @@ def parse_text(
     """Parse protobuf text into a new ``message_class``, with the span of every field."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    tree = syntax_tree(_parser(), text, filename)
-    message = message_class()
-    source_map = SourceMap()
-    source_map[()] = Span(filename, 1, 1)
-    _Converter(filename, source_map).fill(message, tree.children, (), 0)
+    with cycle_collection_paused():  # a syntax tree is millions of objects, no cycles
+        tree = syntax_tree(_parser(), text, filename)
+        message = message_class()
+        source_map = SourceMap()
+        source_map[()] = Span(filename, 1, 1)
+        _Converter(filename, source_map).fill(message, tree.children, (), 0)
     return message, source_map
 
 
@@ -113,6 +115,14 @@ _INT_RANGES = {
     _FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
     _FD.CPPTYPE_UINT64: (0, 2**64 - 1),
 }
+# the smallest magnitude each floating type rounds to infinity: a number written that
+# large is out of range for the field (inf is written as inf)
+_FLOAT_OVERFLOW = {_FD.CPPTYPE_FLOAT: 2.0**128 - 2.0**103, _FD.CPPTYPE_DOUBLE: math.inf}
+_FLOAT_MAX = {_FD.CPPTYPE_FLOAT: "3.4028235e+38", _FD.CPPTYPE_DOUBLE: "1.7976931348623157e+308"}
+# more significant digits than any number in range of any numeric type (the largest double
+# has 309): such a number is not converted (Python refuses decimal text beyond 4300 digits,
+# and the time grows with the square of the length)
+_MAX_DIGITS = 400
 _FLOAT_NAMES = {"inf": math.inf, "infinity": math.inf, "nan": math.nan}
 _BOOL_NAMES = {"true": True, "True": True, "t": True, "false": False, "False": False, "f": False}
 _ESCAPE = re.compile(
@@ -157,6 +167,15 @@ def _is_list(node: Tree | Token) -> bool:
 def _written(node: Tree | Token) -> str:
     """A number or name value as the user wrote it, sign included."""
     return node.value if isinstance(node, Token) else "-" + node.children[1].value
+
+
+def _shown(node: Tree | Token, value: int | None = None) -> str:
+    """A number for a message: its value where known and short, else as written (cut short,
+    with its length, where it is long)."""
+    if value is not None and len(str(value)) <= 40:
+        return str(value)
+    text = _written(node)
+    return text if len(text) <= 40 else f"{shorten(text)} ({len(text)} characters)"
 
 
 def _describe(node: Tree | Token) -> str:
@@ -326,28 +345,25 @@ class _Converter:
         if kind in _INT_RANGES:
             if token.type != "INT":
                 raise self.mismatch(field, node, hint="write a whole number such as 3")
-            value = -self.integer(token) if negative else self.integer(token)
+            value = self.integer(token)
+            if value is not None and negative:
+                value = -value
             low, high = _INT_RANGES[kind]
-            if not low <= value <= high:
+            if value is None or not low <= value <= high:
                 raise self.error(
-                    f"{value} is out of range for field '{field.name}' ({_type_word(field)}: "
-                    f"{low} to {high})",
+                    f"{_shown(node, value)} is out of range for field '{field.name}' "
+                    f"({_type_word(field)}: {low} to {high})",
                     node,
                     hint=f"use a value from {low} to {high}",
                 )
             return value
         if kind in (_FD.CPPTYPE_FLOAT, _FD.CPPTYPE_DOUBLE):
-            if token.type == "INT":
-                try:
-                    number = float(self.integer(token))
-                except OverflowError:
-                    number = math.inf
-            elif token.type == "FLOAT":
-                number = float(token.value.rstrip("fF"))
-            elif token.value.lower() in _FLOAT_NAMES:
+            if token.type == "NAME" and token.value.lower() in _FLOAT_NAMES:
                 number = _FLOAT_NAMES[token.value.lower()]
-            else:
+            elif token.type == "NAME":
                 raise self.mismatch(field, node, hint="write a number such as 0.5, 1e-4 or inf")
+            else:
+                number = self.real(field, node, token)
             return -number if negative else number
         if kind == _FD.CPPTYPE_BOOL:
             if not negative and token.type == "NAME" and token.value in _BOOL_NAMES:
@@ -372,16 +388,39 @@ class _Converter:
             )
         if token.type != "INT":
             raise self.mismatch(field, node, hint=f"valid values: {listed}")
-        number = -self.integer(token) if negative else self.integer(token)
-        if number in enum_type.values_by_number or (
-            not getattr(enum_type, "is_closed", True) and -(2**31) <= number < 2**31
-        ):
-            return number
+        number = self.integer(token)
+        if number is not None:
+            number = -number if negative else number
+            in_range = -(2**31) <= number < 2**31  # protobuf wraps larger numbers round
+            if in_range and (number in enum_type.values_by_number
+                             or not getattr(enum_type, "is_closed", True)):  # fmt: skip
+                return number
         raise self.error(
-            f"{number} is not a value of enum {enum_type.name} (field '{field.name}')",
+            f"{_shown(node, number)} is not a value of enum {enum_type.name} "
+            f"(field '{field.name}')",
             node,
             hint=f"valid values: {listed}",
         )
+
+    def real(self, field: FieldDescriptor, node: Tree | Token, token: Token) -> float:
+        """The magnitude of a number token for a float or double field; one the type cannot
+        hold (it would round to infinity) is out of range."""
+        value = self.integer(token) if token.type == "INT" else None
+        try:
+            if token.type != "INT":
+                number = float(token.value.rstrip("fF"))  # 1e400 is inf
+            else:
+                number = math.inf if value is None else float(value)
+        except OverflowError:  # an integer beyond the largest double
+            number = math.inf
+        if number >= _FLOAT_OVERFLOW[field.cpp_type]:
+            raise self.error(
+                f"{_shown(node, value)} is out of range for field '{field.name}' "
+                f"({_type_word(field)}: at most {_FLOAT_MAX[field.cpp_type]} in magnitude)",
+                node,
+                hint="write a smaller number, or inf for an infinite one",
+            )
+        return number
 
     def mismatch(
         self, field: FieldDescriptor, node: Tree | Token, hint: str | None = None
@@ -404,8 +443,12 @@ class _Converter:
             hint=hint,
         )
 
-    def integer(self, token: Token) -> int:
+    def integer(self, token: Token) -> int | None:
+        """An INT token's value; None where it has more digits than any numeric type holds
+        (see ``_MAX_DIGITS``): out of range for every field."""
         text = token.value
+        if len(text.lstrip("0xX")) > _MAX_DIGITS:
+            return None
         if text[:2] in ("0x", "0X"):
             return int(text, 16)
         if len(text) > 1 and text[0] == "0":

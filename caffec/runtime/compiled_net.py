@@ -8,7 +8,7 @@ prototxt and reshaping on top of it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from caffec.formats.snapshots import load_blobs, weights_by_name, write_weights
 from caffec.runtime.artifact_loader import Artifact, load_artifact
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
+from caffec.runtime.glog import caffe_log
+from caffec.runtime.memory_limits import check_size
 from caffec.runtime.python_layers import PythonLayers
 
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
@@ -61,6 +63,8 @@ class Blob(LegacyAxes):
         if not shape or any(int(d) <= 0 for d in shape):
             raise UserError(f"cannot reshape a blob to {shape}: dimensions must be positive")
         new = tuple(int(d) for d in shape)
+        check_size(new, np.dtype(self._buffers.dtype).itemsize, None, "the reshaped blob",
+                   raisable=False)  # fmt: skip
         if new == shape_of(self._buffers.manifest, self._data_ref):
             self.pending_shape, self._staged = None, None
         elif new != self.pending_shape:
@@ -141,6 +145,7 @@ class CompiledNet:
         seed: int = 0,
         params: Mapping[tuple[str, int], np.ndarray] | None = None,
         python_layers: dict[str, Any] | None = None,
+        strict_weights: bool = False,
     ) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         m = self.artifact.manifest
@@ -151,6 +156,8 @@ class CompiledNet:
         # a lean build (--outputs-only) frees forward's values as backward uses them
         self._lean = not m.memory_plan.keep_blobs
         self._forwarded = False
+        # called after each step of forward and backward, when set (Caffe's debug_info)
+        self.step_hook: Callable[[str, int], None] | None = None
         self._bind(params)
         if params is None:
             self._fill_params()
@@ -159,7 +166,7 @@ class CompiledNet:
         self._show_python_layers()
         self._fill_data(initial=True)
         if weights is not None:
-            self.copy_from(weights)
+            self.copy_from(weights, strict=strict_weights)
 
     def _bind(self, params: Mapping[tuple[str, int], Any] | None) -> None:
         """Make the executor, with ``params`` as the parameters' memory where given, and the
@@ -295,17 +302,52 @@ class CompiledNet:
             if p.grad is not None:
                 self._exec.zero(p.grad)
 
-    def copy_from(self, path: str | Path) -> None:
+    def copy_from(self, path: str | Path, strict: bool = False) -> None:
         """Load trained weights by layer name, with Caffe's rules (CopyTrainedLayersFrom):
-        layers the net does not have are ignored, the others must fit."""
-        self._copy_from(path, None)
+        layers the net does not have are ignored (logged as Caffe logs them), the others
+        must fit. Layers with parameters the file has no weights for keep their fillers'
+        values, with a warning (an error when ``strict``)."""
+        self.load_weights([path], strict=strict)
 
-    def _copy_from(self, path: str | Path, hdf5: bool | None) -> None:
+    def load_weights(
+        self, paths: Iterable[str | Path], strict: bool = False, hdf5: bool | None = None
+    ) -> None:
+        """``copy_from`` each file in turn (``caffe train -weights a,b``); the warning names
+        the layers none of them had."""
+        paths = list(paths)
+        loaded: set[str] = set()
+        for path in paths:
+            loaded |= self._copy_from(path, hdf5)
+        owners = dict.fromkeys(p.layer for p in self.artifact.manifest.params
+                               if p.shared_with is None)  # fmt: skip
+        missing = [name for name in owners if name not in loaded]
+        if not missing:
+            return
+        files = ", ".join(map(str, paths))
+        keeps = (
+            "which keeps its filler's values"
+            if len(missing) == 1
+            else ("which keep their fillers' values")
+        )
+        message = (f"{files} has no weights for layer{'s' if len(missing) > 1 else ''} "
+                   f"{', '.join(missing)}, {keeps}")  # fmt: skip
+        hint = "check the layer names against the net the weights were trained for"
+        if strict:
+            raise UserError(message, hint=hint)
+        caffe_log(f"{message} ({hint})", level="W")
+
+    def _copy_from(self, path: str | Path, hdf5: bool | None) -> set[str]:
+        """Load one file's weights; the layers that got some."""
+        loaded = set()
         for name, blobs in weights_by_name(path, hdf5).items():
-            if name in self.params and blobs:
+            if name not in self._layer_index:
+                caffe_log(f"Ignoring source layer {name}")
+            elif name in self.params and blobs:
                 load_blobs(blobs, [b.data for b in self.params[name]], f"layer '{name}' in {path}",
                            "the weights were trained for a net whose layer differs (num_output, "
                            "kernel, input size)")  # fmt: skip
+                loaded.add(name)
+        return loaded
 
     def save(self, path: str | Path) -> None:
         """Write the weights as a .caffemodel (or Caffe's HDF5 form, for a .h5 path)."""
@@ -317,7 +359,7 @@ class CompiledNet:
 
     def load_hdf5(self, path: str | Path) -> None:
         """Load weights in Caffe's HDF5 form, whatever the file's name (as ``copy_from``)."""
-        self._copy_from(path, True)
+        self.load_weights([path], hdf5=True)
 
     def _save(self, path: str | Path, hdf5: bool | None) -> None:
         m = self.artifact.manifest
@@ -449,6 +491,7 @@ class CompiledNet:
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
         self._run("forward", begin, stop)
+        self._check_labels(begin, stop)
         self._forwarded = True
         if self.phase == TRAIN:
             self._exec.counter[1] += 1  # new dropout masks next time
@@ -490,6 +533,16 @@ class CompiledNet:
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
 
     def _run(self, direction: str, begin: int, stop: int) -> None:
+        """Run steps [begin, stop) of a pass; with a ``step_hook`` (Caffe's debug_info), one
+        step at a time, the hook called after each."""
+        if self.step_hook is None:
+            self._run_steps(direction, begin, stop)
+            return
+        for step in range(begin, stop):
+            self._run_steps(direction, step, step + 1)
+            self.step_hook(direction, step)
+
+    def _run_steps(self, direction: str, begin: int, stop: int) -> None:
         """Run steps [begin, stop) of a pass: the compiled code, and the Python layers' calls
         between its segments."""
         position = begin
@@ -499,6 +552,29 @@ class CompiledNet:
                 self._python.run(direction, step)
                 position = step + 1
         self._exec.run(direction, position, stop)
+
+    def _check_labels(self, begin: int, stop: int) -> None:
+        """Refuse a batch whose labels a loss or accuracy cannot use: the generated code
+        counted them (a NaN loss, or an accuracy that counts them correct, otherwise)."""
+        m = self.artifact.manifest
+        ran = {step.layer for step in m.forward[begin:stop]}
+        for check in m.label_checks:
+            if check.layer not in ran or self._exec.host(check.status)[0] == 0:
+                continue
+            labels = self._exec.host(check.labels).reshape(-1)
+            ok = (labels == check.ignore) | (
+                (labels >= 0) & (labels < check.classes) & (labels == np.floor(labels))
+            )
+            bad = np.flatnonzero(~ok)
+            raise UserError(
+                f"label {labels[bad[0]]:.10g} of item {bad[0]} of the batch is not a class index "
+                f"in [0, {check.classes})" + (f" ({len(bad)} such labels in the batch)"
+                                              if len(bad) > 1 else ""),
+                layer=check.layer,
+                hint=f"the layer scores {check.classes} classes (num_output of the layer "
+                "before it): fix the labels in the data, or set ignore_label for a value "
+                "to skip",
+            )  # fmt: skip
 
     def _inputs_from_blobs(self) -> None:
         """An input that an in-place layer rewrites has its own buffer, and its blob shows the
@@ -568,9 +644,11 @@ class CompiledNet:
 
             m = self.artifact.manifest
             shapes = {t: self.blobs[t].data.shape for t in spec.tops}
+            skip = getattr(self, "_skip_batches", {}).pop(spec.layer, 0)
             self._open_feeders[spec.layer] = make_feeder(
-                spec, shapes, self._exec.dtype, m.phase, m.net_dir, int(self._exec.counter[0])
-            )
+                spec, shapes, self._exec.dtype, m.phase, m.net_dir, int(self._exec.counter[0]),
+                skip=skip,
+            )  # fmt: skip
         return self._open_feeders[spec.layer]
 
     def _feeders(self, given: Mapping[str, Any] = {}) -> list[Any]:  # noqa: B006 - read only
@@ -592,13 +670,16 @@ class CompiledNet:
         return {name: self.blobs[name].data for name in self.outputs}
 
     def skip_iterations(self, count: int) -> None:
-        """Stand where ``count`` forward passes would leave the data and the random numbers."""
+        """Stand where ``count`` forward passes from the start would leave the data and the
+        random numbers (resuming training): the data layers' readers open again ``count``
+        batches on, by a seek where the source allows it (:meth:`Source.skip`), and
+        DummyData's random fills are drawn again."""
         self._exec.counter[1] = count
-        for _ in range(count):
-            self._fill_data()
-        for feeder in self._feeders():
+        if any(entry.refill for entry in self.artifact.manifest.fills):
             for _ in range(count):
-                feeder.next()
+                self._fill_data()
+        self.close()
+        self._skip_batches = {spec.layer: count for spec in self.artifact.manifest.feeders}
 
     def _blob(self, name: str) -> Blob:
         if name not in self.blobs:

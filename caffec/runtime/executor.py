@@ -21,6 +21,7 @@ import numpy as np
 from caffec.errors import UserError
 from caffec.formats.manifest import Manifest, ViewEntry
 from caffec.runtime.artifact_loader import Artifact
+from caffec.runtime.memory_limits import artifact_bytes, bytes_text
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 ALIGN = 64
@@ -74,8 +75,15 @@ class Executor:
         self.artifact = artifact
         self.manifest = artifact.manifest
         self.dtype = DTYPES[self.manifest.dtype]
-        self.arena = aligned_bytes(max(self.manifest.arena_bytes, ALIGN))
-        self.buffers = host_buffers(self.manifest, self.arena, params or {})
+        try:
+            self.arena = aligned_bytes(max(self.manifest.arena_bytes, ALIGN))
+            self.buffers = host_buffers(self.manifest, self.arena, params or {})
+        except MemoryError:  # more than the machine gives now (compiling checked its memory)
+            raise UserError(
+                f"the net of {artifact.path} needs {bytes_text(artifact_bytes(self.manifest))}, "
+                "more than this machine can allocate now",
+                hint="free memory, or compile the net with a smaller batch (--shape)",
+            ) from None
         self._table = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
         self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update", "kernels")}
 

@@ -194,6 +194,7 @@ def make_feeder(
     seed: int,
     *,
     prefetch: int | None = None,
+    skip: int = 0,
 ) -> Feeder:
     """A :class:`Feeder` for one ``feeders`` entry of a manifest.
 
@@ -204,7 +205,9 @@ def make_feeder(
     (mixed with the layer's name, so two data layers differ). ``prefetch``
     overrides ``data_param.prefetch`` (0: no thread, batches are made in
     :meth:`Feeder.next`). The source is opened and its first record checked
-    here, so a missing or ill-fitting source fails now.
+    here, so a missing or ill-fitting source fails now. ``skip``: batches to pass
+    over first, as resuming training does (:meth:`Source.skip`: a seek where the
+    source allows it).
     """
     layer, kind = spec.layer, spec.type
     source_type = _SOURCES.get(kind)
@@ -235,5 +238,11 @@ def make_feeder(
         phase=phase_name,
         net_dir=net_dir,
     )
+    try:
+        if skip:
+            source.skip(skip)
+    except BaseException:
+        source.close()
+        raise
     depth = int(param.data_param.prefetch) if prefetch is None else int(prefetch)
     return Feeder(source, max(depth, 0))

@@ -4,7 +4,7 @@ Caffe logs through glog, which writes to stderr: ``caffe train ... 2> log``
 and ``tools/extra/parse_log.py`` rely on that, and on the prefix of each line
 (``I1206 22:37:12.123456  4242 file.cpp:123]``). caffec writes the same lines,
 with its own source file and line where Caffe names its C++ file, and keeps
-glog's ``GLOG_minloglevel`` (1 or more: no INFO lines).
+glog's ``GLOG_minloglevel`` (1: no INFO lines, 2: no WARNING lines either).
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ def _caller() -> str:
     return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
 
 
-def caffe_log(message: str, stream: Any = None, source: str | None = None) -> None:
-    """One INFO line in glog's format on stderr (or ``stream``)."""
-    if int(os.environ.get("GLOG_minloglevel", "0") or 0) >= 1:
+LEVELS = {"I": 0, "W": 1, "E": 2}  # glog's INFO, WARNING and ERROR
+
+
+def caffe_log(
+    message: str, stream: Any = None, source: str | None = None, level: str = "I"
+) -> None:
+    """One line in glog's format on stderr (or ``stream``): INFO, or WARNING (``level="W"``)
+    or ERROR (``"E"``)."""
+    if int(os.environ.get("GLOG_minloglevel", "0") or 0) > LEVELS[level]:
         return
     now = datetime.now()
     where = source or _caller()
-    prefix = f"I{now:%m%d %H:%M:%S}.{now.microsecond:06d} {os.getpid():5d} {where}]"
+    prefix = f"{level}{now:%m%d %H:%M:%S}.{now.microsecond:06d} {os.getpid():5d} {where}]"
     print(f"{prefix} {message}", file=stream or sys.stderr, flush=True)
 
 

@@ -31,6 +31,7 @@ from caffec.errors import UserError, shape_text
 from caffec.formats import caffe_pb2
 from caffec.formats.databases import Cursor, key_text
 from caffec.formats.datum import datum_array, parse_datum
+from caffec.formats.hdf5_list import open_listed
 from caffec.formats.images import read_image, resize_bilinear
 from caffec.formats.lists import parse_image_list, read_lines
 from caffec.formats.optional import optional_module
@@ -133,6 +134,12 @@ class Source:
     def batch(self) -> Batch:
         raise NotImplementedError
 
+    def skip(self, batches: int) -> None:
+        """Stand ``batches`` batches further on, as making them would (resuming training):
+        here by making them; sources that can seek override this."""
+        for _ in range(batches):
+            self.batch()
+
     def close(self) -> None:
         pass
 
@@ -197,6 +204,14 @@ class DataSource(Source):
             out[self.tops[1]] = labels.reshape(self.shapes[self.tops[1]])
         return out
 
+    def skip(self, batches: int) -> None:
+        """Records are read in key order, round and round: a seek, unless every image draws
+        its crop and flip from the transform's random stream (then they are made)."""
+        if self.transform.random:
+            super().skip(batches)
+        else:
+            self.cursor.skip(batches * self.batch_size)
+
     def close(self) -> None:
         self.cursor.close()
 
@@ -250,6 +265,19 @@ class ImageDataSource(Source):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 
+    def skip(self, batches: int) -> None:
+        """A seek in the list; with shuffle, the order of each pass begun on the way is drawn
+        as reading would draw it. Images whose crop and flip are random are made."""
+        if self.transform.random:
+            super().skip(batches)
+            return
+        wraps, self.position = divmod(self.position + batches * self.batch_size, len(self.lines))
+        if self.shuffle and wraps:
+            order = np.arange(len(self.lines))
+            for _ in range(wraps):  # the orders composed; the lines moved once
+                order = order[self.rng.permutation(len(self.lines))]
+            self.lines = [self.lines[i] for i in order]
+
     def _image(self, index: int) -> np.ndarray:
         name, _, number = self.lines[index]
         where = f"layer '{self.layer}': line {number} of {self.list_file}"
@@ -298,17 +326,17 @@ class HDF5Source(Source):
         found = self.find(resolve, hp.source, "the HDF5 list file", "hdf5_data_param.source")
         self.list_file = found
         resolve_entry = resolver(self.net_dir, found.parent)
-        self.files: list[Path] = []
+        self.files: list[tuple[Path, str]] = []  # each file and the line that names it
         for number, line in enumerate(read_lines(found, self.layer, "HDF5 list file"), 1):
+            named_on = f"layer '{self.layer}': line {number} of {found}"
             for name in line.split():  # Caffe reads whitespace-separated names
                 path = resolve_entry(name)
                 if path is None:
                     raise UserError(
-                        f"layer '{self.layer}': line {number} of {found} names '{name}', "
-                        "which does not exist",
+                        f"{named_on} names '{name}', which does not exist",
                         hint=f"check the list; {LOOKUP_HINT}, then from the list's folder",
                     )
-                self.files.append(path)
+                self.files.append((path, named_on))
         if not self.files:
             raise UserError(f"layer '{self.layer}': the HDF5 list file {found} names no files")
         self.shuffle = hp.shuffle
@@ -317,34 +345,29 @@ class HDF5Source(Source):
         if self.shuffle:
             self.rng.shuffle(self.file_order)
         self.current_file = 0
-        self._load(self.files[self.file_order[0]])
+        self._load(*self.files[self.file_order[0]])
         self.current_row = 0
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, named_on: str) -> None:
         """Read every top's dataset from one file, as Caffe's LoadHDF5FileData."""
         arrays: dict[str, np.ndarray] = {}
-        try:
-            with self.h5py.File(path, "r") as f:
-                for top in self.tops:
-                    if top not in f or not isinstance(f[top], self.h5py.Dataset):
-                        names = sorted(k for k in f if isinstance(f[k], self.h5py.Dataset))
-                        raise UserError(
-                            f"layer '{self.layer}': the HDF5 file {path} has no dataset "
-                            f"'{top}' (one dataset per top, named as the top)",
-                            hint=f"its datasets are: {', '.join(names) or 'none'}",
-                        )
-                    dataset = f[top]
-                    if dataset.dtype.kind not in "biuf" or dataset.ndim == 0:
-                        raise UserError(
-                            f"layer '{self.layer}': the dataset '{top}' of {path} holds "
-                            f"{dataset.dtype} {shape_text(dataset.shape)}; HDF5Data reads arrays "
-                            "of numbers with one row per item",
-                        )
-                    arrays[top] = np.asarray(dataset[()], dtype=self.dtype)
-        except OSError as err:
-            raise UserError(
-                f"layer '{self.layer}': cannot read the HDF5 file {path}: {err}"
-            ) from None
+        with open_listed(path, named_on) as f:
+            for top in self.tops:
+                if top not in f or not isinstance(f[top], self.h5py.Dataset):
+                    names = sorted(k for k in f if isinstance(f[k], self.h5py.Dataset))
+                    raise UserError(
+                        f"layer '{self.layer}': the HDF5 file {path} has no dataset "
+                        f"'{top}' (one dataset per top, named as the top)",
+                        hint=f"its datasets are: {', '.join(names) or 'none'}",
+                    )
+                dataset = f[top]
+                if dataset.dtype.kind not in "biuf" or dataset.ndim == 0:
+                    raise UserError(
+                        f"layer '{self.layer}': the dataset '{top}' of {path} holds "
+                        f"{dataset.dtype} {shape_text(dataset.shape)}; HDF5Data reads arrays "
+                        "of numbers with one row per item",
+                    )
+                arrays[top] = np.asarray(dataset[()], dtype=self.dtype)
         rows = {top: a.shape[0] for top, a in arrays.items()}
         if len(set(rows.values())) != 1:
             listed = ", ".join(f"'{t}' {n}" for t, n in rows.items())
@@ -374,6 +397,43 @@ class HDF5Source(Source):
         if self.shuffle:
             self.rng.shuffle(self.row_order)
 
+    def _rows_in(self, listed: tuple[Path, str]) -> int:
+        """The rows of a listed file's first top, from its metadata (0 where it has none)."""
+        with open_listed(*listed) as f:
+            top = f.get(self.tops[0])
+            return int(top.shape[0]) if isinstance(top, self.h5py.Dataset) and top.ndim else 0
+
+    def skip(self, batches: int) -> None:
+        """Stand ``batches`` further on as reading would: files passed over are only asked
+        their number of rows, and every shuffle reading would draw is drawn."""
+        steps = batches * self.batch_size
+        if len(self.files) == 1:
+            wraps, self.current_row = divmod(self.current_row + steps, self.rows)
+            for _ in range(wraps if self.shuffle else 0):
+                self.rng.shuffle(self.row_order)
+            return
+        if not self.shuffle:  # reading repeats after every row of every file
+            steps %= sum(self._rows_in(listed) for listed in self.files)
+        while steps >= self.rows - self.current_row:  # into the next file, as _next_row goes
+            steps -= self.rows - self.current_row
+            self.current_file += 1
+            if self.current_file == len(self.files):
+                self.current_file = 0
+                if self.shuffle:
+                    self.rng.shuffle(self.file_order)
+            listed = self.files[self.file_order[self.current_file]]
+            rows = self._rows_in(listed)
+            if steps < rows or not rows:  # reading stops in it (or _load says what is wrong)
+                self._load(*listed)
+            else:  # passed over: only the shuffle _load draws
+                self.rows, self.row_order = rows, np.arange(rows)
+                if self.shuffle:
+                    self.rng.shuffle(self.row_order)
+            self.current_row = 0
+            if self.shuffle:
+                self.rng.shuffle(self.row_order)
+        self.current_row += steps
+
     def _next_row(self) -> None:
         """Caffe's HDF5DataLayer::Next."""
         self.current_row += 1
@@ -384,7 +444,7 @@ class HDF5Source(Source):
                     self.current_file = 0
                     if self.shuffle:
                         self.rng.shuffle(self.file_order)
-                self._load(self.files[self.file_order[self.current_file]])
+                self._load(*self.files[self.file_order[self.current_file]])
             self.current_row = 0
             if self.shuffle:
                 self.rng.shuffle(self.row_order)

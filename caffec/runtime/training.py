@@ -23,6 +23,7 @@ import numpy as np
 from caffec.errors import UserError
 from caffec.formats.snapshots import load_blobs, read_solver_snapshot, write_solver_snapshot
 from caffec.runtime.compiled_net import CompiledNet
+from caffec.runtime.debug_info import DebugInfo, check_loss, check_weights
 from caffec.runtime.glog import caffe_log
 
 
@@ -51,6 +52,7 @@ class SolverSettings:
     snapshot_prefix: str = ""
     snapshot_after_train: bool = True
     snapshot_format: str = "BINARYPROTO"
+    debug_info: bool = False
 
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -125,8 +127,10 @@ class TrainingLoop:
         net: CompiledNet,
         test_nets: list[CompiledNet],
         log: Callable[[str], None] = caffe_log,
+        check_divergence: bool = True,
     ) -> None:
         self.settings = settings
+        self.check_divergence = check_divergence
         self.net = net
         self.test_nets = test_nets
         self.progress = Progress()
@@ -139,10 +143,16 @@ class TrainingLoop:
             raise UserError("the train net was compiled without a solver update step")
         self.stop_requested = False
         self.snapshot_requested = False
+        self.debug = DebugInfo(net, self.log) if settings.debug_info else None
+        if self.debug is not None:
+            net.step_hook = self.debug.after_step
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: str = "I") -> None:
         self.progress.erase()
-        self._log(message)
+        if self._log is caffe_log:
+            caffe_log(message, level=level)
+        else:
+            self._log(message)
 
     # --- one iteration ----------------------------------------------------------------------
     def _rate_for_step(self) -> float:
@@ -157,13 +167,19 @@ class TrainingLoop:
             scaled = rate * math.sqrt(1 - s.momentum2**t) / (1 - s.momentum**t)
         self.net._exec.of_kind("hyper", overwrite=True)[0] = scaled
         self.net._exec.run("update", 0, 1)
+        if self.debug is not None:
+            self.debug.after_update()
 
     def _forward_backward(self) -> float:
         loss = 0.0
         for _ in range(self.settings.iter_size):
             outputs = self.net.forward()
             loss += self._weighted_loss(self.net, outputs)
+            if self.check_divergence:
+                check_loss(self.net, outputs, self.iter)
             self.net.backward()
+            if self.debug is not None:
+                self.debug.after_backward()
         return loss / self.settings.iter_size
 
     @staticmethod
@@ -263,6 +279,8 @@ class TrainingLoop:
     def snapshot(self) -> tuple[Path, Path]:
         """Write the weights and the solver state (both atomically), as Caffe names them."""
         model, state = self.snapshot_paths()
+        if self.check_divergence:  # the last good snapshot stays the last one
+            check_weights(self.net, self.iter)
         kind = "HDF5" if self.settings.snapshot_format == "HDF5" else "binary proto"
         self.log(f"Snapshotting to {kind} file {model}")
         self.net.save(model)
@@ -286,7 +304,18 @@ class TrainingLoop:
         load_blobs(snapshot.history, self._ordered_histories(), f"{path}'s solver history",
                    "resume with the solver type and net the snapshot was taken with")  # fmt: skip
         if snapshot.learned_net:
-            self.net.copy_from(snapshot.learned_net)
+            try:
+                self.net.copy_from(snapshot.learned_net)
+            except UserError as err:  # the weights' error alone does not say who named them
+                raise UserError(
+                    f"{path} names its weights as learned_net '{snapshot.learned_net}': "
+                    f"{err.message}",
+                    layer=err.layer,
+                    hint=err.hint
+                    if Path(snapshot.learned_net).exists()
+                    else "Caffe looks learned_net up from the working directory: resume from "
+                    "the folder the training ran in",
+                ) from None
         self.iter = snapshot.iteration
         self.current_step = snapshot.current_step
         self.net.skip_iterations(self.iter * self.settings.iter_size)

@@ -402,9 +402,10 @@ def test_the_pass_can_be_turned_off_and_reports_sizes(tmp_path: Path) -> None:
         "conv2": 64 * 50 * 64, "pool2": 64 * 800, "ip1": 64 * 500, "ip2": 64 * 10, "loss": 1,
     }  # fmt: skip
     own = {  # im2col columns (forward and backward; conv2's weight gradient runs direct, without
-        # them), pooling masks, softmax, clipping
+        # them), pooling masks, softmax, clipping, the loss's label check (a flag per label)
         "columns": 2 * 25 * 576 + 500 * 64, "column gradients": 500 * 64,
         "argmax": 64 * 20 * 144 + 64 * 800, "softmax": 64 * 10 + 4 * 64 + 1, "norm": 1,
+        "label check": 64,
     }  # fmt: skip
     diffs = sum(blobs.values()) - blobs["data"] - blobs["label"]  # nothing writes those two
     assert naive == 4 * (sum(blobs.values()) + diffs + sum(own.values()))

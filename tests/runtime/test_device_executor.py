@@ -67,13 +67,14 @@ def test_a_net_on_the_device_copies_what_it_must(tmp_path: Path, emulated_gpu) -
     on_gpu.clear_param_diffs()
     assert not on_gpu.params["a"][0].diff.any()
 
-    # a batch given to forward is written, not fetched first: what comes back is the loss and
-    # the iteration counter (dropout's), read to count one up
+    # a batch given to forward is written, not fetched first: what comes back is the loss,
+    # the count of bad labels (one number) and the iteration counter (dropout's), read to
+    # count one up
     downloads, uploads, ahead = device.downloads, device.uploads, device.uploads_ahead
     batch = {"x": np.ones((4, 3)), "label": np.zeros(4)}
     for net in (on_cpu, on_gpu):
         net.forward(**batch)
-    assert device.downloads == downloads + 2
+    assert device.downloads == downloads + 3
     # the batch goes up on the copy stream, ahead; the counter, written back, in order
     assert (device.uploads_ahead, device.uploads) == (ahead + 2, uploads + 1)
     np.testing.assert_allclose(on_gpu.blobs["loss"].data, on_cpu.blobs["loss"].data, rtol=1e-5)

@@ -173,14 +173,15 @@ class HDF5Data(Sourced):
         tops = list(layer.top)
         p = layer.hdf5_data_param
         listing = _find(p.source, ctx, layer)
-        first = datasource.resolve(datasource.first_listed(listing), ctx.base_dir)
+        number, name = datasource.first_listed_line(listing)
+        first = datasource.resolve(name, ctx.base_dir)
         if first is None:
             raise ShapeError(
                 f"the first HDF5 file listed in '{p.source}' does not exist",
                 hint="give every top's shape with --shape NAME=N,...",
             )
         try:
-            found = datasource.hdf5_shapes(first, tops)
+            found = datasource.hdf5_shapes(first, tops, f"line {number} of {listing}")
         except UserError as err:
             raise ShapeError(err.message, err.hint) from err
         batch = _batch(p.batch_size)

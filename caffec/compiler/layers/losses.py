@@ -140,6 +140,7 @@ class SoftmaxWithLoss:
         view = class_view(op.bottoms[0].shape, op.param.softmax_param.axis)
         outer, classes, inner = view
         prob = self._prob(op, ctx)
+        ctx.check_labels(ctx.x(1), classes, ignore_label(op.param))
         emit_softmax(ctx, ctx.x(0), prob, view, "softmax")
         terms = ctx.workspace("log terms", (outer * inner,))
         valid = ctx.workspace("valid", (outer * inner,))
@@ -382,6 +383,7 @@ class Accuracy:
         row = (outer, 1, inner)
         ignore = float(p.ignore_label) if p.HasField("ignore_label") else -1.5
         consts = {"ignore": ignore, "top_k": p.top_k, "classes": classes}
+        ctx.check_labels(ctx.x(1), classes, ignore if p.HasField("ignore_label") else None)
         at = label_index(view)
         truth = ctx.workspace("score of the label", (outer, inner))
         better = ctx.workspace("at least as good", view)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from caffec.compiler.ir import LayerGraph, Op, Value
 from caffec.compiler.kernels import KernelGraph, Step
-from caffec.compiler.lowering import LowerContext, Lowering
+from caffec.compiler.lowering import LowerContext, Lowering, at_layer
 from caffec.compiler.passes.lower import loss_weights
 from caffec.compiler.primitives import fill
 from caffec.compiler.registry import lookup
@@ -105,11 +105,14 @@ def autodiff(kgraph: KernelGraph, lowering: Lowering) -> KernelGraph:
                 lowering.grads[value] = lowering.new(f"{value.name} diff", value.shape, "grad")
                 lowering.grad_written.add(value)
                 ctx.emit(fill(lowering.grads[value], 0.0))
-        spec.rules.grad(op, ctx)
+        with at_layer(op):
+            spec.rules.grad(op, ctx)
         backward.append(Step(op.name, op.type, ctx.instrs))
 
     kgraph.backward = backward
     kgraph.buffers = lowering.buffers
+    for op, entry in zip(graph.ops, kgraph.layers, strict=True):
+        entry["bottom_diff_buffers"] = [lowering.grads.get(v) for v in op.bottoms]
     for value, grad in lowering.grads.items():
         binding = kgraph.blobs[value.blob]
         if binding.diff is None or value.name == value.blob:

@@ -3,6 +3,7 @@ questions every rewrite asks of them (:mod:`.fuse`, :mod:`.fuse_copies`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from caffec.compiler.kernels import Buffer, Instr, Kernel, KernelGraph, Operand, kernels_of
@@ -47,6 +48,12 @@ class Scope:
         readers = [k for k in kernels if any(o.buffer is buffer for o in k.reads)]
         writers = [k for k in kernels if any(o.buffer is buffer for o in k.writes)]
         return readers, writers
+
+
+def reader_counts(scope: Scope) -> Counter[Buffer]:
+    """How many kernels read each buffer: :meth:`Scope.users` for every buffer at once, for
+    a rewrite that asks of many buffers and keeps the counts up to date as it goes."""
+    return Counter(b for k in scope.kernels() for b in {o.buffer for o in k.reads})
 
 
 def fused(parts: list[Kernel]) -> Kernel:

@@ -20,7 +20,7 @@ from caffec.compiler.kernels import (
     ParamBinding,
     Step,
 )
-from caffec.compiler.lowering import LowerContext, Lowering
+from caffec.compiler.lowering import LowerContext, Lowering, at_layer
 from caffec.compiler.passes.params import filler_dict
 from caffec.compiler.registry import lookup
 from caffec.compiler.targets import Target
@@ -110,7 +110,8 @@ def lower(
             )
         _param_bindings(lowering, op, owners)
         ctx = LowerContext(lowering, op, graph.phase)
-        spec.rules.lower(op, ctx)
+        with at_layer(op):
+            spec.rules.lower(op, ctx)
         forward.append(Step(op.name, op.type, ctx.instrs))
 
     blobs: dict[str, BlobBinding] = {}
@@ -138,13 +139,14 @@ def lower(
             if weight != 0
         ],
         fills=lowering.fills,
+        label_checks=lowering.label_checks,
         feeders=feeders,
-        layers=[_layer_entry(op, lowering.algorithms) for op in graph.ops],
+        layers=[_layer_entry(op, lowering) for op in graph.ops],
     )
     return kgraph, lowering
 
 
-def _layer_entry(op: Op, algorithms: dict[str, str]) -> dict[str, Any]:
+def _layer_entry(op: Op, lowering: Lowering) -> dict[str, Any]:
     """What the manifest says of a layer: name, type, blobs, and its algorithm if it chose one."""
     described = type(op.param)()
     described.CopyFrom(op.param)
@@ -153,7 +155,11 @@ def _layer_entry(op: Op, algorithms: dict[str, str]) -> dict[str, Any]:
         "name": op.name, "type": op.type, "tops": [v.blob for v in op.tops],
         "bottoms": [v.blob for v in op.bottoms],
         "param": json_format.MessageToDict(described, preserving_proto_field_name=True),
+        # the buffers its tops (this version of each) and, once autodiff ran, its bottoms'
+        # gradients live in: what Caffe's debug_info reports after each layer
+        "top_buffers": [lowering.data[v] for v in op.tops],
+        "bottom_diff_buffers": [None] * len(op.bottoms),
     }  # fmt: skip
-    if op.name in algorithms:
-        entry["algorithm"] = algorithms[op.name]
+    if op.name in lowering.algorithms:
+        entry["algorithm"] = lowering.algorithms[op.name]
     return entry

@@ -11,6 +11,7 @@ from caffec.compiler.ir import LayerGraph, Op
 from caffec.compiler.registry import ShapeError, lookup
 from caffec.errors import UserError, shape_text
 from caffec.runtime import fillers
+from caffec.runtime.memory_limits import check_size
 
 
 def filler_dict(filler: Any) -> dict[str, Any] | None:
@@ -22,7 +23,9 @@ def filler_dict(filler: Any) -> dict[str, Any] | None:
     return spec
 
 
-def create_params(graph: LayerGraph) -> LayerGraph:
+def create_params(graph: LayerGraph, itemsize: int = 4, budget: int | None = None) -> LayerGraph:
+    """``graph`` with every layer's parameter blobs, each within ``budget`` bytes (None:
+    this machine's memory) at ``itemsize`` bytes per element."""
     graph = graph.copy()
     owners: dict[str, tuple[Op, int]] = {}  # shared param name -> first owner and blob index
     for op in graph.ops:
@@ -31,6 +34,7 @@ def create_params(graph: LayerGraph) -> LayerGraph:
         try:
             op.params = spec.params(op.param, [v.shape for v in op.bottoms])
             for blob in op.params:
+                check_size(blob.shape, itemsize, budget, f"{op.type}: the {blob.role} blob")
                 if blob.filler is not None:
                     fillers.check(filler_dict(blob.filler), blob.shape)
         except (ShapeError, UserError) as err:

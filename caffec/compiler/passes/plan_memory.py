@@ -309,8 +309,7 @@ def assign_offsets(
             live = (first[:count] <= interval[1]) & (interval[0] <= last[:count])
             starts, ends = start[:count][live], end[:count][live]
             order = np.argsort(starts, kind="stable")
-            taken = zip(starts[order].tolist(), ends[order].tolist(), strict=True)
-            offsets[i] = _best_fit(taken, nbytes[i], base)
+            offsets[i] = _best_fit(starts[order], ends[order], nbytes[i], base)
             first[count], last[count] = interval
             start[count], end[count] = offsets[i], offsets[i] + nbytes[i]
             count += 1
@@ -318,17 +317,17 @@ def assign_offsets(
     return offsets, top
 
 
-def _best_fit(taken: Iterable[tuple[int, int]], size: int, floor: int = 0) -> int:
-    """The start of the smallest gap at or above ``floor`` among ``taken`` (byte ranges by
-    start) that holds ``size`` bytes, the lowest such; above all of them when none does."""
-    best: tuple[int, int] | None = None  # (gap size, start)
-    cursor = floor
-    for first, end in taken:
-        gap = first - cursor
-        if gap >= size and (best is None or gap < best[0]):
-            best = (gap, cursor)
-        cursor = max(cursor, end)
-    return cursor if best is None else best[1]
+def _best_fit(starts: np.ndarray, ends: np.ndarray, size: int, floor: int = 0) -> int:
+    """The start of the smallest gap at or above ``floor`` among the byte ranges taken
+    (``starts``, ``ends``, by start) that holds ``size`` bytes, the lowest such; above all of
+    them when none does. In numpy: thousands of ranges can be live at once (every value of
+    a long chain kept for backward)."""
+    cursors = np.maximum.accumulate(np.concatenate(([floor], ends)))  # the end of what
+    gaps = starts - cursors[:-1]  # lies below each range
+    fits = np.flatnonzero(gaps >= size)
+    if not fits.size:
+        return int(cursors[-1])
+    return int(cursors[fits[np.argmin(gaps[fits])]])  # the first of the smallest
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -428,10 +427,16 @@ def plan_memory(
 def storages(arena: list[Buffer], links: dict[Buffer, Buffer]) -> list[list[Buffer]]:
     """The arena buffers grouped by in-place chains, in buffer order (by first member)."""
 
+    roots: dict[Buffer, Buffer] = {}  # found so far: a chain of n links is followed once
+
     def root(buffer: Buffer) -> Buffer:
-        while buffer in links:
+        path = []
+        while buffer in links and buffer not in roots:
+            path.append(buffer)
             buffer = links[buffer]
-        return buffer
+        found = roots.get(buffer, buffer)
+        roots.update(dict.fromkeys(path, found))
+        return found
 
     groups: dict[Buffer, list[Buffer]] = {}
     for buffer in arena:

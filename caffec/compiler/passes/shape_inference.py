@@ -1,13 +1,22 @@
-"""Shape inference: every value gets its shape, layer by layer, as Caffe's Reshape does."""
+"""Shape inference: every value gets its shape, layer by layer, as Caffe's Reshape does.
+
+A shape the generated code cannot index, or one that needs more memory than the
+budget, is refused here, at the layer that makes it (:mod:`caffec.runtime.memory_limits`).
+"""
 
 from __future__ import annotations
 
-from caffec.compiler.ir import LayerGraph, Shape
+from caffec.compiler.ir import LayerGraph, Op, Shape
 from caffec.compiler.registry import InferContext, ShapeError, lookup
 from caffec.errors import InternalError, UserError, shape_text
+from caffec.runtime.memory_limits import check_size
 
 
-def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGraph:
+def infer_shapes(
+    graph: LayerGraph, ctx: InferContext | None = None, itemsize: int = 4, budget: int | None = None
+) -> LayerGraph:
+    """``graph`` with every value's shape; each value fits ``budget`` bytes (None: this
+    machine's memory) at ``itemsize`` bytes per element."""
     ctx = ctx or InferContext()
     _check_overrides(graph, ctx)
     graph = graph.copy()
@@ -17,27 +26,31 @@ def infer_shapes(graph: LayerGraph, ctx: InferContext | None = None) -> LayerGra
         bottoms: list[Shape] = [v.shape for v in op.bottoms]  # type: ignore[misc]
         try:
             tops = spec.infer(op.param, bottoms, ctx)
+            _check_tops(op, tops, itemsize, budget)
         except ShapeError as err:
             seen = ", ".join(f"{v.blob} {shape_text(v.shape)}" for v in op.bottoms)  # type: ignore[arg-type]
             message = f"{op.type}: {err.message}" + (f" (bottoms: {seen})" if seen else "")
             raise UserError(message, span=op.span, layer=op.name, hint=err.hint) from None
         except UserError as err:
             raise UserError(err.message, span=op.span, layer=op.name, hint=err.hint) from None
-        if len(tops) != len(op.tops):
-            raise InternalError(
-                f"the {op.type} shape rule gave {len(tops)} shapes for {len(op.tops)} tops "
-                "(a caffec bug; please report it)",
-                layer=op.name,
-            )
         for value, shape in zip(op.tops, tops, strict=True):
-            if any(d <= 0 for d in shape):
-                raise UserError(
-                    f"{op.type}: top '{value.blob}' would have the empty shape {shape_text(shape)}",
-                    span=op.span,
-                    layer=op.name,
-                )
             value.shape = tuple(int(d) for d in shape)
     return graph
+
+
+def _check_tops(op: Op, tops: list[Shape], itemsize: int, budget: int | None) -> None:
+    """One shape per top, none empty, each within the index type and the budget."""
+    if len(tops) != len(op.tops):
+        raise InternalError(
+            f"the {op.type} shape rule gave {len(tops)} shapes for {len(op.tops)} tops "
+            "(a caffec bug; please report it)",
+            layer=op.name,
+        )
+    for value, shape in zip(op.tops, tops, strict=True):
+        what = f"{op.type}: top '{value.blob}'"
+        if any(d <= 0 for d in shape):
+            raise UserError(f"{what} would have the empty shape {shape_text(shape)}")
+        check_size(shape, itemsize, budget, what)
 
 
 def _check_overrides(graph: LayerGraph, ctx: InferContext) -> None:
