@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,32 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip("../shared/corpus is not beside the checkout")
     return CORPUS
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="run each fuzz test (tests/fuzz) with its long-mode number of cases",
+    )
+
+
+@pytest.fixture
+def fuzz(request: pytest.FixtureRequest) -> Callable[[int, int], Any]:
+    """``fuzz(ci, long)``: seeded hypothesis settings for ``ci`` cases, or ``long`` of them
+    with ``--fuzz-long`` (docs/reliability.md). Same cases on every run (derandomized, no
+    example database)."""
+    from hypothesis import settings
+
+    long_mode = request.config.getoption("--fuzz-long", default=False)
+
+    def make(ci: int, long: int = 10_000) -> Any:
+        return settings(
+            max_examples=long if long_mode else ci, derandomize=True, database=None,
+            deadline=None, print_blob=False,
+        )  # fmt: skip
+
+    return make
 
 
 def graph_from_text(

@@ -47,7 +47,7 @@ CORPUS = REPO.parent / "shared" / "corpus"
 CASE_SECONDS = 20  # one read or dump: far longer than any takes, far shorter than a hang
 COMPILE_SECONDS = 300  # a compile, or a `caffec test` that compiles, with a C compiler
 
-Fuzz = Callable[..., settings]  # conftest's ``fuzz`` fixture: fuzz(ci_cases, long_cases)
+Fuzz = Callable[..., settings]  # tests/conftest.py's ``fuzz`` fixture: fuzz(ci_cases, long_cases)
 
 
 # --------------------------------------------------------------------------- running a case
