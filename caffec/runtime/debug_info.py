@@ -53,8 +53,8 @@ def check_loss(net: Any, outputs: dict[str, np.ndarray], iteration: int) -> None
         value = np.asarray(outputs[name], dtype=np.float64)
         if not np.isfinite(value).all():
             raise Diverged(iteration, f"the loss '{name}' is {value.reshape(-1)[0]:g}")
-        if value.size == 1 and abs(float(value) - clamped) < 1e-3 * clamped:
-            raise Diverged(iteration, f"the loss '{name}' is {float(value):g} = -log of the "
+        if value.size == 1 and abs(value.item() - clamped) < 1e-3 * clamped:
+            raise Diverged(iteration, f"the loss '{name}' is {value.item():g} = -log of the "
                            "smallest float: every probability underflowed")  # fmt: skip
 
 
