@@ -5,6 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# pycaffe's examples/pycaffe/layers/pyloss.py, as users write it (the corpus does not ship it)
+PYLOSS = """
+import numpy as np
+
+
+class EuclideanLossLayer:
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs to compute distance.")
+
+    def reshape(self, bottom, top):
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff**2) / bottom[0].num / 2.0
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if propagate_down[i]:
+                bottom[i].diff[...] = (1 if i == 0 else -1) * self.diff / bottom[i].num
+"""
+
 
 def solver_beside(folder: Path, net: str, fields: str) -> Path:
     """``folder/solver.prototxt`` training ``net`` (written as ``folder/net.prototxt``) with

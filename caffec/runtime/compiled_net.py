@@ -153,6 +153,8 @@ class CompiledNet:
         self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._layer_index = {layer.name: i for i, layer in enumerate(m.layers)}
+        step_of = {step.layer: i for i, step in enumerate(m.forward)}
+        self._label_checks = [(check, step_of[check.layer]) for check in m.label_checks]
         # a lean build (--outputs-only) frees forward's values as backward uses them
         self._lean = not m.memory_plan.keep_blobs
         self._forwarded = False
@@ -185,6 +187,12 @@ class CompiledNet:
             self.params.setdefault(p.layer, []).append(Blob(self._exec, (p.data, None), grad))
         self.layers = [
             Layer(layer, self.params.get(layer.name, []), m.blob_shape) for layer in m.layers
+        ]
+        # inputs an in-place layer rewrites: their blob is another buffer than the input's
+        self._rewritten_inputs = [
+            (slot, self.blobs[name])
+            for name in self.inputs
+            if self.blobs[name]._data_ref != (slot := m.inputs[name], None)
         ]
 
     def _show_python_layers(self) -> None:
@@ -556,10 +564,8 @@ class CompiledNet:
     def _check_labels(self, begin: int, stop: int) -> None:
         """Refuse a batch whose labels a loss or accuracy cannot use: the generated code
         counted them (a NaN loss, or an accuracy that counts them correct, otherwise)."""
-        m = self.artifact.manifest
-        ran = {step.layer for step in m.forward[begin:stop]}
-        for check in m.label_checks:
-            if check.layer not in ran or self._exec.host(check.status)[0] == 0:
+        for check, step in self._label_checks:
+            if not begin <= step < stop or self._exec.host(check.status)[0] == 0:
                 continue
             labels = self._exec.host(check.labels).reshape(-1)
             ok = (labels == check.ignore) | (
@@ -580,11 +586,8 @@ class CompiledNet:
         """An input that an in-place layer rewrites has its own buffer, and its blob shows the
         rewritten values: what the blob holds (written by the caller, or left by the last
         pass, as in Caffe, where both are one memory) is the next pass's input."""
-        m = self.artifact.manifest
-        for name in self.inputs:
-            slot = m.inputs[name]
-            if self.blobs[name]._data_ref != (slot, None):
-                self._exec.host(slot, overwrite=True)[...] = self.blobs[name].data
+        for slot, blob in self._rewritten_inputs:
+            self._exec.host(slot, overwrite=True)[...] = blob.data
 
     def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         """pycaffe's ``forward_all``: forward over inputs of any length, batch by batch (the

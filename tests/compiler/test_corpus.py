@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CORPUS
+from nets import PYLOSS
 
 from caffec.compiler.graph_builder import build_layer_graph
 from caffec.compiler.ir import LayerGraph
@@ -31,30 +32,6 @@ DATA_SHAPES = {
     "bvlc_alexnet": {"data": (50, 3, 227, 227)},
     "bvlc_reference_caffenet": {"data": (50, 3, 227, 227)},
 }
-
-PYLOSS = """
-import numpy as np
-
-
-class EuclideanLossLayer:
-    def setup(self, bottom, top):
-        if len(bottom) != 2:
-            raise Exception("Need two inputs to compute distance.")
-
-    def reshape(self, bottom, top):
-        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
-        top[0].reshape(1)
-
-    def forward(self, bottom, top):
-        self.diff[...] = bottom[0].data - bottom[1].data
-        top[0].data[...] = np.sum(self.diff**2) / bottom[0].num / 2.0
-
-    def backward(self, top, propagate_down, bottom):
-        for i in range(2):
-            if propagate_down[i]:
-                bottom[i].diff[...] = (1 if i == 0 else -1) * self.diff / bottom[i].num
-"""
-
 
 # Nets whose TEST-phase data layers need a stage, as their solvers' test_state gives.
 TEST_STAGES = {"mnist_autoencoder.prototxt": ["test-on-test"]}

@@ -64,7 +64,7 @@ def builds(pyloss_module: None) -> dict[Path, Any]:
 @pytest.fixture(scope="module")
 def pyloss_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The Python loss layer one corpus net names, importable while the nets are lowered."""
-    from test_corpus import PYLOSS
+    from nets import PYLOSS
 
     folder = tmp_path_factory.mktemp("pyloss")
     (folder / "pyloss.py").write_text(PYLOSS)

@@ -11,34 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nets import PYLOSS
 
 import caffe
 from caffec.errors import UserError
 
-LAYERS = '''
+LAYERS = (
+    PYLOSS
+    + '''
 import caffe
-import numpy as np
-
-
-class EuclideanLoss(caffe.Layer):
-    """pycaffe's examples/pycaffe/layers/pyloss.py, as users write it."""
-
-    def setup(self, bottom, top):
-        if len(bottom) != 2:
-            raise Exception("Need two inputs to compute distance.")
-
-    def reshape(self, bottom, top):
-        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
-        top[0].reshape(1)
-
-    def forward(self, bottom, top):
-        self.diff[...] = bottom[0].data - bottom[1].data
-        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.0
-
-    def backward(self, top, propagate_down, bottom):
-        for i in range(2):
-            if propagate_down[i]:
-                bottom[i].diff[...] = (1 if i == 0 else -1) * self.diff / bottom[i].num
 
 
 class LearnedScale(caffe.Layer):
@@ -98,6 +79,7 @@ class Growing(caffe.Layer):
     def forward(self, bottom, top):
         top[0].reshape(bottom[0].num + 1, *bottom[0].data.shape[1:])
 '''
+)
 
 LINREG = """
 name: "LinearRegressionExample"
@@ -108,7 +90,7 @@ layer { type: "InnerProduct" name: "ipx" top: "ipx" bottom: "x"
 layer { type: "InnerProduct" name: "ipy" top: "ipy" bottom: "y"
         inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
 layer { type: "Python" name: "loss" top: "loss" bottom: "ipx" bottom: "ipy"
-        python_param { module: "user_layers" layer: "EuclideanLoss" } loss_weight: 1 }
+        python_param { module: "user_layers" layer: "EuclideanLossLayer" } loss_weight: 1 }
 """
 
 
