@@ -119,6 +119,7 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
     from caffec.compiler.kernels import Buffer, Operand
     from caffec.compiler.primitives import gemm
     from caffec.compiler.targets.cpu import CpuTarget, plan_gemm, prepack
+    from caffec.runtime.threads import thread_policy
 
     m, n, k, g = shape.m, shape.n, shape.k, shape.batch
     strides = (m * k, k * n, m * n) if g > 1 else (0, 0, 0)
@@ -150,6 +151,7 @@ def build(shape: Shape, dtype: str = "float32") -> tuple[ctypes.CDLL, dict[str, 
         + "        for (long n = 0; n < count; ++n) k1_gemm(buf, n);\n    }\n}\n"
     )
     library = ctypes.CDLL(str(build_library(source, c_flags())))
+    library.caffec_set_threads(thread_policy().threads)  # as the runtime does for a net
     library.run.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     library.run.restype = None
     return library, kernel.attrs["plan"], packed[0].size if packed else 0

@@ -17,6 +17,14 @@ from caffe.proto import caffe_pb2  # noqa: F401 - pycaffe users reach it as caff
 from caffec.compiler.registry import known_types, lookup
 from caffec.net import Net
 from caffec.runtime.compiled_net import TEST, TRAIN
+from caffec.runtime.distributed import (
+    NCCL,
+    set_multiprocess,
+    set_solver_count,
+    set_solver_rank,
+    solver_count,
+    solver_rank,
+)
 from caffec.runtime.glog import caffe_log
 from caffec.runtime.gpu import set_device, set_mode_cpu, set_mode_gpu
 from caffec.runtime.python_layers import Layer
@@ -40,6 +48,7 @@ __all__ = [
     "AdamSolver",
     "Classifier",
     "Detector",
+    "NCCL",
     "Layer",
     "Net",
     "NetSpec",
@@ -57,7 +66,12 @@ __all__ = [
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",
+    "set_multiprocess",
     "set_random_seed",
+    "set_solver_count",
+    "set_solver_rank",
+    "solver_count",
+    "solver_rank",
     "to_proto",
 ]
 

@@ -34,6 +34,11 @@ if (_shadowing := _caffe_shadows_ours()) is not None:
     )
 
 
+# data parallelism (docs/distributed.md)
+_DISTRIBUTED = ("join_mpi", "DataParallel", "NCCL", "solver_count", "solver_rank",
+                "set_solver_count", "set_solver_rank", "set_multiprocess")  # fmt: skip
+
+
 def __getattr__(name: str):  # the API loads on first use, so `import caffec` stays light
     if name == "Net":
         from caffec.net import Net
@@ -51,6 +56,10 @@ def __getattr__(name: str):  # the API loads on first use, so `import caffec` st
         from caffec.runtime import gpu
 
         return getattr(gpu, name)
+    if name in _DISTRIBUTED:
+        from caffec.runtime import distributed
+
+        return getattr(distributed, name)
     if name == "get_solver" or name.endswith("Solver"):
         from caffec import solver
 

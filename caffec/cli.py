@@ -303,12 +303,82 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from caffec.runtime import distributed
+
+    if args.snapshot and args.weights:
+        raise UserError("give -snapshot (resume) or -weights (finetune), not both")
+    if args.collective_timeout <= 0:
+        raise UserError(f"--collective-timeout {args.collective_timeout:g}: give seconds > 0")
+    devices = _several_gpus(args)
+    started = "CAFFEC_NCCL_RANK" in os.environ or distributed.launched_by_mpirun()
+    if len(devices) > 1 and not started:
+        return distributed.spawn_gpu_ranks(args.argv, devices, args.collective_timeout)
+    collective = _join_ranks(args, devices)
+    try:
+        return _train(args, collective)
+    except CaffecError as err:
+        if collective is None or collective.size == 1:
+            raise
+        if isinstance(err, distributed.RanksDisagree):  # every rank found it: rank 0 says it
+            if distributed.is_root():
+                raise
+            return err.exit_status
+        print(f"caffec train: rank {collective.rank}: {err}", file=sys.stderr, flush=True)
+        collective.abort(err.exit_status)  # the other ranks would wait for this one
+        raise
+
+
+def _several_gpus(args: argparse.Namespace) -> list[int]:
+    """The devices of ``-gpu all`` or ``-gpu 0,1,...`` (data-parallel ranks, NCCL between
+    them); none for one ``-gpu N`` or the CPU."""
+    if args.gpu is None or (args.gpu != "all" and "," not in args.gpu):
+        return []
+    from caffec.runtime.gpu import device_ids
+
+    return device_ids(args.gpu)
+
+
+def _join_ranks(args: argparse.Namespace, devices: list[int]) -> Any:
+    """This process's place among data-parallel ranks, its GPU chosen (None: it trains
+    alone): a rank of mpirun's (MPI between CPU processes, NCCL between GPUs), or one of the
+    processes that ``-gpu`` with several devices starts (NCCL)."""
+    import json
+
+    from caffec.runtime import distributed
+    from caffec.runtime.cuda_device import open_device
+
+    timeout = float(os.environ.get("CAFFEC_COLLECTIVE_TIMEOUT", args.collective_timeout))
+    if "CAFFEC_NCCL_RANK" in os.environ:  # started by spawn_gpu_ranks
+        device = int(os.environ["CAFFEC_NCCL_DEVICE"])
+        rank, size = int(os.environ["CAFFEC_NCCL_RANK"]), int(os.environ["CAFFEC_NCCL_SIZE"])
+        uid = json.loads(os.environ["CAFFEC_NCCL_UID"])
+    elif distributed.launched_by_mpirun():
+        mpi = distributed.join_mpi(timeout)
+        if args.gpu is None:
+            return mpi
+        ids = devices or [int(args.gpu)]
+        if distributed.local_rank() >= len(ids):
+            raise UserError(
+                f"rank {mpi.rank} is rank {distributed.local_rank()} on its machine, which has "
+                f"no GPU of its own among -gpu {args.gpu}",
+                hint="start as many ranks per machine as -gpu names devices",
+            )
+        device, rank, size = ids[distributed.local_rank()], mpi.rank, mpi.size
+        uid = mpi.comm.bcast(distributed.new_nccl_uid() if rank == 0 else None, root=0)
+    elif devices:  # -gpu all on one GPU: NCCL all the same, with one rank
+        device, rank, size, uid = devices[0], 0, 1, distributed.new_nccl_uid()
+    else:
+        return None
+    args.gpu = str(device)
+    _use_gpu(args.gpu)
+    return distributed.join_nccl(open_device(device), rank, size, uid, timeout)
+
+
+def _train(args: argparse.Namespace, collective: Any) -> int:
     import signal
 
     from caffec.solver import Solver
 
-    if args.snapshot and args.weights:
-        raise UserError("give -snapshot (resume) or -weights (finetune), not both")
     _train_mode(args)
     # as `caffe train`: -level sets the solver's train_state level (0 unless given), -stage
     # adds stages to it
@@ -320,6 +390,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for path in paths:
             solver.loop.log(f"Finetuning from {path}")
         solver.net.load_weights(paths, strict=args.strict_weights)
+    if collective is not None:
+        solver.loop.log(f"Data-parallel ranks: {collective.size}")
+        solver.data_parallel(collective)
     effects = {"sigint": args.sigint_effect, "sighup": args.sighup_effect}
 
     def handle(signum: int, _frame: object) -> None:
@@ -513,6 +586,18 @@ def _cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from caffec.tools.plot import CAFFE_CHART_TYPES, describe, plot_logs
+
+    chart, axis = args.chart, args.x
+    if chart.isdigit():  # Caffe's plot_training_log.py chart types, 0..7
+        chart, axis = CAFFE_CHART_TYPES[int(chart)]
+    for log in plot_logs(args.logs, args.output, chart, axis, args.title):
+        print(describe(log))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _net_options(
     parser: argparse.ArgumentParser, phase: str = "TEST", caffe: bool = False, shape: bool = True
 ) -> None:
@@ -620,7 +705,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-allow_divergence", "--allow-divergence", action="store_true",
                        dest="allow_divergence",
                        help="train on when the loss or the weights stop being finite")  # fmt: skip
-    train.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
+    train.add_argument("-gpu", "--gpu",
+                       help="the GPU to run on (the CUDA target); several (0,1 or all): one "
+                       "data-parallel process per GPU, NCCL between them")  # fmt: skip
+    train.add_argument("-collective_timeout", "--collective-timeout", type=float,
+                       default=300.0, dest="collective_timeout", metavar="SECONDS",
+                       help="how long a data-parallel rank waits for the others")  # fmt: skip
     train.add_argument("-cpu", "--cpu", action="store_true",
                        help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
     _max_memory_option(train)
@@ -721,6 +811,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="show learning-rate multipliers")  # fmt: skip
     draw.set_defaults(run=_cmd_draw)
 
+    plot = sub.add_parser("plot", help="chart a training log's loss and accuracy (matplotlib)")
+    plot.add_argument("logs", nargs="+", metavar="LOG", help="logs of caffec train (its stderr)")
+    plot.add_argument("output", metavar="OUTPUT", help="the chart: .png, .svg or .pdf")
+    plot.add_argument("--chart", default="summary",
+                      choices=["summary", "test-accuracy", "test-loss", "learning-rate",
+                               "train-loss", *map(str, range(8))],
+                      help="what to draw (default: loss beside test accuracy); 0..7: the "
+                           "chart types of Caffe's plot_training_log.py")  # fmt: skip
+    plot.add_argument("--x", choices=["iters", "seconds"], default="iters", type=str.lower,
+                      help="the x axis: iterations or seconds since the log's start")  # fmt: skip
+    plot.add_argument("--title", help="a title over the chart")
+    plot.set_defaults(run=_cmd_plot)
+
     query = sub.add_parser("device-query", help="describe the GPUs, as `caffe device_query` "
                            "(also spelt device_query)")  # fmt: skip
     query.add_argument("-gpu", "--gpu", default="all", help="device ids, or all (the default)")
@@ -749,6 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv:
         argv[0] = CAFFE_COMMANDS.get(argv[0], argv[0])
     args = _parser().parse_args(argv)
+    args.argv = argv  # what the processes of `train -gpu 0,1` are started with
     try:
         return args.run(args)
     except CaffecError as err:

@@ -16,6 +16,7 @@ from caffec.driver import NetSource, compile_cached, mode_target
 from caffec.errors import UserError
 from caffec.runtime import random_seed
 from caffec.runtime.compiled_net import TEST, TRAIN, CompiledNet
+from caffec.runtime.rebuilds import with_counts
 
 PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
@@ -94,7 +95,9 @@ class Net(CompiledNet):
                     f"only the net's inputs can be reshaped, not '{name}'",
                     hint=f"inputs: {', '.join(fed)}",
                 )
-        shapes = dict(self._options.shapes)
+        counted = {top for entry in self.artifact.manifest.filters for top in entry.tops}
+        # the Filters' counts are the next batch's to decide
+        shapes = {name: s for name, s in self._options.shapes.items() if name not in counted}
         shapes.update({name: b.shape for name, b in pending.items()})
         written = {name: b.data for name, b in pending.items()}
         self._rebuild(replace(self._options, shapes=shapes))
@@ -131,41 +134,15 @@ class Net(CompiledNet):
         self._rebuild(replace(self._options, opt_level=1))
 
     def _rebuild(self, options: Options) -> None:
-        """Compile again with ``options`` (cached) and carry over the parameters, the inputs
-        and, where the shapes stay, every blob and what the last forward left inside the
-        layers (softmax probabilities, masks, argmaxes: that forward runs again)."""
-        m = self.artifact.manifest
-        inputs = {name: self._exec.host(slot).copy() for name, slot in m.inputs.items()}
-        same_shapes = options.shapes == self._options.shapes
-        blobs = {name: (b.data.copy(), b.diff.copy() if b.learned_diff else None)
-                 for name, b in self.blobs.items()} if same_shapes else {}  # fmt: skip
-        replay = self._forwarded and same_shapes
-        counter = int(self._exec.counter[1])
-        params = self.param_buffers()
-        self.close()  # the data readers were sized for the old build
+        """Compile again with ``options`` (cached) and go on in that build with this one's
+        parameters, inputs and blobs (:meth:`CompiledNet._take_build`); where the shapes stay,
+        the last forward runs again there for what it left inside the layers."""
+        replay = self._forwarded and options.shapes == self._options.shapes
         self._options = options
-        artifact = compile_cached(NetSource.from_file(self._network_file), options)
-        CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params,
-                             python_layers=self._python.instances)  # fmt: skip
-        for name, value in inputs.items():
-            slot = self.artifact.manifest.inputs.get(name)
-            if slot is not None and self._exec.host(slot).shape == value.shape:
-                self._exec.host(slot, overwrite=True)[...] = value
-        if replay:
-            self._replay_forward(counter)
-        self._exec.counter[1] = counter
-        for name, (data, diff) in blobs.items():
-            self.blobs[name].data[...] = data
-            if diff is not None and self.blobs[name].learned_diff:
-                self.blobs[name].diff[...] = diff
+        self._take_build(compile_cached(NetSource.from_file(self._network_file), options), replay)
 
-    def _replay_forward(self, counter: int) -> None:
-        """Run the last forward again on the inputs it had (with its dropout masks), leaving
-        the parameters as they were (BatchNorm's running averages move in TRAIN)."""
-        params = [p.data for p in self.artifact.manifest.params if p.shared_with is None]
-        saved = {slot: self._exec.host(slot).copy() for slot in params}
-        self._exec.counter[1] = counter - 1 if self.phase == TRAIN else counter
-        self._run("forward", 0, len(self.artifact.manifest.forward))
-        for slot, array in saved.items():
-            self._exec.host(slot, overwrite=True)[...] = array
-        self._forwarded = True
+    def _recompiled(self, shapes: dict[str, tuple[int, ...] | None]) -> Path:
+        """Compile again (cached) with ``shapes`` for the Filter layers' tops (None: every item),
+        when a batch keeps another number of items."""
+        self._options = replace(self._options, shapes=with_counts(self._options.shapes, shapes))
+        return compile_cached(NetSource.from_file(self._network_file), self._options)

@@ -8,7 +8,7 @@ and runs on the train net's parameter arrays (no copies).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,29 @@ from caffec.frontend.loader import read_solver
 from caffec.runtime import random_seed
 from caffec.runtime.compiled_net import CompiledNet
 from caffec.runtime.debug_info import Diverged, first_nonfinite
+from caffec.runtime.distributed import (
+    DEFAULT_BUCKET_BYTES,
+    Collective,
+    DataParallel,
+    is_root,
+    solver_rank,
+)
 from caffec.runtime.glog import caffe_log, net_setup_lines
+from caffec.runtime.rebuilds import with_counts
 from caffec.runtime.training import SolverSettings, TrainingLoop
+
+
+class SolverNet(CompiledNet):
+    """A net of a solver's, which compiles itself again (cached) when a Filter layer keeps
+    another number of items than it was compiled for."""
+
+    def __init__(self, source: NetSource, options: Options, **kwargs: Any) -> None:
+        self._source, self._options = source, options
+        super().__init__(compile_cached(source, options), **kwargs)
+
+    def _recompiled(self, shapes: dict[str, tuple[int, ...] | None]) -> Path:
+        self._options = replace(self._options, shapes=with_counts(self._options.shapes, shapes))
+        return compile_cached(self._source, self._options)
 
 
 def _settings(param: Any) -> SolverSettings:
@@ -93,6 +114,9 @@ class Solver:
     outputs stay readable in ``net.blobs``, and the memory of every other value
     is reused, as ``caffec compile --outputs-only`` reports. ``max_memory``: the bytes
     each net may take, as ``--max-memory`` (default: this machine's memory).
+    Under data parallelism (``caffec.set_solver_count``/``set_solver_rank`` or a
+    :class:`~caffec.runtime.distributed.DataParallel` callback) only rank 0 logs, tests and
+    snapshots, and each rank seeds its random numbers with ``random_seed + rank`` (Caffe's).
     """
 
     def __init__(
@@ -112,6 +136,8 @@ class Solver:
         self.dtype = dtype
         self.keep_blobs = not outputs_only
         self.max_memory = max_memory
+        if not is_root():
+            log = _silent
         self.param, _ = read_solver(self.path)
         p = self.param
         if solver_type is not None:
@@ -123,9 +149,9 @@ class Solver:
         self.settings = _settings(p)
         # what a snapshot killed halfway (kill -9, a crash) left under this prefix
         prefix = self.settings.snapshot_prefix or "snapshot"
-        for leftover in sweep_temporaries(f"{prefix}_iter_"):
+        for leftover in sweep_temporaries(f"{prefix}_iter_") if is_root() else ():
             log(f"Removed {leftover}, left by an interrupted snapshot")
-        seed = p.random_seed if p.random_seed >= 0 else random_seed.current()
+        seed = (p.random_seed if p.random_seed >= 0 else random_seed.current()) + solver_rank()
         train, tests = _net_sources(p)
         log("Initializing solver from parameters: \n" + text_format.MessageToString(p).rstrip())
         train_state = p.train_state if p.HasField("train_state") else None
@@ -173,7 +199,7 @@ class Solver:
             )
         else:
             net = NetSource.from_file(value)
-        return CompiledNet(compile_cached(net, options), seed=seed, params=params)
+        return SolverNet(net, options, seed=seed, params=params)
 
     @property
     def iter(self) -> int:
@@ -225,8 +251,45 @@ class Solver:
     def snapshot(self) -> tuple[Path, Path]:
         return self.loop.snapshot()
 
+    def data_parallel(
+        self, collective: Collective, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    ) -> DataParallel:
+        """Train as one rank of ``collective`` (``caffec.join_mpi()``, say): the ranks check
+        that they run the same solver and net, take rank 0's weights, and from now on average
+        their gradients before each update."""
+        parallel = DataParallel(self.net, collective, bucket_bytes)
+        m = self.net.artifact.manifest
+        parallel.check_agreement({
+            "solver": asdict(self.settings),
+            "parameters": [(p.layer, p.index, m.buffers[p.data].shape) for p in m.params],
+            "batch": {name: b.shape for name, b in self.net.blobs.items()},
+        })  # fmt: skip
+        parallel.bcast()
+        self.add_callback(parallel)
+        return parallel
+
+    def add_callback(self, on_start: Any, on_gradients_ready: Any = None) -> None:
+        """pycaffe's ``solver.add_callback``: an object with ``on_start()`` and
+        ``on_gradients_ready()`` (a ``DataParallel``, pycaffe's ``caffe.NCCL``), or those two
+        functions; both are called every iteration, the second before the update."""
+        if on_gradients_ready is None:
+            self.loop.add_callback(on_start)
+        else:
+            self.loop.add_callback(_Callback(on_start, on_gradients_ready))
+
     def restore(self, path: str | Path) -> None:
         self.loop.restore(path)
+
+
+class _Callback:
+    """Two functions as one Solver::Callback."""
+
+    def __init__(self, on_start: Any, on_gradients_ready: Any) -> None:
+        self.on_start, self.on_gradients_ready = on_start, on_gradients_ready
+
+
+def _silent(_message: str) -> None:
+    """The log of a rank other than 0."""
 
 
 def get_solver(solver_file: str | Path, **kwargs: Any) -> Solver:

@@ -3,8 +3,18 @@
 # (installed with apt-get only when missing), a virtual environment in .venv,
 # and caffec itself in editable mode with the test, data, docs and draw extras.
 #   bash scripts/setup.sh          # idempotent; rerun after pulling
+#   bash scripts/setup.sh --mpi    # also Open MPI and mpi4py, for data-parallel training
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+extras=test,data,docs,draw
+with_mpi=false
+for arg in "$@"; do
+    case "$arg" in
+        --mpi) with_mpi=true; extras+=,mpi ;;
+        *) echo "setup: unknown option '$arg' (options: --mpi)" >&2; exit 2 ;;
+    esac
+done
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -17,6 +27,10 @@ missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v dot >/dev/null || missing+=(graphviz)
 [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+if $with_mpi; then
+    command -v mpirun >/dev/null || missing+=(openmpi-bin)
+    dpkg -s libopenmpi-dev >/dev/null 2>&1 || missing+=(libopenmpi-dev)  # mpi4py builds on it
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -27,4 +41,4 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,docs,draw]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"

@@ -52,3 +52,15 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     assert f"```sh\n{ci}\n```" in readme
     assert ci in (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
     assert ci in (REPO / "docs/contributing.md").read_text(encoding="utf-8")
+
+
+def test_the_layer_table_lists_every_registered_layer_type() -> None:
+    """docs/layers.md's table has one row per layer type the registry knows, no more."""
+    from caffec.compiler.registry import known_types
+
+    text = (REPO / "docs/layers.md").read_text(encoding="utf-8")
+    table = text.split("## Layer types", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\w+)(?: \(fork[^|]*\))? \|", table, flags=re.M)
+    rows = [r for r in rows if r != "layer"]  # the header
+    assert len(rows) == len(set(rows)), "a layer type has two rows"
+    assert sorted(rows) == sorted(known_types())

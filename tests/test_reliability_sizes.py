@@ -312,7 +312,7 @@ SOURCES = {  # a data layer (its type and parameters), the shape of its data top
 def test_skipping_batches_gives_what_reading_them_gives(
     tmp_path: Path, source: str, skip: int
 ) -> None:
-    """The seek (or, with random flips, the replay) against reading every batch."""
+    """The seek (random flips from each batch's own generator) against reading every batch."""
     kind, param, shape = SOURCES[source]
     lmdb_of(tmp_path, 7)
     image_list(tmp_path, 5)

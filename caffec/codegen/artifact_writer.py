@@ -23,6 +23,7 @@ from caffec.formats.manifest import (
     BufferEntry,
     FeederEntry,
     FillEntry,
+    FilterEntry,
     HostCallEntry,
     LabelCheckEntry,
     LayerEntry,
@@ -106,6 +107,12 @@ def manifest(
             )
             for c in kgraph.label_checks
         ],  # fmt: skip
+        filters=[
+            FilterEntry(
+                c["layer"], c["count"].index, c["items"], c["tops"], list(map(list, c["shapes"]))
+            )
+            for c in kgraph.item_counts
+        ],
         net_dir=kgraph.net_dir,
         cuda=rendered.cuda,
     )

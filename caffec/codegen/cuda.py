@@ -55,6 +55,8 @@ def work_items(part: Kernel) -> int:
         "pool_grad": lambda: a["P"] * a["H"] * a["W"],
         "im2col": lambda: a["C"] * a["KH"] * a["KW"] * a["OH"] * a["OW"],
         "col2im": lambda: a["C"] * a["H"] * a["W"],
+        "im2col_nd": lambda: a["C"] * a["taps"] * a["positions"],
+        "col2im_nd": lambda: a["C"] * a["pixels"],
         # a thread per output, or (the image gradient) per pixel; the weight gradient's
         # blocks are laid out by geometry()
         "conv": lambda: (
@@ -62,6 +64,7 @@ def work_items(part: Kernel) -> int:
             if a["mode"] == "forward"
             else a["N"] * a["C"] * a["H"] * a["W"]
         ),
+        "winograd": lambda: a["units"],  # a thread per block transform
     }
     return int(sizes[part.prim]())
 

@@ -181,6 +181,7 @@ class KernelGraph:
     loss_tops: list[tuple[str, float]]  # blob name and loss weight of each objective term
     fills: list[tuple[Buffer, dict[str, Any], bool]]  # DummyData: buffer, filler, refill each run
     label_checks: list[dict[str, Any]] = field(default_factory=list)  # see LowerContext
+    item_counts: list[dict[str, Any]] = field(default_factory=list)  # see LowerContext
     layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, tops for net.layers
     output_diffs: dict[str, Buffer] = field(default_factory=dict)  # where backward starts from
     feeders: list[dict[str, Any]] = field(default_factory=list)  # data layers the runtime reads
@@ -209,8 +210,11 @@ class KernelGraph:
         return [p for k in self.kernels() for p in k.parts()]
 
     def prune(self) -> None:
-        """Drop buffers nothing reads, writes or shows (gradients nobody computes)."""
+        """Drop buffers nothing reads, writes or shows (gradients nobody computes). A gradient
+        shown as a view into another buffer is used: a Flatten's bottom gradient that fusion
+        left inside the output gradient the user writes."""
         used = {id(o.buffer) for k in self.kernels() for o in (*k.reads, *k.writes)}
+        used |= {id(b.diff) for b in self.blobs.values() if b.diff_view is not None}
         for param in self.params:
             if param.grad is not None and id(param.grad) not in used:
                 param.grad = None

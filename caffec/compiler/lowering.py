@@ -55,6 +55,7 @@ class Lowering:
         self.counter = self.new("random seed and iteration", (2,), "counter")
         self.fills: list[tuple[Buffer, dict[str, Any], bool]] = []
         self.label_checks: list[dict[str, Any]] = []
+        self.item_counts: list[dict[str, Any]] = []
 
     def new(self, name: str, shape: Shape, kind: str) -> Buffer:
         buffer = Buffer(name, tuple(shape), kind)
@@ -90,6 +91,11 @@ class LowerContext:
         self._lowering.algorithms[self.op.name] = str(chosen)
         return chosen
 
+    def name_algorithm(self, chosen: ConvAlgorithms) -> None:
+        """Record the algorithms of a convolution that no target chooses (an N-D one), for
+        ``caffec dump`` and the manifest as :meth:`conv_algorithms` records its own."""
+        self._lowering.algorithms[self.op.name] = str(chosen)
+
     # forward ------------------------------------------------------------------
     def x(self, i: int) -> Buffer:
         """The data of bottom ``i``."""
@@ -116,8 +122,10 @@ class LowerContext:
         return self._lowering.new(f"{self.op.name} {name}", shape, "workspace")
 
     def fill_each_run(self, buffer: Buffer, filler: Any, refill: bool) -> None:
-        """Ask the runtime to fill ``buffer`` with ``filler`` (DummyData)."""
-        self._lowering.fills.append((buffer, filler_dict(filler) or {}, refill))
+        """Ask the runtime to fill ``buffer`` with ``filler`` (DummyData), a FillerParameter
+        or the runtime's spec as a dict (``{"blobproto": path}``: a layer's constant blob)."""
+        spec = filler if isinstance(filler, dict) else filler_dict(filler) or {}
+        self._lowering.fills.append((buffer, spec, refill))
 
     def check_labels(self, labels: Buffer, classes: int, ignore: float | None) -> None:
         """Count the labels outside [0, classes) (and not ``ignore``, nor fractional) into a
@@ -136,6 +144,23 @@ class LowerContext:
         self._lowering.label_checks.append({"layer": self.op.name, "status": status,
                                             "labels": labels, "classes": classes,
                                             "ignore": ignore})  # fmt: skip
+
+    def item_count(self, every: int) -> Buffer:
+        """A one-number buffer for how many items this layer's tops hold in this forward, where
+        the data decides it (Filter; ``every``: the most, which a build assumes by default):
+        the layer's kernels write it, and the runtime reads it once the layer's step has run
+        and compiles the net again for another count."""
+        count = self._lowering.new(f"{self.op.name} items", (1,), "status")
+        self._lowering.item_counts.append({"layer": self.op.name, "count": count, "items": every,
+                                           "tops": [v.blob for v in self.op.tops],
+                                           "shapes": [v.shape for v in self.op.tops]})  # fmt: skip
+        return count
+
+    @property
+    def forces_backward(self) -> bool:
+        """Whether the net sets ``force_backward``: a rule that refuses a gradient to an index
+        bottom can tell that request from one the net's layers make."""
+        return self._lowering.graph.force_backward
 
     def emit(self, *instrs: Instr) -> None:
         """Add instructions to the layer's step, as the target runs them."""

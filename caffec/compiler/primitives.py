@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 from caffec.compiler.kernels import Buffer, Kernel, Operand, Shape, whole
@@ -284,6 +285,43 @@ def col2im(col: Operand, image: Operand, geometry: dict[str, int], accumulate: b
     )
 
 
+def conv_nd_attrs(
+    channels: int,
+    size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    dilation: Sequence[int],
+    out: Sequence[int],
+) -> dict[str, Any]:
+    """im2col's geometry over any number of spatial axes (Caffe's im2col_nd): the image
+    side's channels and size, per-axis kernel, stride, pad and dilation, the column side's
+    size; with each axis' inner stride (``*_inner``: the product of the sizes after it) so
+    that templates turn flat indices into coordinates without computing them."""
+    axes = [list(map(int, v)) for v in (size, kernel, stride, pad, dilation, out)]
+    if len({len(v) for v in axes}) != 1 or not axes[0]:
+        raise InternalError(f"an N-D im2col needs one value per spatial axis, got {axes}")
+    size, kernel, stride, pad, dilation, out = axes
+    return {
+        "C": int(channels), "size": size, "kernel": kernel, "stride": stride, "pad": pad,
+        "dilation": dilation, "out": out, "pixels": math.prod(size), "taps": math.prod(kernel),
+        "positions": math.prod(out), "size_inner": contiguous_strides(size),
+        "kernel_inner": contiguous_strides(kernel), "out_inner": contiguous_strides(out),
+    }  # fmt: skip
+
+
+def im2col_nd(image: Operand, col: Operand, geometry: dict[str, Any]) -> Kernel:
+    """Unfold one image (C, *size) into columns (C * taps, positions), any number of axes."""
+    return Kernel("im2col_nd", reads=[image], writes=[col], attrs=dict(geometry))
+
+
+def col2im_nd(col: Operand, image: Operand, geometry: dict[str, Any], accumulate: bool) -> Kernel:
+    """The adjoint of :func:`im2col_nd`: each pixel sums the column entries taken from it."""
+    return Kernel(
+        "col2im_nd", reads=[col], writes=[image], attrs=dict(geometry), accumulate=accumulate
+    )
+
+
 # Which operands a direct convolution reads and writes in each mode: the image side (the
 # convolution's bottom), the column side (its top) and the weights.
 CONV_MODES = {
@@ -380,9 +418,11 @@ def pool_attrs(
     pad: tuple[int, int],
     method: str,
 ) -> dict[str, Any]:
-    """Pooling over ``planes`` planes of size H x W; method MAX, AVE (Caffe's) or SUM.
-    (The forward of AVE and SUM may pool squares instead: ``square``, for LRN.)"""
-    if method not in ("MAX", "AVE", "SUM"):
+    """Pooling over ``planes`` planes of size H x W; method MAX, AVE, STOCHASTIC (Caffe's) or
+    SUM. (The forward of AVE and SUM may pool squares instead: ``square``, for LRN.) The
+    forward of STOCHASTIC writes the position in its plane of the element it samples from
+    each window (TRAIN); its gradient goes to those positions, as MAX's goes to the argmax."""
+    if method not in ("MAX", "AVE", "STOCHASTIC", "SUM"):
         raise InternalError(f"unknown pooling method {method}")
     return {
         "P": planes, "H": size[0], "W": size[1], "OH": out[0], "OW": out[1],
@@ -391,9 +431,21 @@ def pool_attrs(
     }  # fmt: skip
 
 
-def pool(x: Operand, y: Operand, mask: Operand | None, attrs: dict[str, Any]) -> Kernel:
+def pool(
+    x: Operand,
+    y: Operand,
+    mask: Operand | None,
+    attrs: dict[str, Any],
+    counter: Buffer | None = None,
+) -> Kernel:
+    """Pooling (with MAX's argmax into ``mask``). STOCHASTIC samples with the ``counter``
+    buffer's seed and iteration, and ``attrs["stream"]`` tells its random numbers from other
+    kernels' (as :func:`pmap`'s ``uniform()``, an element's number depends on its index)."""
+    if (attrs["method"] == "STOCHASTIC") != (counter is not None):
+        raise InternalError("STOCHASTIC pooling, and only it, samples with the counter")
     writes = [y] + ([mask] if mask is not None else [])
-    return Kernel("pool", reads=[x], writes=writes, attrs=dict(attrs))
+    reads = [x] + ([whole(counter)] if counter is not None else [])
+    return Kernel("pool", reads=reads, writes=writes, attrs=dict(attrs))
 
 
 def pool_grad(
@@ -432,3 +484,114 @@ def strided_copy(
 
 def contiguous_strides(shape: Sequence[int]) -> list[int]:
     return [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+
+
+# ----------------------------------------------------------------------------- winograd
+
+# Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+# Neural Networks", 2016): each 4x4 block of outputs from a 6x6 block of input with 36
+# multiplications per channel pair instead of 144. The transforms are Toom-Cook's,
+# interpolating at 0, 1, -1, 2, -2 and infinity (Lavin & Gray's points: whole-number input
+# and output transforms, fractions only in the weights' transform, which runs once per
+# forward), derived exactly by winograd_transforms.
+WINOGRAD_TILE = 4  # outputs per block side
+WINOGRAD_KERNEL = 3
+WINOGRAD_POINTS = (0, 1, -1, 2, -2)
+WINOGRAD_SPAN = WINOGRAD_TILE + WINOGRAD_KERNEL - 1  # inputs per block side: 6
+# The matrix each stage applies along both axes of a block: G to a kernel (weights), B' to
+# an input block (input), A' to a block of products (output).
+WINOGRAD_STAGES = {"weights": "G", "input": "BT", "output": "AT"}
+
+
+def _polynomial_product(a: Sequence[Fraction], b: Sequence[Fraction]) -> list[Fraction]:
+    out = [Fraction(0)] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    return out
+
+
+def winograd_transforms(
+    m: int = WINOGRAD_TILE, r: int = WINOGRAD_KERNEL, points: Sequence[int] = WINOGRAD_POINTS
+) -> dict[str, list[list[Fraction]]]:
+    """The exact matrices of F(m, r): y = A' ((G g) * (B' d)) for a kernel g of r taps and
+    m + r - 1 inputs d, from Toom-Cook over ``points`` and infinity.
+
+    The linear convolution s = g * h of polynomials is C diag(G g) E h, where G and E
+    evaluate g and h at the points (at infinity: the leading coefficient) and C
+    interpolates (column i: the Lagrange polynomial of point i; the last column: the product
+    of (x - point), which carries the leading coefficient). The correlation a convolution
+    layer computes is that map transposed: A' = E' and B' = C'. Each Lagrange polynomial's
+    denominator moves from C into G's row, so the input and output transforms stay whole
+    numbers for whole-number points.
+    """
+    n = m + r - 1
+    if len(points) != n - 1 or len(set(points)) != len(points):
+        raise InternalError(f"F({m}, {r}) needs {n - 1} distinct points, got {points}")
+    xs = [Fraction(p) for p in points]
+    g_rows = [[x**k for k in range(r)] for x in xs] + [[Fraction(0)] * (r - 1) + [Fraction(1)]]
+    e_rows = [[x**k for k in range(m)] for x in xs] + [[Fraction(0)] * (m - 1) + [Fraction(1)]]
+    c_cols = []
+    for i, x in enumerate(xs):
+        poly, denominator = [Fraction(1)], Fraction(1)
+        for j, other in enumerate(xs):
+            if j != i:
+                poly = _polynomial_product(poly, [-other, Fraction(1)])
+                denominator *= x - other
+        g_rows[i] = [value / denominator for value in g_rows[i]]
+        c_cols.append(poly + [Fraction(0)])  # degree n - 2: n - 1 coefficients
+    leading = [Fraction(1)]
+    for x in xs:
+        leading = _polynomial_product(leading, [-x, Fraction(1)])
+    c_cols.append(leading)
+    return {
+        "G": g_rows,
+        "BT": c_cols,  # B' = C': row i of B' is column i of C
+        "AT": [[e_rows[i][j] for i in range(n)] for j in range(m)],
+    }
+
+
+def _combinations(matrix: list[list[Fraction]]) -> list[list[tuple[int, str, str | None]]]:
+    """Each row of ``matrix`` as its nonzero terms (column, sign, C literal of the
+    magnitude, or None for 1), so that templates write sums without multiplying by 0 or 1."""
+    return [
+        [(j, "-" if value < 0 else "+", None if abs(value) == 1 else literal(abs(value)))
+         for j, value in enumerate(row) if value]
+        for row in matrix
+    ]  # fmt: skip
+
+
+def winograd_attrs(geometry: dict[str, int], channels: int, group: int) -> dict[str, int]:
+    """A stride-1 3x3 convolution's geometry (:func:`conv_attrs`; ``channels`` outputs in
+    ``group`` groups) with its blocks: TH x TW blocks of 4x4 outputs (the last ones partly
+    outside the output), T of them per image."""
+    a = geometry
+    if (a["KH"], a["KW"], a["SH"], a["SW"], a["DH"], a["DW"]) != (3, 3, 1, 1, 1, 1):
+        raise InternalError(f"Winograd F(4x4, 3x3) needs a 3x3 kernel at stride 1, not {a}")
+    th, tw = -(-a["OH"] // WINOGRAD_TILE), -(-a["OW"] // WINOGRAD_TILE)
+    return {**a, "M": channels, "G": group, "CG": a["C"] // group, "MG": channels // group,
+            "TH": th, "TW": tw, "T": th * tw, "TILE": WINOGRAD_TILE,
+            "SPAN": WINOGRAD_SPAN}  # fmt: skip
+
+
+def winograd(stage: str, source: Operand, dest: Operand, attrs: dict[str, int]) -> Kernel:
+    """One stage of a Winograd convolution (:func:`winograd_attrs`); between the input and
+    output stages, a GEMM per point of the 6x6 block and group multiplies the transformed
+    weights by the transformed input, summing over input channels.
+
+    - ``weights``: the weights (M, CG, 3, 3) to U = G g G', stored (36, M, CG);
+    - ``input``: one image (C, H, W), its padding as zeros, to V = B' d B of each block,
+      stored (36, C, T);
+    - ``output``: the products (36, M, T) to one image's output (M, OH, OW), A' m A of
+      each block.
+
+    ``units`` is the number of independent block transforms, what a GPU gives a thread each.
+    """
+    if stage not in WINOGRAD_STAGES:
+        raise InternalError(f"unknown Winograd stage {stage}")
+    units = {"weights": attrs["M"] * attrs["CG"], "input": attrs["C"] * attrs["T"],
+             "output": attrs["M"] * attrs["T"]}[stage]  # fmt: skip
+    matrix = winograd_transforms()[WINOGRAD_STAGES[stage]]
+    return Kernel("winograd", reads=[source], writes=[dest],
+                  attrs={**attrs, "stage": stage, "units": units,
+                         "terms": _combinations(matrix)})  # fmt: skip

@@ -22,8 +22,10 @@ from typing import Any
 from caffec.errors import UserError
 
 FORMAT = "caffec-artifact"
-FORMAT_VERSION = 4  # 3: typed entries, the target's description; 4: layers' bottoms, host calls
-ABI_VERSION = 3  # the C entry points: caffec_<pass>(void** buf, int begin, int end)
+FORMAT_VERSION = 5  # 3: typed entries, the target's description; 4: layers' bottoms, host calls;
+# 5: Filter layers
+ABI_VERSION = 4  # the C entry points: caffec_<pass>(void** buf, int begin, int end);
+# 4: caffec_set_threads(int), the runtime's thread count
 
 
 @dataclass
@@ -33,7 +35,7 @@ class TargetEntry:
     name: str  # "c" or "cuda"
     cpu: str | None = None  # C: the -march
     vector_bytes: int | None = None  # C: the widest vectors the compiler used
-    threads: int | None = None  # C: per-image loops' threads
+    threads: int | None = None  # C: the most threads a per-image loop runs on
     archs: list[str] | None = None  # CUDA: compute capabilities in the fat binary
     multiprocessors: int | None = None  # CUDA: what the launch geometry fills
 
@@ -132,6 +134,18 @@ class LabelCheckEntry:
 
 
 @dataclass
+class FilterEntry:
+    """A layer whose tops' count of items the data decides (Filter): its forward writes the
+    count, which the runtime compares with the compiled one once the layer's step has run."""
+
+    layer: str
+    count: int  # the slot the count of items kept is written to
+    items: int  # the selector's: keeping every item is a build's default
+    tops: list[str]
+    shapes: list[list[int]]  # the tops' compiled shapes: the first axis is the count
+
+
+@dataclass
 class HostCallEntry:
     """A Python layer's forward or backward: the runtime runs it between compiled steps."""
 
@@ -218,6 +232,7 @@ class Manifest:
     feeders: list[FeederEntry]
     host_calls: list[HostCallEntry]
     label_checks: list[LabelCheckEntry]
+    filters: list[FilterEntry]
     net_dir: str  # relative data sources are looked for here too
     cuda: CudaLaunches | None = None
     format: str = FORMAT

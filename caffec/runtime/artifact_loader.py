@@ -17,6 +17,7 @@ from typing import Any
 
 from caffec.errors import UserError
 from caffec.formats.manifest import Manifest, TargetEntry
+from caffec.runtime.threads import configure_openmp
 
 # The libraries this process loaded: path -> (device, inode, modification time) of the file
 _loaded: dict[str, tuple[int, int, int]] = {}
@@ -70,6 +71,7 @@ def load_artifact(path: str | Path) -> Artifact:
     if manifest.target.name != "c":
         raise UserError(f"{root} is built for the {manifest.target.name} target")
     _check_vectors(root, manifest.target)
+    configure_openmp()  # before the library brings libgomp in
     try:
         library = _load_library(library_path.resolve())
     except OSError as err:

@@ -8,7 +8,8 @@ prototxt and reshaping on top of it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,124 +18,19 @@ from google.protobuf import json_format
 
 from caffec.errors import UserError, shape_text
 from caffec.formats import caffe_pb2
-from caffec.formats.manifest import FeederEntry, LayerEntry, Manifest, ViewEntry
+from caffec.formats.manifest import FeederEntry
 from caffec.formats.snapshots import load_blobs, weights_by_name, write_weights
 from caffec.runtime.artifact_loader import Artifact, load_artifact
+from caffec.runtime.blobs import Blob, Layer, shape_of
 from caffec.runtime.executor import Executor
 from caffec.runtime.fillers import fill
 from caffec.runtime.glog import caffe_log
-from caffec.runtime.memory_limits import check_size
 from caffec.runtime.python_layers import PythonLayers
-
-TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN and caffe.TEST
-BufferRef = tuple[int, ViewEntry | None]  # a buffer slot, and the blob's view of it
-
-
-class LegacyAxes:
-    """Caffe's num/channels/height/width: axes 0-3 of ``shape``, 1 where the blob has fewer."""
-
-    shape: tuple[int, ...]
-
-    def _legacy(self, axis: int) -> int:
-        return self.shape[axis] if axis < len(self.shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
+from caffec.runtime.random_seed import LayerRandom
+from caffec.runtime.rebuilds import TEST, TRAIN, Rebuilds
 
 
-class Blob(LegacyAxes):
-    """pycaffe's Blob: ``data`` and ``diff`` are numpy arrays of the net's own memory (on a
-    GPU, host copies brought up to date when read and copied back by the next run)."""
-
-    def __init__(self, buffers: Executor, data: BufferRef, diff: BufferRef | None) -> None:
-        self._buffers = buffers
-        self._data_ref = data
-        self._diff_ref = diff
-        self._zero_diff: np.ndarray | None = None
-        self.pending_shape: tuple[int, ...] | None = None
-        self._staged: tuple[np.ndarray, np.ndarray] | None = None
-
-    def reshape(self, *shape: int) -> None:
-        """Take a new shape now, as Caffe's blobs do: ``data`` and ``diff`` are arrays of that
-        shape at once (zeros), and the next forward (or ``net.reshape()``) rebuilds the net
-        for it (cached) and starts from what was written into them."""
-        if not shape or any(int(d) <= 0 for d in shape):
-            raise UserError(f"cannot reshape a blob to {shape}: dimensions must be positive")
-        new = tuple(int(d) for d in shape)
-        check_size(new, np.dtype(self._buffers.dtype).itemsize, None, "the reshaped blob",
-                   raisable=False)  # fmt: skip
-        if new == shape_of(self._buffers.manifest, self._data_ref):
-            self.pending_shape, self._staged = None, None
-        elif new != self.pending_shape:
-            self.pending_shape = new
-            zeros = np.zeros(new, dtype=self._buffers.dtype)
-            self._staged = (zeros, zeros.copy())
-
-    @property
-    def data(self) -> np.ndarray:
-        if self._staged is not None:
-            return self._staged[0]
-        return self._buffers.host(*self._data_ref)
-
-    @property
-    def diff(self) -> np.ndarray:
-        """The gradient; a blob nothing differentiates shows zeros."""
-        if self._staged is not None:
-            return self._staged[1]
-        if self._diff_ref is not None:
-            return self._buffers.host(*self._diff_ref)
-        if self._zero_diff is None:
-            self._zero_diff = np.zeros(self.shape, dtype=self._buffers.dtype)
-        return self._zero_diff
-
-    @property
-    def learned_diff(self) -> bool:
-        """Whether the net computes this blob's gradient (else ``diff`` shows zeros)."""
-        return self._diff_ref is not None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.pending_shape or shape_of(self._buffers.manifest, self._data_ref)
-
-    @property
-    def count(self) -> int:
-        return int(np.prod(self.shape))
-
-
-class Layer:
-    """What pycaffe's ``net.layers[i]`` shows: the type, the parameter blobs, and ``setup``
-    and ``reshape``, which check blobs against the shapes the layer was compiled for."""
-
-    def __init__(self, entry: LayerEntry, blobs: list[Blob], shape: Any) -> None:
-        self.name = entry.name
-        self.type = entry.type
-        self.blobs = blobs
-        self._entry = entry
-        self._shape = shape  # a blob name -> its compiled shape
-
-    def setup(self, bottom: list[Any], top: list[Any]) -> None:
-        self.reshape(bottom, top)
-
-    def reshape(self, bottom: list[Any], top: list[Any]) -> None:
-        """Caffe's Layer::Reshape: here the layer's shapes are compiled, so the blobs must
-        have them (a new shape is the net's to apply: ``blob.reshape`` + ``net.reshape``)."""
-        for what, names, blobs in (("bottom", self._entry.bottoms, bottom),
-                                   ("top", self._entry.tops, top)):  # fmt: skip
-            if len(blobs) != len(names):
-                raise UserError(f"layer '{self.name}' has {len(names)} {what}s, not {len(blobs)}")
-            for name, blob in zip(names, blobs, strict=True):
-                if tuple(blob.shape) != self._shape(name):
-                    raise UserError(
-                        f"layer '{self.name}' was compiled for {what} '{name}' of shape "
-                        f"{shape_text(self._shape(name))}, not {shape_text(tuple(blob.shape))}",
-                        hint="reshape the net's inputs (blob.reshape, then net.reshape() or "
-                        "forward()): the net compiles again for the new shapes",
-                    )
-
-
-class CompiledNet:
+class CompiledNet(Rebuilds):
     """Runs one artifact; see :class:`caffec.Net` for building one from a prototxt."""
 
     def __init__(
@@ -155,6 +51,8 @@ class CompiledNet:
         self._layer_index = {layer.name: i for i, layer in enumerate(m.layers)}
         step_of = {step.layer: i for i, step in enumerate(m.forward)}
         self._label_checks = [(check, step_of[check.layer]) for check in m.label_checks]
+        self._filters = sorted(((entry, step_of[entry.layer]) for entry in m.filters),
+                               key=lambda watched: watched[1])  # fmt: skip
         # a lean build (--outputs-only) frees forward's values as backward uses them
         self._lean = not m.memory_plan.keep_blobs
         self._forwarded = False
@@ -166,9 +64,15 @@ class CompiledNet:
         self._python = PythonLayers(m.host_calls, lambda slot: self._exec.host(slot),
                                     self.params, self.phase, python_layers)  # fmt: skip
         self._show_python_layers()
+        self._fill_passes = 0  # forward passes whose DummyData refills were drawn
         self._fill_data(initial=True)
         if weights is not None:
             self.copy_from(weights, strict=strict_weights)
+
+    def _open_build(self, artifact: str | Path, params: Mapping[tuple[str, int], Any]) -> None:
+        """Run another build of this net from now on, with these parameters' memory."""
+        CompiledNet.__init__(self, artifact, None, seed=self._seed, params=params,
+                             python_layers=self._python.instances)  # fmt: skip
 
     def _bind(self, params: Mapping[tuple[str, int], Any] | None) -> None:
         """Make the executor, with ``params`` as the parameters' memory where given, and the
@@ -204,6 +108,9 @@ class CompiledNet:
                 if not hasattr(instance, "type"):
                     instance.type = "Python"
                 self.layers[i] = instance
+                shown = getattr(instance, "shown_top", None)
+                for j, top in enumerate(self.artifact.manifest.layers[i].tops if shown else []):
+                    self.blobs[top].shown = partial(shown, j)
 
     # --- names, as pycaffe has them -------------------------------------------------------
     @property
@@ -409,9 +316,19 @@ class CompiledNet:
 
     # --- running ------------------------------------------------------------------------------
     def _fill_data(self, initial: bool = False) -> None:
-        for entry in self.artifact.manifest.fills:
-            if initial or entry.refill:
-                fill(entry.filler, self._exec.host(entry.slot, overwrite=True), self._rng)
+        """DummyData's fills: every one when the net is made (from the net's generator), then
+        the refilled ones before each forward, pass k's from a generator of its own keyed by
+        (seed, fill, k), so that a resume draws pass k without drawing the passes before."""
+        for number, entry in enumerate(self.artifact.manifest.fills):
+            if initial:
+                rng = self._rng
+            elif entry.refill:
+                rng = LayerRandom(self._seed, f"fill {number}").batch(self._fill_passes)
+            else:
+                continue
+            fill(entry.filler, self._exec.host(entry.slot, overwrite=True), rng)
+        if not initial:
+            self._fill_passes += 1
 
     def _set_inputs(self, arrays: Mapping[str, Any], what: str = "input") -> None:
         for name, array in arrays.items():
@@ -498,7 +415,7 @@ class CompiledNet:
             for feeder in self._feeders(kwargs):
                 self._set_inputs(feeder.next())
         self._set_inputs(kwargs)
-        self._run("forward", begin, stop)
+        self._run_forward(begin, stop)
         self._check_labels(begin, stop)
         self._forwarded = True
         if self.phase == TRAIN:
@@ -572,15 +489,31 @@ class CompiledNet:
                 (labels >= 0) & (labels < check.classes) & (labels == np.floor(labels))
             )
             bad = np.flatnonzero(~ok)
+            origin = self._label_origin(check.labels, labels, int(bad[0]))
             raise UserError(
-                f"label {labels[bad[0]]:.10g} of item {bad[0]} of the batch is not a class index "
-                f"in [0, {check.classes})" + (f" ({len(bad)} such labels in the batch)"
-                                              if len(bad) > 1 else ""),
+                f"label {labels[bad[0]]:.10g} of item {bad[0]} of the batch{origin} is not a class "
+                f"index in [0, {check.classes})" + (f" ({len(bad)} such labels in the batch)"
+                                                    if len(bad) > 1 else ""),
                 layer=check.layer,
                 hint=f"the layer scores {check.classes} classes (num_output of the layer "
                 "before it): fix the labels in the data, or set ignore_label for a value "
                 "to skip",
             )  # fmt: skip
+
+    def _label_origin(self, slot: int, labels: np.ndarray, index: int) -> str:
+        """Where a data layer read label ``index`` of the labels in ``slot`` (its record key,
+        its list file's line), as " (record '5' of db)"; "" where no data layer's last batch
+        gave these labels (the caller passed them, or a layer changed them)."""
+        inputs = self.artifact.manifest.inputs
+        for feeder in (getattr(self, "_open_feeders", None) or {}).values():
+            batch = feeder.last
+            for top in feeder.tops if batch is not None and batch.origins else []:
+                given = np.asarray(batch[top], dtype=labels.dtype).reshape(-1)
+                if slot in (inputs.get(top), self.blobs[top]._data_ref[0]) and np.array_equal(
+                    given, labels, equal_nan=True
+                ):
+                    return f" ({batch.origins[index * len(batch.origins) // len(labels)]})"
+        return ""
 
     def _inputs_from_blobs(self) -> None:
         """An input that an in-place layer rewrites has its own buffer, and its blob shows the
@@ -618,17 +551,32 @@ class CompiledNet:
         total = counts.pop() if counts else batch
         outputs: dict[str, list[np.ndarray]] = {}
         gradients: dict[str, list[np.ndarray]] = {}
+        kept: set[str] | None = None  # the outputs that hold a Filter's items in every batch
         for first in range(0, total, batch):
             chunk = {name: padded(value[first : first + batch], batch)
                      for name, value in given.items()}  # fmt: skip
             forward_in = {n: v for n, v in chunk.items() if n not in self.outputs}
             for name, value in self.forward(blobs, **forward_in).items():
                 outputs.setdefault(name, []).append(value.copy())
+            kept = self._kept_items() if kept is None else kept & self._kept_items()
             if backward:
                 backward_in = {n: v for n, v in chunk.items() if n in self.outputs}
                 for name, value in self.backward(diffs, **backward_in).items():
                     gradients.setdefault(name, []).append(value.copy())
-        return joined(outputs, batch, total), joined(gradients, batch, total)
+        return joined(outputs, batch, total, kept or set()), joined(gradients, batch, total)
+
+    def _kept_items(self) -> set[str]:
+        """The blobs whose first axis holds the items a Filter kept: its tops, and the blobs
+        made from them with that first axis."""
+        m = self.artifact.manifest
+        counts = {top: entry.shapes[0][0] for entry in m.filters for top in entry.tops}
+        for layer in m.layers:
+            made_from = {counts[name] for name in layer.bottoms if name in counts}
+            for top in layer.tops:
+                shape = m.blob_shape(top) if top in m.blobs else ()
+                if top not in counts and shape[:1] and shape[0] in made_from:
+                    counts[top] = shape[0]
+        return set(counts)
 
     def _check_whole_pass(self, direction: str, start: str | None, end: str | None) -> None:
         if self._lean and (start is not None or end is not None):
@@ -676,11 +624,9 @@ class CompiledNet:
         """Stand where ``count`` forward passes from the start would leave the data and the
         random numbers (resuming training): the data layers' readers open again ``count``
         batches on, by a seek where the source allows it (:meth:`Source.skip`), and
-        DummyData's random fills are drawn again."""
+        DummyData's refills go on from pass ``count``."""
         self._exec.counter[1] = count
-        if any(entry.refill for entry in self.artifact.manifest.fills):
-            for _ in range(count):
-                self._fill_data()
+        self._fill_passes = count
         self.close()
         self._skip_batches = {spec.layer: count for spec in self.artifact.manifest.feeders}
 
@@ -711,17 +657,15 @@ def padded(items: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([items, np.zeros((count - len(items), *items.shape[1:]), items.dtype)])
 
 
-def joined(batches: dict[str, list[np.ndarray]], batch: int, total: int) -> dict[str, Any]:
+def joined(
+    batches: dict[str, list[np.ndarray]], batch: int, total: int, kept: Collection[str] = ()
+) -> dict[str, Any]:
     """Per-batch arrays as one per blob: items joined and the padding dropped, or, for a blob
-    without one item per input (a loss), one value per batch."""
-    return {name: np.concatenate(values)[:total] if values[0].shape[:1] == (batch,)
+    without one item per input (a loss), one value per batch; for a blob of the items a
+    Filter kept (``kept``), every batch's items one after another."""
+    return {name: np.concatenate(values) if name in kept
+            else np.concatenate(values)[:total] if values[0].shape[:1] == (batch,)
             else np.stack(values) for name, values in batches.items()}  # fmt: skip
-
-
-def shape_of(manifest: Manifest, ref: BufferRef) -> tuple[int, ...]:
-    """The shape of a buffer, or of the blob view of it."""
-    slot, view = ref
-    return tuple(view.shape if view is not None else manifest.buffers[slot].shape)
 
 
 def checked_array(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:

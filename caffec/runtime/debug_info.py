@@ -94,8 +94,13 @@ class DebugInfo:
     def __init__(self, net: Any, log: Callable[..., None]) -> None:
         self.net = net
         self.log = log
-        self.manifest = net.artifact.manifest
+        # names and parameters, the same in every build of the net
         self._layers = {layer.name: layer for layer in self.manifest.layers}
+
+    @property
+    def manifest(self) -> Any:
+        """The net's manifest now: a net compiles itself again for a Filter's new count."""
+        return self.net.artifact.manifest
 
     def after_step(self, direction: str, step: int) -> None:
         layer = _layer(self.manifest, self.manifest.steps(direction)[step].layer)

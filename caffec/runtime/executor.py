@@ -7,7 +7,8 @@ C target these arrays are what the generated code works on, through a table of
 pointers, slot for slot; on the CUDA target (:mod:`caffec.runtime.device_executor`)
 they are the host side of the device's buffers. Either way the rest of the
 runtime reads and writes buffers through :meth:`Executor.host`, and zeroes them
-with :meth:`Executor.zero`, so it need not know where the net runs.
+with :meth:`Executor.zero`, so it need not know where the net runs. A C library
+runs on the threads :func:`caffec.runtime.threads.thread_policy` gives it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from caffec.errors import UserError
 from caffec.formats.manifest import Manifest, ViewEntry
 from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.memory_limits import artifact_bytes, bytes_text
+from caffec.runtime.threads import thread_policy
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 ALIGN = 64
@@ -86,6 +88,17 @@ class Executor:
             ) from None
         self._table = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
         self._entries = {d: artifact.entry(d) for d in ("forward", "backward", "update", "kernels")}
+        self._set_threads = artifact.library.caffec_set_threads
+        self._set_threads.restype = ctypes.c_int
+        self._set_threads.argtypes = [ctypes.c_int]
+        self.threads = 1  # what the library runs on, set here
+        self.set_threads(thread_policy().threads)
+
+    def set_threads(self, threads: int) -> int:
+        """Run parallel regions on ``threads`` threads from now on (per-image loops on at most
+        their workspaces' copies); returns the count the library took."""
+        self.threads = self._set_threads(threads)
+        return self.threads
 
     # --- the buffers ----------------------------------------------------------------------
     def host(self, slot: int | None, view: ViewEntry | None = None, overwrite: bool = False) -> Any:

@@ -7,8 +7,10 @@ from the layer's source (:mod:`caffec.runtime.sources`).
 
 Batches are prepared on a thread, a few ahead (``data_param.prefetch``,
 default 4), so the compiled step does not wait for data that is faster than
-the net. Every random choice comes from numpy Generators seeded from ``seed``
-and the layer's name, so a run is reproducible.
+the net. Every random choice comes from numpy Generators seeded from ``seed``,
+the layer's name and, for what is drawn per item, the batch's index
+(:class:`~caffec.runtime.random_seed.LayerRandom`), so a run is reproducible and a
+resumed run reads the batches a run from the start would.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import queue
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from google.protobuf import json_format
 from caffec.errors import InternalError, UserError
 from caffec.formats import caffe_pb2
 from caffec.formats.manifest import FeederEntry
+from caffec.runtime.distributed import solver_count, solver_rank
+from caffec.runtime.random_seed import LayerRandom
 from caffec.runtime.sources import (
     Batch,
     DataSource,
@@ -101,6 +104,8 @@ class Feeder:
     preparing a batch is raised by the :meth:`next` that would have returned
     it, as it was raised (a UserError stays a UserError). :meth:`close` stops
     the thread and closes the source; a Feeder is also a context manager.
+    :attr:`last` is the batch :meth:`next` returned last (its ``origins`` name where each
+    item came from).
     """
 
     def __init__(self, source: Source, prefetch: int) -> None:
@@ -108,6 +113,7 @@ class Feeder:
         self.tops = list(source.tops)
         self.shapes = dict(source.shapes)
         self.waited = 0.0  # seconds next() spent waiting for the thread
+        self.last: Batch | None = None
         self._source = source
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
@@ -139,10 +145,11 @@ class Feeder:
             raise self._error
         if self._thread is None:
             try:
-                return self._source.batch()
+                self.last = self._source.batch()
             except BaseException as error:
                 self._error = error
                 raise
+            return self.last
         start = time.perf_counter()
         while True:
             try:
@@ -157,6 +164,7 @@ class Feeder:
         if isinstance(item, _Failure):
             self._error = item.error
             raise item.error
+        self.last = item
         return item
 
     __next__ = next
@@ -206,8 +214,8 @@ def make_feeder(
     overrides ``data_param.prefetch`` (0: no thread, batches are made in
     :meth:`Feeder.next`). The source is opened and its first record checked
     here, so a missing or ill-fitting source fails now. ``skip``: batches to pass
-    over first, as resuming training does (:meth:`Source.skip`: a seek where the
-    source allows it).
+    over first, as resuming training does (:meth:`Source.skip`: a seek; the
+    skipped batches are not read).
     """
     layer, kind = spec.layer, spec.type
     source_type = _SOURCES.get(kind)
@@ -224,21 +232,21 @@ def make_feeder(
     phase_name = {"0": "TRAIN", "1": "TEST"}.get(str(phase), str(phase).upper())
     if phase_name not in ("TRAIN", "TEST"):
         raise InternalError(f"unknown phase {phase!r}")
-    seeds = np.random.SeedSequence([int(seed) % (1 << 64), zlib.crc32(layer.encode("utf-8"))])
-    rngs = [np.random.default_rng(s) for s in seeds.spawn(2)]  # order, transform
     net_dir = Path(net_dir) if net_dir else None
     source = source_type(
         param,
         resolver(net_dir),
-        rngs,
         layer=layer,
         tops=tops,
         shapes=shapes,
         dtype=np.dtype(dtype),
         phase=phase_name,
         net_dir=net_dir,
+        random=LayerRandom(seed, layer),
     )
     try:
+        if phase_name == "TRAIN" and solver_count() > 1:  # Caffe's ranks test on rank 0 alone
+            source.shard(solver_rank(), solver_count())
         if skip:
             source.skip(skip)
     except BaseException:

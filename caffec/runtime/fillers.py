@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError, did_you_mean
+from caffec.formats.binaryproto import read_blobproto
 
 Shape = tuple[int, ...]
 
@@ -63,10 +64,15 @@ class _Filler:
 
 
 def fill(spec: Mapping[str, Any], out: np.ndarray, rng: np.random.Generator) -> None:
-    """Fill ``out`` (float32 or float64, any layout) in place as Caffe's filler ``spec`` would."""
+    """Fill ``out`` (float32 or float64, any layout) in place as Caffe's filler ``spec`` would.
+    (A spec ``{"blobproto": path}`` is no Caffe filler but a layer's constant blob, read from
+    that file when the net is made: InfogainLoss's matrix.)"""
     if out.dtype not in (np.float32, np.float64):
         raise TypeError(f"fillers write float32 or float64 arrays, not {out.dtype}")
     shape = tuple(out.shape)
+    if "blobproto" in spec:
+        out[...] = _file_blob(spec["blobproto"], shape)
+        return
     parsed, filler = _resolve(spec, shape)
     out[...] = filler.draw(parsed, shape, rng)
 
@@ -78,6 +84,17 @@ def check(spec: Mapping[str, Any], shape: Shape) -> None:
     the blob.
     """
     _resolve(spec, tuple(shape))
+
+
+def _file_blob(path: str, shape: Shape) -> np.ndarray:
+    """The values of a BlobProto file, which must still have the count it was compiled for."""
+    values = read_blobproto(path).data
+    if values.size != math.prod(shape):
+        raise UserError(
+            f"{path} holds a blob of shape {values.shape}; the net was compiled for {shape}",
+            hint="compile the net again for the file's new contents",
+        )
+    return values.reshape(shape)
 
 
 def filler_names() -> list[str]:

@@ -13,8 +13,10 @@
 Data, ImageData and WindowData go through Caffe's TransformationParameter
 (:mod:`caffec.runtime.transform`); HDF5Data is not transformed, as in Caffe.
 Colour images come out in OpenCV's BGR channel order, as Caffe trains on them.
-Everything random (shuffles, crops, flips, window sampling) comes from numpy
-Generators the feeder seeds (:mod:`caffec.runtime.feeder`). Relative paths are
+Everything random comes from the layer's :class:`~caffec.runtime.random_seed.LayerRandom`:
+shuffles and rand_skip in sequence, crops, flips and window sampling from each batch's own
+generator, so that resuming seeks instead of making the batches it skips. Each batch says
+where its items came from (:class:`Batch`), for messages about one item. Relative paths are
 looked up from the working directory, as Caffe does, then from the prototxt's
 folder; paths inside list files also from the list file's own folder.
 """
@@ -35,10 +37,21 @@ from caffec.formats.hdf5_list import open_listed
 from caffec.formats.images import read_image, resize_bilinear
 from caffec.formats.lists import parse_image_list, read_lines
 from caffec.formats.optional import optional_module
+from caffec.runtime.random_seed import LayerRandom
 from caffec.runtime.transform import Transformer
 
 Shape = tuple[int, ...]
-Batch = dict[str, np.ndarray]
+
+
+class Batch(dict[str, np.ndarray]):
+    """One batch, ``{top: array}``; ``origins`` names where each item was read from (a
+    database's record, a list file's ``file:line``, an HDF5 file's row), so that an error
+    about one item (a label out of range) can name it."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__(arrays)
+        self.origins: list[str] = []
+
 
 LOOKUP_HINT = (
     "relative paths are looked up from the working directory (as Caffe does), "
@@ -92,6 +105,7 @@ class Source:
         dtype: np.dtype,
         phase: str,
         net_dir: Path | None,
+        random: LayerRandom,
     ) -> None:
         self.layer = layer
         self.tops = tops
@@ -100,9 +114,11 @@ class Source:
         self.phase = phase
         self.net_dir = net_dir
         self.batch_size = self.shapes[tops[0]][0] if self.shapes[tops[0]] else 1
+        self.random = random
+        self.made = 0  # the index of the next batch
 
     def new_batch(self) -> Batch:
-        return {t: np.empty(self.shapes[t], dtype=self.dtype) for t in self.tops}
+        return Batch({t: np.empty(self.shapes[t], dtype=self.dtype) for t in self.tops})
 
     def check_image(self, transform: Transformer, chw: Shape, where: str, hint: str) -> None:
         """Refuse an image whose transformed shape is not the data top's compiled shape."""
@@ -132,13 +148,29 @@ class Source:
                 )
 
     def batch(self) -> Batch:
+        """The next batch, its random numbers drawn from its own generator."""
+        rng = self.random.batch(self.made)
+        self.made += 1
+        return self.make(rng)
+
+    def make(self, rng: np.random.Generator) -> Batch:
+        """Read and transform the next batch, drawing from ``rng`` per item."""
         raise NotImplementedError
 
     def skip(self, batches: int) -> None:
-        """Stand ``batches`` batches further on, as making them would (resuming training):
-        here by making them; sources that can seek override this."""
-        for _ in range(batches):
-            self.batch()
+        """Stand ``batches`` batches further on, as making them would (resuming training),
+        without making them: each batch draws from its own generator, so only where reading
+        stands moves."""
+        self.made += batches
+        self.seek(batches * self.batch_size)
+
+    def seek(self, items: int) -> None:
+        """Move where reading stands ``items`` items on, as reading them would."""
+        raise NotImplementedError
+
+    def shard(self, rank: int, count: int) -> None:
+        """Read as data-parallel rank ``rank`` of ``count`` (training): here every rank reads
+        the whole source, as Caffe's ImageData, HDF5Data and WindowData layers do."""
 
     def close(self) -> None:
         pass
@@ -147,7 +179,7 @@ class Source:
 class DataSource(Source):
     """Caffe's Data layer."""
 
-    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, rngs: list, **kw: Any):
+    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, **kw: Any):
         super().__init__(**kw)
         dp = p.data_param
         self.check_label_top()
@@ -158,13 +190,13 @@ class DataSource(Source):
             effective_transform(p, dp),
             self.phase,
             self.dtype,
-            rngs[1],
             resolve,
             f"layer '{self.layer}'",
         )
         force = self.transform.force
         self.mode = force if force is not None else ("color" if dp.force_encoded_color else None)
         self.cursor = Cursor(found, backend)
+        self.stride = 1  # records on from one read to the next: the data-parallel ranks
         self.checked: Shape | None = None
         try:
             if self.cursor.empty:
@@ -172,15 +204,19 @@ class DataSource(Source):
                     f"layer '{self.layer}': the database {found} is empty",
                     hint="convert some data into it (convert_mnist, convert_imageset)",
                 )
-            self._image(*self.cursor.peek())  # check the first record now, as Caffe's setup
-            for _ in range(int(rngs[0].integers(dp.rand_skip)) if dp.rand_skip else 0):
-                self.cursor.next()
+            key, value = self.cursor.peek()
+            self._image(self._record(key), value)  # check the first record now, as Caffe's setup
+            if dp.rand_skip:
+                self.cursor.skip(int(self.random.order.integers(dp.rand_skip)))
         except BaseException:
             self.cursor.close()
             raise
 
-    def _image(self, key: bytes, value: bytes) -> tuple[np.ndarray, int]:
-        where = f"layer '{self.layer}': record '{key_text(key)}' of {self.name}"
+    def _record(self, key: bytes) -> str:
+        return f"record '{key_text(key)}' of {self.name}"
+
+    def _image(self, record: str, value: bytes) -> tuple[np.ndarray, int]:
+        where = f"layer '{self.layer}': {record}"
         datum = parse_datum(value, where)
         image = datum_array(datum, where, self.mode)
         if image.shape != self.checked:
@@ -193,24 +229,31 @@ class DataSource(Source):
             self.checked = image.shape
         return image, datum.label
 
-    def batch(self) -> Batch:
+    def make(self, rng: np.random.Generator) -> Batch:
         out = self.new_batch()
         data = out[self.tops[0]]
         labels = np.empty(self.batch_size, dtype=self.dtype)
         for i in range(self.batch_size):
-            image, labels[i] = self._image(*self.cursor.next())
-            self.transform(image, data[i])
+            key, value = self.cursor.next()
+            if self.stride > 1:
+                self.cursor.skip(self.stride - 1)  # the other ranks' records
+            out.origins.append(self._record(key))
+            image, labels[i] = self._image(out.origins[-1], value)
+            self.transform(image, rng, data[i])
         if len(self.tops) > 1:
             out[self.tops[1]] = labels.reshape(self.shapes[self.tops[1]])
         return out
 
-    def skip(self, batches: int) -> None:
-        """Records are read in key order, round and round: a seek, unless every image draws
-        its crop and flip from the transform's random stream (then they are made)."""
-        if self.transform.random:
-            super().skip(batches)
-        else:
-            self.cursor.skip(batches * self.batch_size)
+    def seek(self, items: int) -> None:
+        """Records are read in key order, round and round."""
+        self.cursor.skip(items * self.stride)
+
+    def shard(self, rank: int, count: int) -> None:
+        """Caffe's DataLayer::Skip: of the records in key order (round and round), rank r of N
+        reads the r-th, (r + N)-th, ...; so the ranks' batches together hold the records one
+        process's batch N times larger would, and no two ranks read the same one in an epoch."""
+        self.stride = count
+        self.cursor.skip(rank)
 
     def close(self) -> None:
         self.cursor.close()
@@ -219,7 +262,7 @@ class DataSource(Source):
 class ImageDataSource(Source):
     """Caffe's ImageData layer."""
 
-    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, rngs: list, **kw: Any):
+    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, **kw: Any):
         super().__init__(**kw)
         ip = p.image_data_param
         self.check_label_top()
@@ -237,12 +280,11 @@ class ImageDataSource(Source):
         self.resolve = resolver(self.net_dir, found.parent)
         self.resolved: dict[int, Path] = {}
         self.shuffle = ip.shuffle
-        self.rng = rngs[0]
+        self.rng = self.random.order
         self.transform = Transformer(
             effective_transform(p, ip),
             self.phase,
             self.dtype,
-            rngs[1],
             resolve,
             f"layer '{self.layer}'",
         )
@@ -265,13 +307,10 @@ class ImageDataSource(Source):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 
-    def skip(self, batches: int) -> None:
+    def seek(self, items: int) -> None:
         """A seek in the list; with shuffle, the order of each pass begun on the way is drawn
-        as reading would draw it. Images whose crop and flip are random are made."""
-        if self.transform.random:
-            super().skip(batches)
-            return
-        wraps, self.position = divmod(self.position + batches * self.batch_size, len(self.lines))
+        as reading would draw it."""
+        wraps, self.position = divmod(self.position + items, len(self.lines))
         if self.shuffle and wraps:
             order = np.arange(len(self.lines))
             for _ in range(wraps):  # the orders composed; the lines moved once
@@ -299,13 +338,14 @@ class ImageDataSource(Source):
             self.checked = image.shape
         return image
 
-    def batch(self) -> Batch:
+    def make(self, rng: np.random.Generator) -> Batch:
         out = self.new_batch()
         data = out[self.tops[0]]
         labels = np.empty(self.batch_size, dtype=self.dtype)
         for i in range(self.batch_size):
-            self.transform(self._image(self.position), data[i])
-            labels[i] = self.lines[self.position][1]
+            self.transform(self._image(self.position), rng, data[i])
+            _, labels[i], number = self.lines[self.position]
+            out.origins.append(f"{self.list_file}:{number}")
             self.position += 1
             if self.position >= len(self.lines):
                 self.position = 0
@@ -319,7 +359,7 @@ class ImageDataSource(Source):
 class HDF5Source(Source):
     """Caffe's HDF5Data layer: no transformation, one dataset per top."""
 
-    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, rngs: list, **kw: Any):
+    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, **kw: Any):
         super().__init__(**kw)
         hp = p.hdf5_data_param
         self.h5py = optional_module("h5py", "h5py")
@@ -340,7 +380,7 @@ class HDF5Source(Source):
         if not self.files:
             raise UserError(f"layer '{self.layer}': the HDF5 list file {found} names no files")
         self.shuffle = hp.shuffle
-        self.rng = rngs[0]
+        self.rng = self.random.order
         self.file_order = np.arange(len(self.files))
         if self.shuffle:
             self.rng.shuffle(self.file_order)
@@ -392,6 +432,7 @@ class HDF5Source(Source):
                 )
             arrays[top] = array.reshape((array.shape[0], *want[1:]))
         self.arrays = arrays
+        self.path = path
         self.rows = next(iter(rows.values()))
         self.row_order = np.arange(self.rows)
         if self.shuffle:
@@ -403,19 +444,18 @@ class HDF5Source(Source):
             top = f.get(self.tops[0])
             return int(top.shape[0]) if isinstance(top, self.h5py.Dataset) and top.ndim else 0
 
-    def skip(self, batches: int) -> None:
-        """Stand ``batches`` further on as reading would: files passed over are only asked
-        their number of rows, and every shuffle reading would draw is drawn."""
-        steps = batches * self.batch_size
+    def seek(self, items: int) -> None:
+        """Files passed over are only asked their number of rows, and every shuffle reading
+        would draw is drawn."""
         if len(self.files) == 1:
-            wraps, self.current_row = divmod(self.current_row + steps, self.rows)
+            wraps, self.current_row = divmod(self.current_row + items, self.rows)
             for _ in range(wraps if self.shuffle else 0):
                 self.rng.shuffle(self.row_order)
             return
         if not self.shuffle:  # reading repeats after every row of every file
-            steps %= sum(self._rows_in(listed) for listed in self.files)
-        while steps >= self.rows - self.current_row:  # into the next file, as _next_row goes
-            steps -= self.rows - self.current_row
+            items %= sum(self._rows_in(listed) for listed in self.files)
+        while items >= self.rows - self.current_row:  # into the next file, as _next_row goes
+            items -= self.rows - self.current_row
             self.current_file += 1
             if self.current_file == len(self.files):
                 self.current_file = 0
@@ -423,7 +463,7 @@ class HDF5Source(Source):
                     self.rng.shuffle(self.file_order)
             listed = self.files[self.file_order[self.current_file]]
             rows = self._rows_in(listed)
-            if steps < rows or not rows:  # reading stops in it (or _load says what is wrong)
+            if items < rows or not rows:  # reading stops in it (or _load says what is wrong)
                 self._load(*listed)
             else:  # passed over: only the shuffle _load draws
                 self.rows, self.row_order = rows, np.arange(rows)
@@ -432,7 +472,7 @@ class HDF5Source(Source):
             self.current_row = 0
             if self.shuffle:
                 self.rng.shuffle(self.row_order)
-        self.current_row += steps
+        self.current_row += items
 
     def _next_row(self) -> None:
         """Caffe's HDF5DataLayer::Next."""
@@ -449,11 +489,13 @@ class HDF5Source(Source):
             if self.shuffle:
                 self.rng.shuffle(self.row_order)
 
-    def batch(self) -> Batch:
+    def make(self, rng: np.random.Generator) -> Batch:
+        """Rows as they are (``rng`` is not drawn from: HDF5Data does not transform)."""
         out = self.new_batch()
         for i in range(self.batch_size):
             row = self.row_order[self.current_row]
             for top in self.tops:
                 out[top][i] = self.arrays[top][row]
+            out.origins.append(f"row {row} of {self.path}")
             self._next_row()
         return out

@@ -24,6 +24,7 @@ from caffec.errors import UserError
 from caffec.formats.snapshots import load_blobs, read_solver_snapshot, write_solver_snapshot
 from caffec.runtime.compiled_net import CompiledNet
 from caffec.runtime.debug_info import DebugInfo, check_loss, check_weights
+from caffec.runtime.distributed import DataParallel, is_root
 from caffec.runtime.glog import caffe_log
 
 
@@ -143,11 +144,31 @@ class TrainingLoop:
             raise UserError("the train net was compiled without a solver update step")
         self.stop_requested = False
         self.snapshot_requested = False
+        self._stop_agreed = False  # data-parallel: some rank was asked to stop
         self.debug = DebugInfo(net, self.log) if settings.debug_info else None
         if self.debug is not None:
             net.step_hook = self.debug.after_step
+        # Caffe's Solver::Callback objects: on_start() before each iteration's passes,
+        # on_gradients_ready() after them, before the update
+        self.callbacks: list[Any] = []
+        self.parallel: DataParallel | None = None
+
+    def add_callback(self, callback: Any) -> None:
+        """Call ``callback.on_start()`` and ``callback.on_gradients_ready()`` every iteration;
+        a :class:`DataParallel` also averages the logged loss over its ranks."""
+        self.callbacks.append(callback)
+        if isinstance(callback, DataParallel):
+            self.parallel = callback
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (by a signal): on any rank, when data-parallel, so
+        that every rank stops after the same iteration."""
+        return self._stop_agreed if self.parallel is not None else self.stop_requested
 
     def log(self, message: str, level: str = "I") -> None:
+        if not is_root():  # rank 0 alone logs, as in Caffe
+            return
         self.progress.erase()
         if self._log is caffe_log:
             caffe_log(message, level=level)
@@ -192,15 +213,25 @@ class TrainingLoop:
         s = self.settings
         stop = self.iter + iterations
         started, started_iter = time.perf_counter(), self.iter
-        while self.iter < stop and not self.stop_requested:
+        while self.iter < stop and not self.stopping:
             self.net.clear_param_diffs()
             if (
                 s.test_interval
                 and self.iter % s.test_interval == 0
                 and (self.iter > 0 or s.test_initialization)
+                and is_root()
             ):
                 self.test_all()
+            for callback in self.callbacks:
+                callback.on_start()
             loss = self._forward_backward()
+            for callback in self.callbacks:
+                callback.on_gradients_ready()
+            snapshot_now = self.snapshot_requested
+            if self.parallel is not None:
+                loss, (self._stop_agreed, snapshot_now) = self.parallel.agree(
+                    loss, self.stop_requested, self.snapshot_requested
+                )
             self._losses.append(loss)
             smoothed = sum(self._losses) / len(self._losses)
             display = s.display and self.iter % s.display == 0
@@ -218,8 +249,8 @@ class TrainingLoop:
             self._apply_update(rate)
             self.iter += 1
             self.progress.show(self.iter, max(s.max_iter, stop))
-            if (s.snapshot and self.iter % s.snapshot == 0) or self.snapshot_requested:
-                self.snapshot()
+            if (s.snapshot and self.iter % s.snapshot == 0) or snapshot_now:
+                self.snapshot_on_root()
                 self.snapshot_requested = False
 
     def solve(self) -> None:
@@ -229,14 +260,14 @@ class TrainingLoop:
         self.log(f"Learning Rate Policy: {s.lr_policy}")
         self.step(s.max_iter - self.iter)
         if s.snapshot_after_train and (not s.snapshot or self.iter % s.snapshot != 0):
-            self.snapshot()
-        if self.stop_requested:
+            self.snapshot_on_root()
+        if self.stopping:
             self.log("Optimization stopped early.")
             return
         if s.display and self.iter % s.display == 0:
             outputs = self.net.forward()
             self.log(f"Iteration {self.iter}, loss = {self._weighted_loss(self.net, outputs):g}")
-        if s.test_interval and self.iter % s.test_interval == 0:
+        if s.test_interval and self.iter % s.test_interval == 0 and is_root():
             self.test_all()
         self.progress.erase()
         self.log("Optimization Done.")
@@ -275,6 +306,11 @@ class TrainingLoop:
         suffix = ".h5" if self.settings.snapshot_format == "HDF5" else ""
         return (Path(f"{prefix}_iter_{self.iter}.caffemodel{suffix}"),
                 Path(f"{prefix}_iter_{self.iter}.solverstate{suffix}"))  # fmt: skip
+
+    def snapshot_on_root(self) -> None:
+        """Snapshot on rank 0 only: every rank holds the same weights."""
+        if is_root():
+            self.snapshot()
 
     def snapshot(self) -> tuple[Path, Path]:
         """Write the weights and the solver state (both atomically), as Caffe names them."""

@@ -6,7 +6,8 @@ element's position in the *uncropped* image or the channel's ``mean_value``;
 the crop window is random in TRAIN and centred in TEST; a random horizontal
 flip happens wherever ``mirror`` is set (Caffe flips in TEST too when a TEST
 layer asks for it). Caffe draws the flip first, then the crop's row, then its
-column; so does this module, from a seeded numpy Generator.
+column; so does this module, from the numpy Generator of the image's batch
+(:class:`caffec.runtime.random_seed.LayerRandom`).
 
 Images reach the transformer as ``(channels, height, width)`` arrays (uint8
 pixels or floats), colour in Caffe's BGR order (:mod:`caffec.formats.images`).
@@ -54,14 +55,12 @@ class Transformer:
         param: Any,
         phase: str,
         dtype: np.dtype,
-        rng: np.random.Generator,
         resolve: Callable[[str], Path | None],
         what: str,
     ) -> None:
         self.what = what
         self.phase = phase
         self.dtype = np.dtype(dtype)
-        self.rng = rng
         self.scale = self.dtype.type(param.scale)
         self.crop = int(param.crop_size)
         self.mirror = bool(param.mirror)
@@ -90,11 +89,6 @@ class Transformer:
             self.mean_path = found
             self.mean = load_mean_file(found).astype(self.dtype)
 
-    @property
-    def random(self) -> bool:
-        """Whether the transform draws random numbers (flips, or crops in TRAIN)."""
-        return self.mirror or (self.crop > 0 and self.phase == "TRAIN")
-
     def out_shape(self, chw: Shape) -> Shape:
         """The shape an image of ``chw`` has after the transform (the crop)."""
         return (chw[0], self.crop, self.crop) if self.crop else tuple(chw)
@@ -121,17 +115,20 @@ class Transformer:
                 hint="give one mean_value, or one per channel",
             )
 
-    def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Transform one (C, H, W) image into ``out`` (a new array when None)."""
+    def __call__(
+        self, image: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Transform one (C, H, W) image into ``out`` (a new array when None), drawing its
+        flip and crop from ``rng``."""
         c, h, w = image.shape
-        do_mirror = self.mirror and bool(self.rng.integers(2))
+        do_mirror = self.mirror and bool(rng.integers(2))
         h_off = w_off = 0
         oh, ow = h, w
         if self.crop:
             oh = ow = self.crop
             if self.phase == "TRAIN":
-                h_off = int(self.rng.integers(h - self.crop + 1))
-                w_off = int(self.rng.integers(w - self.crop + 1))
+                h_off = int(rng.integers(h - self.crop + 1))
+                w_off = int(rng.integers(w - self.crop + 1))
             else:
                 h_off, w_off = (h - self.crop) // 2, (w - self.crop) // 2
         window = (slice(None), slice(h_off, h_off + oh), slice(w_off, w_off + ow))

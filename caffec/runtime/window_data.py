@@ -1,6 +1,7 @@
 """Caffe's WindowData layer (R-CNN fine-tuning): foreground and background windows sampled
 at random from a window file, warped to ``crop_size`` with ``context_pad``, as Caffe's
-``window_data_layer.cpp`` does."""
+``window_data_layer.cpp`` does. Each batch samples its windows (and their flips) from its
+own generator, so that a resume at batch k makes batch k straight away."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _c_round(x: float) -> int:
 class WindowDataSource(Source):
     """Caffe's WindowData layer (R-CNN fine-tuning): sampled windows, warped."""
 
-    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, rngs: list, **kw: Any):
+    def __init__(self, p: caffe_pb2.LayerParameter, resolve: Callable, **kw: Any):
         super().__init__(**kw)
         wp = p.window_data_param
         self.check_label_top()
@@ -44,8 +45,7 @@ class WindowDataSource(Source):
                 hint="context_pad must be less than half of crop_size",
             )
         # The mean, scale and checks are the transformer's; the warping is the layer's own.
-        self.transform = Transformer(t, self.phase, self.dtype, rngs[1], resolve, self.what)
-        self.rng = rngs[0]
+        self.transform = Transformer(t, self.phase, self.dtype, resolve, self.what)
         self.context_pad = int(wp.context_pad)
         self.square = wp.crop_mode == "square"
         if wp.crop_mode not in ("warp", "square"):
@@ -55,8 +55,9 @@ class WindowDataSource(Source):
         self.fg_fraction = float(wp.fg_fraction)
         self.images: dict[int, Path] = {}
         self.cache: dict[int, bytes] | None = {} if wp.cache_images else None
-        self.fg: list[tuple[int, int, int, int, int, int]] = []  # (image, label, x1, y1, x2, y2)
-        self.bg: list[tuple[int, int, int, int, int, int]] = []
+        # (image, label, x1, y1, x2, y2, the line of the window file that gives the window)
+        self.fg: list[tuple[int, ...]] = []
+        self.bg: list[tuple[int, ...]] = []
         self._parse(found, wp, resolver(self.net_dir, found.parent))
         want = self.shapes[self.tops[0]][1:]
         if want != (3, self.crop, self.crop):
@@ -142,6 +143,7 @@ class WindowDataSource(Source):
                 take(int, what)
             for _ in range(take(int, "the number of windows")):
                 label = take(int, "a window's label")
+                line = tokens[position - 1][1]  # the label's line
                 overlap = take(float, "a window's overlap")
                 box = [take(int, f"a window's {c}") for c in ("x1", "y1", "x2", "y2")]
                 if overlap >= wp.fg_threshold:
@@ -150,19 +152,19 @@ class WindowDataSource(Source):
                             f"{self.what}: {path}: a foreground window of image {index} has "
                             f"label {label}; labels of objects start at 1 (0 is background)",
                         )
-                    self.fg.append((index, label, *box))
+                    self.fg.append((index, label, *box, line))
                 elif overlap < wp.bg_threshold:
-                    self.bg.append((index, 0, *box))
+                    self.bg.append((index, 0, *box, line))
 
     def _load(self, index: int, where: str) -> np.ndarray:
         if self.cache is not None:
             return decode_image(self.cache[index], "color", where)
         return read_image(self.images[index], "color", where)
 
-    def _window(self, window: tuple[int, ...], out: np.ndarray) -> None:
-        index, _, x1, y1, x2, y2 = window
+    def _window(self, window: tuple[int, ...], out: np.ndarray, rng: np.random.Generator) -> None:
+        index, _, x1, y1, x2, y2, _ = window
         where = f"{self.what}: image {index} of {self.window_file}"
-        do_mirror = self.transform.mirror and bool(self.rng.integers(2))
+        do_mirror = self.transform.mirror and bool(rng.integers(2))
         image = self._load(index, where)
         _, rows, cols = image.shape
         crop = self.crop
@@ -212,7 +214,10 @@ class WindowDataSource(Source):
         out[...] = 0
         out[:, pad_h : pad_h + out_h, pad_w : pad_w + out_w] = x * t.scale
 
-    def batch(self) -> Batch:
+    def seek(self, items: int) -> None:
+        """Nothing to move: windows are sampled at random, from each batch's generator."""
+
+    def make(self, rng: np.random.Generator) -> Batch:
         out = self.new_batch()
         data = out[self.tops[0]]
         labels = np.empty(self.batch_size, dtype=self.dtype)
@@ -220,9 +225,10 @@ class WindowDataSource(Source):
         item = 0
         for windows, count in ((self.bg, self.batch_size - num_fg), (self.fg, num_fg)):
             for _ in range(count):
-                window = windows[int(self.rng.integers(len(windows)))]
-                self._window(window, data[item])
+                window = windows[int(rng.integers(len(windows)))]
+                self._window(window, data[item], rng)
                 labels[item] = window[1]
+                out.origins.append(f"{self.window_file}:{window[6]}")
                 item += 1
         if len(self.tops) > 1:
             out[self.tops[1]] = labels.reshape(self.shapes[self.tops[1]])

@@ -2,13 +2,20 @@
 
 from caffec.compiler.layers import (  # noqa: F401
     activations,
+    classification_losses,
     convolution,
     data,
+    filter,
+    indexing,
     inner_product,
     losses,
     normalization,
+    output,
     python_layer,
+    recurrent,
     reduction,
+    resize,
+    ssd,
     structure,
     vision,
 )

@@ -6,6 +6,8 @@ the bottom ``x``, the top ``y`` and the top's gradient ``dy``.
 
 from __future__ import annotations
 
+import math
+
 from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.layers.common import SameShape, count
 from caffec.compiler.lowering import LowerContext
@@ -16,10 +18,14 @@ from caffec.formats import caffe_pb2
 
 
 class Elementwise(SameShape):
-    """A layer that is one expression forward and one backward, with constants from its params."""
+    """A layer that is one expression forward and one backward, with constants from its params.
+
+    ``backward_lets`` are named temporaries the backward expression may use.
+    """
 
     forward: str
     backward: str
+    backward_lets: tuple[tuple[str, str], ...] = ()
 
     def consts(self, layer: LayerParameter) -> dict[str, float]:
         return {}
@@ -41,7 +47,7 @@ class Elementwise(SameShape):
         inputs = {"x": ctx.x(0), "y": ctx.y(0), "dy": ctx.dy(0)}
         ctx.emit(
             pmap(op.tops[0].shape, [(dx, self.backward_expr(op.param))], inputs,
-                 self.consts(op.param), accumulate=accumulate)
+                 self.consts(op.param), lets=self.backward_lets, accumulate=accumulate)
         )  # fmt: skip
 
 
@@ -94,6 +100,149 @@ class ELU(Elementwise):
 
     def consts(self, layer: LayerParameter) -> dict[str, float]:
         return {"alpha": layer.elu_param.alpha}
+
+
+def log_of_base(base: float, field: str) -> float:
+    """The natural log of an Exp or Log layer's ``base`` (``field`` names it in errors); -1
+    (the default) stands for e."""
+    if base == -1:
+        return 1.0
+    if not (base > 0 and math.isfinite(base)):
+        raise ShapeError(
+            f"{field} {base:g} is not a positive number",
+            hint="give a base above 0, or -1 (the default) for e",
+        )
+    return math.log(base)
+
+
+@register_layer("Exp", in_place=True)
+class Exp(Elementwise):
+    """y = base ^ (shift + scale * x), computed as Caffe does: outer * exp(inner * x) with
+    inner = ln(base) * scale and outer = base ^ shift. The gradient reads the top only."""
+
+    forward = "outer * exp(inner * x)"
+    backward = "dy * y * inner"
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        self.consts(layer)  # raises for a bad base or shift
+        return [bottoms[0]]
+
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
+        p = layer.exp_param
+        log_base = log_of_base(p.base, "exp_param.base")
+        try:
+            outer = (math.e if p.base == -1 else p.base) ** p.shift
+        except OverflowError:
+            raise ShapeError(
+                f"base ^ shift ({p.base:g} ^ {p.shift:g}) is too large for a number",
+                hint="use a smaller shift",
+            ) from None
+        return {"inner": log_base * p.scale, "outer": outer}
+
+
+@register_layer("Log")
+class Log(Elementwise):
+    """y = log_base(shift + scale * x); the gradient reads the bottom, as Caffe's does."""
+
+    forward = "to_base * log(scale * x + shift)"
+    backward = "dy * scale * to_base / (scale * x + shift)"
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        if log_of_base(layer.log_param.base, "log_param.base") == 0:
+            raise ShapeError("log_param.base 1 has no logarithms", hint="give a base other than 1")
+        return [bottoms[0]]
+
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
+        p = layer.log_param
+        return {
+            "to_base": 1.0 / log_of_base(p.base, "log_param.base"),
+            "scale": p.scale,
+            "shift": p.shift,
+        }
+
+
+@register_layer("BNLL")
+class BNLL(Elementwise):
+    """y = log(1 + exp(x)) in Caffe's stable form; the gradient caps exp's argument at 50,
+    as Caffe does (the slope is 1 there to double precision)."""
+
+    forward = "x > 0 ? x + log(1 + exp(-x)) : log(1 + exp(x))"
+    backward = "dy * e / (e + 1)"
+    backward_lets = (("e", "exp(fmin(x, 50))"),)
+
+
+@register_layer("Clip")
+class Clip(Elementwise):
+    """y = x clamped to [min, max] (NaN gives min, as Caffe's std::max and std::min do); the
+    gradient passes where min <= x <= max, both ends included as in Caffe."""
+
+    forward = "x > hi ? hi : (x > lo ? x : lo)"
+    backward = "x >= lo && x <= hi ? dy : 0"
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        p = layer.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise ShapeError(
+                "Clip needs both clip_param.min and clip_param.max",
+                hint="write clip_param { min: LOW max: HIGH }",
+            )
+        if p.min > p.max:
+            raise ShapeError(
+                f"clip_param.min {p.min:g} is above clip_param.max {p.max:g}",
+                hint="swap them: min is the lower bound",
+            )
+        return [bottoms[0]]
+
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
+        return {"lo": layer.clip_param.min, "hi": layer.clip_param.max}
+
+
+@register_layer("Swish")
+class Swish(Elementwise):
+    """y = x * sigmoid(beta * x). The gradient is Caffe's, beta * y + s * (1 - beta * y) with
+    s the sigmoid, with y written as x * s so that it reads the bottom only."""
+
+    forward = "x / (1 + exp(-beta * x))"
+    backward = "dy * (s + beta * x * s * (1 - s))"
+    backward_lets = (("s", "1 / (1 + exp(-beta * x))"),)
+
+    def consts(self, layer: LayerParameter) -> dict[str, float]:
+        return {"beta": layer.swish_param.beta}
+
+
+@register_layer("ReLU6", in_place=True)
+class ReLU6(Elementwise):
+    """A fork layer (Caffe ports of MobileNet-v2): y = min(max(x, 0), 6). 0 < y < 6 exactly
+    where 0 < x < 6, the only place a gradient passes, so the gradient reads the top."""
+
+    forward = "x > 0 ? (x < 6 ? x : 6) : 0"
+    backward = "y > 0 && y < 6 ? dy : 0"
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        slope = layer.relu_param.negative_slope
+        if slope != 0:
+            raise ShapeError(
+                f"ReLU6 has no negative slope, got relu_param.negative_slope {slope:g}",
+                hint="remove the relu_param (some forks read a slope; caffec's ReLU6 is "
+                "min(max(x, 0), 6))",
+            )
+        return [bottoms[0]]
+
+
+@register_layer("Threshold", in_place=True)
+class Threshold(SameShape):
+    """y = 1 where x > threshold, else 0. Caffe's backward is NOT_IMPLEMENTED: a net that
+    needs a gradient through it is an error, and ``force_backward`` does not ask for one."""
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        return False
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        threshold = {"threshold": op.param.threshold_param.threshold}
+        ctx.emit(
+            pmap(op.tops[0].shape, [(ctx.y(0), "x > threshold ? 1 : 0")], {"x": ctx.x(0)},
+                 threshold)
+        )  # fmt: skip
 
 
 @register_layer("Dropout", in_place=True)

@@ -5,7 +5,10 @@ columns (im2col), or a direct convolution where the target says it pays
 (:meth:`caffec.compiler.targets.Target.conv_algorithms`). The *image side* is
 the blob of the larger spatial size (the convolution's bottom, the
 deconvolution's top) and the *column side* the other; Deconvolution's forward
-pass is Convolution's backward-data pass.
+pass is Convolution's backward-data pass. Convolutions over other than two
+spatial axes (and 2-D ones with ``force_nd_im2col``) run im2col + GEMM over
+all their axes on every target. Several bottoms each go through the same
+weights, as in Caffe.
 """
 
 from __future__ import annotations
@@ -20,10 +23,22 @@ from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.kernels import Buffer, Kernel, Loop, Operand
 from caffec.compiler.layers.common import canonical_axis, count, require_same_shapes
 from caffec.compiler.lowering import LowerContext
-from caffec.compiler.primitives import col2im, conv_attrs, direct_conv, gemm, im2col, pmap, reduce
+from caffec.compiler.primitives import (
+    col2im,
+    col2im_nd,
+    conv_attrs,
+    conv_nd_attrs,
+    direct_conv,
+    gemm,
+    im2col,
+    im2col_nd,
+    pmap,
+    reduce,
+    winograd,
+    winograd_attrs,
+)
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.compiler.targets import DIRECT_BLOCKING, ConvAlgorithms, ConvShape
-from caffec.errors import UserError, shape_text
 
 
 @dataclass(frozen=True)
@@ -74,18 +89,19 @@ def _h_w(p: Message, name: str, default: int, n: int) -> tuple[int, ...]:
 
 
 def conv_geometry(layer: LayerParameter, bottom: Shape) -> ConvGeometry:
+    """Kernel, stride, pad and dilation per spatial axis (every axis after ``axis``). As in
+    Caffe, a bottom may have none (the channel axis last), and then needs no kernel size:
+    the weights combine each image's channels, a grouped inner product."""
     p = layer.convolution_param
     axis = canonical_axis(p.axis, len(bottom))
     n = len(bottom) - axis - 1
-    if n < 1:
-        raise ShapeError(f"the bottom {shape_text(bottom)} has no spatial axes after axis {axis}")
     kernel = _h_w(p, "kernel_size", 0, n)
-    if not len(p.kernel_size) and not p.HasField("kernel_h"):
+    if n and not len(p.kernel_size) and not p.HasField("kernel_h"):
         raise ShapeError("no kernel size", hint="set kernel_size (or kernel_h and kernel_w)")
-    if min(kernel) <= 0:
+    if any(k <= 0 for k in kernel):
         raise ShapeError(f"kernel sizes must be positive, got {kernel}")
     stride = _h_w(p, "stride", 1, n)
-    if min(stride) <= 0:
+    if any(s <= 0 for s in stride):
         raise ShapeError(f"strides must be positive, got {stride}")
     pad = _h_w(p, "pad", 0, n)
     dilation = _per_axis("dilation", p.dilation, 1, n)
@@ -106,43 +122,29 @@ def _check_groups(layer: LayerParameter, channels: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ConvPlan:
-    """One (de)convolution as its lowering runs it: the shape and chosen algorithms, and
-    the GEMM of one group: M weight rows, K = image channels per group times the taps,
-    P column-side positions."""
+    """One (de)convolution as its lowering runs it on each bottom: the images (``batch``:
+    every axis before the channel axis counts), the chosen algorithms, im2col's geometry
+    (2-D: :func:`conv_attrs`; N-D: :func:`conv_nd_attrs`), and the GEMM of one group: M
+    weight rows, K = image channels per group times the taps, P column-side positions.
+    ``shape`` is what the target chose 2-D algorithms from; None on the N-D path, which is
+    im2col + GEMM on every target."""
 
-    shape: ConvShape
+    axis: int
+    batch: int
+    group: int
+    m: int
+    k: int
+    p: int
+    image_size: int  # numbers in one image of the image side
+    col_size: int  # numbers in one image of the column side
+    pointwise: bool  # every kernel axis 1, stride 1, no padding: the GEMM reads the image
     algorithms: ConvAlgorithms
-    geometry: dict[str, int]  # im2col's: the image side's C, H, W, the kernel, OH, OW
+    geometry: dict[str, Any]
+    shape: ConvShape | None
 
     @property
-    def batch(self) -> int:
-        return self.shape.batch
-
-    @property
-    def group(self) -> int:
-        return self.shape.group
-
-    @property
-    def m(self) -> int:
-        return self.shape.rows
-
-    @property
-    def k(self) -> int:
-        return self.shape.depth
-
-    @property
-    def p(self) -> int:
-        return self.shape.positions
-
-    @property
-    def image_size(self) -> int:
-        """Numbers in one image of the image side."""
-        return count(self.shape.image)
-
-    @property
-    def col_size(self) -> int:
-        """Numbers in one image of the column side."""
-        return count(self.shape.cols)
+    def nd(self) -> bool:
+        return self.shape is None
 
 
 class _ConvolutionBase:
@@ -157,6 +159,12 @@ class _ConvolutionBase:
         raise NotImplementedError
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        if len(layer.top) != len(bottoms):
+            raise ShapeError(
+                f"{len(bottoms)} bottoms but {len(layer.top)} tops: each bottom goes through "
+                "the same weights to the top at its position",
+                hint="give exactly one top per bottom",
+            )
         require_same_shapes(bottoms)
         bottom = bottoms[0]
         g = conv_geometry(layer, bottom)
@@ -184,23 +192,36 @@ class _ConvolutionBase:
         return blobs
 
     def _plan(self, op: Op, ctx: LowerContext) -> ConvPlan:
+        """2-D convolutions (unless ``force_nd_im2col``) get the target's algorithms; any
+        other number of spatial axes im2col + GEMM over all of them (Caffe's im2col_nd)."""
+        param = op.param.convolution_param
         g = conv_geometry(op.param, op.bottoms[0].shape)
-        if g.axis != 1 or len(g.kernel) != 2:
-            raise UserError(
-                "caffec compiles 2-D convolutions over axis 1 only so far",
-                span=op.span,
-                layer=op.name,
-            )
         bottom, top = op.bottoms[0].shape, op.tops[0].shape
         image, cols = (top, bottom) if self.deconv else (bottom, top)
-        shape = ConvShape(batch=bottom[0], group=op.param.convolution_param.group,
-                          image=tuple(image[1:]), cols=tuple(cols[1:]),
-                          kernel=(g.kernel[0], g.kernel[1]), stride=(g.stride[0], g.stride[1]),
-                          pad=(g.pad[0], g.pad[1]), dilation=(g.dilation[0], g.dilation[1]),
-                          deconv=self.deconv)  # fmt: skip
-        geometry = conv_attrs(image[1], (image[2], image[3]), g.kernel, g.stride, g.pad,
-                              g.dilation, (cols[2], cols[3]))  # fmt: skip
-        return ConvPlan(shape, ctx.conv_algorithms(shape), geometry)
+        channels, size = image[g.axis], image[g.axis + 1 :]
+        col_channels, out = cols[g.axis], cols[g.axis + 1 :]
+        batch, group = count(bottom, 0, g.axis), param.group
+        pointwise = set(g.kernel + g.stride) <= {1} and not any(g.pad)  # Caffe's is_1x1
+        shape: ConvShape | None = None
+        if len(g.kernel) == 2 and not param.force_nd_im2col:
+            shape = ConvShape(batch=batch, group=group, image=(channels, *size),
+                              cols=(col_channels, *out), kernel=(g.kernel[0], g.kernel[1]),
+                              stride=(g.stride[0], g.stride[1]), pad=(g.pad[0], g.pad[1]),
+                              dilation=(g.dilation[0], g.dilation[1]),
+                              deconv=self.deconv)  # fmt: skip
+            algorithms = ctx.conv_algorithms(shape)
+            geometry = conv_attrs(channels, (size[0], size[1]), g.kernel, g.stride, g.pad,
+                                  g.dilation, out)  # fmt: skip
+        else:
+            algorithms = ConvAlgorithms("gemm_1x1" if pointwise else "im2col_nd_gemm")
+            ctx.name_algorithm(algorithms)
+            geometry = {} if pointwise else conv_nd_attrs(channels, size, g.kernel, g.stride,
+                                                          g.pad, g.dilation, out)  # fmt: skip
+        return ConvPlan(axis=g.axis, batch=batch, group=group, m=col_channels // group,
+                        k=channels // group * count(g.kernel), p=count(out),
+                        image_size=count(image, g.axis), col_size=count(cols, g.axis),
+                        pointwise=pointwise, algorithms=algorithms, geometry=geometry,
+                        shape=shape)  # fmt: skip
 
     def _direct(
         self, plan: ConvPlan, mode: str, accumulate: bool, blocking: str | None,
@@ -208,7 +229,7 @@ class _ConvolutionBase:
     ) -> Kernel:  # fmt: skip
         """The direct convolution kernel in ``mode`` over whole buffers (see primitives)."""
         return direct_conv(mode, {name: Operand(b) for name, b in operands.items()},
-                           plan.geometry, plan.batch, plan.shape.cols[0], plan.group,
+                           plan.geometry, plan.batch, plan.m * plan.group, plan.group,
                            accumulate, blocking)  # fmt: skip
 
     def _columns(
@@ -216,10 +237,11 @@ class _ConvolutionBase:
     ) -> tuple[list[Kernel], Operand]:
         """The kernels that unfold image n (none for 1x1 kernels) and the unfolded operand."""
         source = Operand(image, 0, plan.image_size)
-        if plan.shape.pointwise:
+        if plan.pointwise:
             return [], source
         col = ctx.workspace(name, (plan.group * plan.k, plan.p))
-        return [im2col(source, Operand(col), plan.geometry)], Operand(col)
+        unfold = im2col_nd if plan.nd else im2col
+        return [unfold(source, Operand(col), plan.geometry)], Operand(col)
 
     def _unfolded_gemm(
         self, plan: ConvPlan, weight: Buffer, cols: Operand, out: Operand, accumulate: bool = False
@@ -249,63 +271,97 @@ class _ConvolutionBase:
     ) -> list[Kernel]:  # fmt: skip
         """Write columns computed for image n back into the image (col2im, or a plain copy)."""
         target = Operand(image, 0, plan.image_size)
-        if plan.shape.pointwise:
+        if plan.pointwise:
             return [cols(target, accumulate)]
         col = ctx.workspace(name, (plan.group * plan.k, plan.p))
-        return [cols(Operand(col), False), col2im(Operand(col), target, plan.geometry,
-                                                  accumulate)]  # fmt: skip
+        fold = col2im_nd if plan.nd else col2im
+        return [cols(Operand(col), False), fold(Operand(col), target, plan.geometry,
+                                                accumulate)]  # fmt: skip
+
+    def _bias_view(self, op: Op, plan: ConvPlan) -> tuple[int, int, int]:
+        """A top as (images, channels, positions), the axes a bias broadcasts over."""
+        top = op.tops[0].shape
+        return count(top, 0, plan.axis), top[plan.axis], count(top, plan.axis + 1)
 
     def lower(self, op: Op, ctx: LowerContext) -> None:
-        if len(op.bottoms) > 1:
-            raise UserError("caffec compiles convolutions with one bottom only so far",
-                            span=op.span, layer=op.name)  # fmt: skip
+        """Each bottom through the same weights and bias into the top at its position."""
         plan = self._plan(op, ctx)
+        for i in range(len(op.bottoms)):
+            self._forward(op, ctx, plan, ctx.x(i), ctx.y(i))
+
+    def _forward(self, op: Op, ctx: LowerContext, plan: ConvPlan, x: Buffer, y: Buffer) -> None:
         forward = plan.algorithms.forward
         weight = ctx.w(0)
         if forward in DIRECT_BLOCKING:
-            image, cols = (ctx.y(0), ctx.x(0)) if self.deconv else (ctx.x(0), ctx.y(0))
+            image, cols = (y, x) if self.deconv else (x, y)
             mode = "data" if self.deconv else "forward"
             ctx.emit(self._direct(plan, mode, False, DIRECT_BLOCKING[forward],
                                   image=image, cols=cols, weight=weight))  # fmt: skip
+        elif forward == "winograd":
+            self._winograd(ctx, plan, x, y, weight)
         elif not self.deconv:
             if forward == "implicit_gemm":
-                unfold, cols = [], Operand(ctx.x(0), 0, plan.image_size)
+                unfold, cols = [], Operand(x, 0, plan.image_size)
             else:
-                unfold, cols = self._columns(ctx, plan, ctx.x(0), "columns")
-            out = Operand(ctx.y(0), 0, plan.col_size)
+                unfold, cols = self._columns(ctx, plan, x, "columns")
+            out = Operand(y, 0, plan.col_size)
             ctx.emit(Loop(plan.batch, [*unfold, self._folded_gemm(plan, weight, cols, out)]))
         else:
-            source = Operand(ctx.x(0), 0, plan.col_size)
+            source = Operand(x, 0, plan.col_size)
             body = self._fold(
                 ctx, plan,
                 lambda out, acc: self._unfolded_gemm(plan, weight, source, out, acc),
-                ctx.y(0), False, "columns",
+                y, False, "columns",
             )  # fmt: skip
             ctx.emit(Loop(plan.batch, body))
         if op.param.convolution_param.bias_term:
-            top = op.tops[0].shape
-            view = (top[0], top[1], count(top, 2))
-            ctx.emit(pmap(view, [(ctx.y(0), "y + b")],
-                          {"y": ctx.y(0), "b": (ctx.w(1), (1, top[1], 1))}))  # fmt: skip
+            view = self._bias_view(op, plan)
+            ctx.emit(pmap(view, [(y, "y + b")], {"y": y, "b": (ctx.w(1), (1, view[1], 1))}))
+
+    def _winograd(
+        self, ctx: LowerContext, plan: ConvPlan, x: Buffer, y: Buffer, weight: Buffer
+    ) -> None:
+        """The forward by Winograd's F(4x4, 3x3) (see primitives.winograd): the weights
+        transformed once, then for each image its input transformed, a GEMM per point of the
+        6x6 block and group (the transformed weights their loop-invariant operand, which the
+        target may pack once before the loop), and the products transformed back into the
+        output."""
+        a = winograd_attrs(plan.geometry, plan.m * plan.group, plan.group)
+        points = a["SPAN"] ** 2
+        u = ctx.workspace("winograd weights", (points, a["M"], a["CG"]))
+        v = ctx.workspace("winograd input", (points, a["C"], a["T"]))
+        products = ctx.workspace("winograd products", (points, a["M"], a["T"]))
+        ctx.emit(winograd("weights", Operand(weight), Operand(u), a))
+        m, k, n = a["MG"], a["CG"], a["T"]
+        ctx.emit(Loop(plan.batch, [
+            winograd("input", Operand(x, 0, plan.image_size), Operand(v), a),
+            gemm(u, v, products, m, n, k, batch=points * plan.group,
+                 strides=(m * k, k * n, m * n), invariant="a"),
+            winograd("output", Operand(products), Operand(y, 0, plan.col_size), a),
+        ]))  # fmt: skip
 
     def grad(self, op: Op, ctx: LowerContext) -> None:
+        """Each top's gradient to the bottom at its position; the weight and bias gradients
+        sum over all of them."""
         plan = self._plan(op, ctx)
-        top = op.tops[0].shape
-        dy = ctx.dy(0)
+        for i in range(len(op.bottoms)):
+            self._backward(op, ctx, plan, i)
+
+    def _backward(self, op: Op, ctx: LowerContext, plan: ConvPlan, i: int) -> None:
+        x, dy = ctx.x(i), ctx.dy(i)
         if op.param.convolution_param.bias_term and ctx.dw(1) is not None:
-            ctx.emit(reduce(dy, ctx.dw(1), (top[0], top[1], count(top, 2)), [0, 2],
-                            accumulate=True))  # fmt: skip
-        dweight, target = ctx.dw(0), ctx.dx(0)
+            ctx.emit(reduce(dy, ctx.dw(1), self._bias_view(op, plan), [0, 2], accumulate=True))
+        dweight, target = ctx.dw(0), ctx.dx(i)
         if plan.algorithms.forward == "direct":
-            self._direct_grad(plan, ctx, dweight, target)
+            self._direct_grad(plan, ctx, x, dy, dweight, target)
             return
         body: list[Kernel] = []
         m, k, p, g = plan.m, plan.k, plan.p, plan.group
         # the M-side blob (conv top / deconv bottom) and the image-side blob for image n
-        m_side, image_side = (ctx.x(0), dy) if self.deconv else (dy, ctx.x(0))
+        m_side, image_side = (x, dy) if self.deconv else (dy, x)
         m_step = plan.col_size
         if dweight is not None and plan.algorithms.direct_filter:
-            ctx.emit(self._direct(plan, "filter", True, "channels", image=ctx.x(0), cols=dy,
+            ctx.emit(self._direct(plan, "filter", True, "channels", image=x, cols=dy,
                                   weight=dweight))  # fmt: skip
         elif dweight is not None:
             unfold, cols = self._columns(ctx, plan, image_side, "columns")
@@ -333,10 +389,10 @@ class _ConvolutionBase:
             ctx.emit(Loop(plan.batch, body))
 
     def _direct_grad(
-        self, plan: ConvPlan, ctx: LowerContext, dweight: Buffer | None,
-        target: tuple[Buffer, bool] | None,
+        self, plan: ConvPlan, ctx: LowerContext, x: Buffer, dy: Buffer,
+        dweight: Buffer | None, target: tuple[Buffer, bool] | None,
     ) -> None:  # fmt: skip
-        image, cols = (ctx.dy(0), ctx.x(0)) if self.deconv else (ctx.x(0), ctx.dy(0))
+        image, cols = (dy, x) if self.deconv else (x, dy)
         if dweight is not None:
             ctx.emit(self._direct(plan, "filter", True, None, image=image, cols=cols,
                                   weight=dweight))  # fmt: skip

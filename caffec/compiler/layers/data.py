@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from caffec.compiler.ir import Op, Shape
 from caffec.compiler.lowering import LowerContext
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
@@ -97,37 +99,43 @@ class Input(FedByRuntime):
 
 @register_layer("DummyData", bottoms=0, tops=(1, None))
 class DummyData:
+    """Tops of given shapes, filled by the runtime (Caffe refills a top every pass unless
+    its filler is constant)."""
+
+    LEGACY = ("num", "channels", "height", "width")
+
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         p = layer.dummy_data_param
-        n = len(layer.top)
-        shapes = [tuple(s.dim) for s in p.shape]
-        if not shapes:
-            legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
-            lengths = {len(v) for v in legacy}
-            if len(lengths) != 1 or lengths.pop() not in (1, n):
-                raise ShapeError(
-                    "num, channels, height and width must each be given once, or once per top"
-                )
-            shapes = [
-                tuple(v[i] if len(v) > 1 else v[0] for v in legacy) for i in range(len(p.num))
-            ]
-        if len(shapes) not in (1, n):
-            raise ShapeError(f"{len(shapes)} shapes for {n} tops", hint="give one, or one per top")
-        return [
-            ctx.shape_overrides.get(t, shapes[0] if len(shapes) == 1 else shapes[i])
-            for i, t in enumerate(layer.top)
-        ]
+        tops = list(layer.top)
+        if len(p.data_filler) not in (0, 1, len(tops)):
+            raise ShapeError(f"{len(p.data_filler)} data_filler entries for {len(tops)} tops",
+                             hint="give none, one, or one per top")  # fmt: skip
+        if any(len(getattr(p, field)) for field in self.LEGACY):
+            if len(p.shape):
+                raise ShapeError("both shape and num/channels/height/width are given",
+                                 hint="give the shapes one way only")  # fmt: skip
+            shapes = self._legacy_shapes(p, len(tops))
+        else:
+            shapes = [tuple(s.dim) for s in p.shape]
+            if len(shapes) not in (1, len(tops)):
+                raise ShapeError(f"{len(shapes)} shapes for {len(tops)} tops",
+                                 hint="give one shape, or one per top")  # fmt: skip
+        return [ctx.shape_overrides.get(t, shapes[i if len(shapes) > 1 else 0])
+                for i, t in enumerate(tops)]  # fmt: skip
+
+    def _legacy_shapes(self, p: Message, n: int) -> list[Shape]:
+        """The 4-D shapes of num, channels, height and width, each given once (for every
+        top) or once per top, independently of the others (Caffe's rule)."""
+        for field in self.LEGACY:
+            given = len(getattr(p, field))
+            if given not in (1, n):
+                raise ShapeError(f"{field} is given {given} times for {n} tops",
+                                 hint=f"give {field} once, or once per top")  # fmt: skip
+        return [tuple(getattr(p, f)[i if len(getattr(p, f)) > 1 else 0] for f in self.LEGACY)
+                for i in range(n)]  # fmt: skip
 
     def lower(self, op: Op, ctx: LowerContext) -> None:
-        """Caffe refills a top every pass unless its filler is constant."""
         fillers = list(op.param.dummy_data_param.data_filler)
-        if len(fillers) not in (0, 1, len(op.tops)):
-            raise UserError(
-                f"{len(fillers)} data_filler entries for {len(op.tops)} tops",
-                span=op.span,
-                layer=op.name,
-                hint="give none, one, or one per top",
-            )
         for i in range(len(op.tops)):
             filler = fillers[i if len(fillers) > 1 else 0] if fillers else None
             refill = filler is not None and filler.type != "constant"

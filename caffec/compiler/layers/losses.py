@@ -13,7 +13,7 @@ from caffec.errors import shape_text
 SCALAR: Shape = ()
 
 
-def _same_batch(bottoms: list[Shape]) -> None:
+def same_batch(bottoms: list[Shape]) -> None:
     """Caffe's LossLayer check: data and label agree on the first axis."""
     if bottoms[0][:1] != bottoms[1][:1]:
         raise ShapeError(
@@ -22,7 +22,8 @@ def _same_batch(bottoms: list[Shape]) -> None:
         )
 
 
-def _labels_per_prediction(scores: Shape, labels: Shape, axis: int) -> None:
+def labels_per_prediction(scores: Shape, labels: Shape, axis: int) -> None:
+    """One label per prediction: per position of every axis but the class axis."""
     expected = count(scores, 0, axis) * count(scores, axis + 1)
     if count(labels) != expected:
         raise ShapeError(
@@ -123,9 +124,9 @@ class SoftmaxWithLoss:
     """-log(softmax(x)[label]), averaged by Caffe's normalization; labels may be ignored."""
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        _same_batch(bottoms)
+        same_batch(bottoms)
         axis = canonical_axis(layer.softmax_param.axis, len(bottoms[0]))
-        _labels_per_prediction(bottoms[0], bottoms[1], axis)
+        labels_per_prediction(bottoms[0], bottoms[1], axis)
         return [SCALAR, bottoms[0]][: len(layer.top)]
 
     def _prob(self, op: Op, ctx: LowerContext) -> Buffer:
@@ -192,7 +193,7 @@ class SigmoidCrossEntropyLoss:
     """
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        _same_batch(bottoms)
+        same_batch(bottoms)
         if count(bottoms[0]) != count(bottoms[1]):
             raise ShapeError(
                 f"the scores {shape_text(bottoms[0])} and the targets {shape_text(bottoms[1])} "
@@ -255,7 +256,7 @@ class EuclideanLoss:
         return True  # both bottoms are predictions
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        _same_batch(bottoms)
+        same_batch(bottoms)
         if count(bottoms[0], 1) != count(bottoms[1], 1):
             raise ShapeError(
                 f"the inputs {shape_text(bottoms[0])} and {shape_text(bottoms[1])} must have the "
@@ -296,7 +297,7 @@ class ContrastiveLoss:
         return bottom != 2  # not the similarity label
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        _same_batch(bottoms)
+        same_batch(bottoms)
         a, b, similar = bottoms
         if a != b or count(a, 2) != 1:
             raise ShapeError(
@@ -373,7 +374,7 @@ class Accuracy:
         classes = scores[axis]
         if p.top_k > classes:
             raise ShapeError(f"top_k {p.top_k} exceeds the {classes} classes")
-        _labels_per_prediction(scores, labels, axis)
+        labels_per_prediction(scores, labels, axis)
         return [SCALAR, (classes,)][: len(layer.top)]
 
     def lower(self, op: Op, ctx: LowerContext) -> None:

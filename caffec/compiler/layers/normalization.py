@@ -1,4 +1,4 @@
-"""BatchNorm and the per-channel affine layers Scale and Bias."""
+"""BatchNorm, MVN and the per-channel affine layers Scale and Bias."""
 
 from __future__ import annotations
 
@@ -143,6 +143,75 @@ class BatchNorm(SameShape):
             pmap(view, [(products, "dy * y")], inputs),
             reduce(products, mean_dyy, view, [0, 2], scale=1.0 / m),
             pmap(view, [(dx, "(dy - a - b * y) * s")], inputs, accumulate=accumulate),
+        )
+
+
+@register_layer("MVN", in_place=True)
+class MVN:
+    """Caffe's mean-variance normalization: y = (x - mean) / (std + eps) over each (num,
+    channel) plane, or over each item with ``across_channels``; the mean only without
+    ``normalize_variance``. Caffe adds eps to the standard deviation, not the variance.
+
+    Caffe's backward is dx = (dy - mean(dy) - mean(dy * y) * y) / (std + eps), which reads
+    the top and the kept std only (the exact gradient when eps is 0).
+    """
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        shape = bottoms[0]
+        if len(shape) > 4:
+            raise ShapeError(
+                f"MVN takes a bottom of at most 4 axes, got {shape_text(shape)}",
+                hint="Caffe's MVN reads num, channels, height and width; Reshape the bottom",
+            )
+        # Caffe reshapes the top with the legacy accessors: (num, channels, height, width)
+        return [tuple(shape) + (1,) * (4 - len(shape))]
+
+    @staticmethod
+    def _view(op: Op) -> Shape:
+        """The bottom as (groups, elements per group)."""
+        shape = op.bottoms[0].shape
+        axes = 1 if op.param.mvn_param.across_channels else 2
+        return (count(shape, 0, axes), count(shape, axes))
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        p = op.param.mvn_param
+        view = groups, size = self._view(op)
+        mean = ctx.workspace("mean", (groups,))
+        inputs = {"x": ctx.x(0), "u": (mean, (groups, 1))}
+        ctx.emit(reduce(ctx.x(0), mean, view, [1], scale=1.0 / size))
+        if not p.normalize_variance:
+            ctx.emit(pmap(view, [(ctx.y(0), "x - u")], inputs))
+            return
+        centred = ctx.workspace("centred", view)
+        variance = ctx.workspace("variance", (groups,))
+        std = ctx.state("std plus eps", (groups,))
+        ctx.emit(
+            pmap(view, [(centred, "x - u")], inputs),
+            reduce(centred, variance, view, [1], op="sumsq", scale=1.0 / size),
+            pmap((groups,), [(std, "sqrt(v) + eps")], {"v": variance}, {"eps": p.eps}),
+            pmap(view, [(ctx.y(0), "c / s")], {"c": centred, "s": (std, (groups, 1))}),
+        )
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        dx, accumulate = target
+        view = groups, size = self._view(op)
+        mean_dy = ctx.workspace("mean of dy", (groups,))
+        inputs = {"dy": ctx.dy(0), "y": ctx.y(0), "a": (mean_dy, (groups, 1))}
+        ctx.emit(reduce(ctx.dy(0), mean_dy, view, [1], scale=1.0 / size))
+        if not op.param.mvn_param.normalize_variance:
+            ctx.emit(pmap(view, [(dx, "dy - a")], inputs, accumulate=accumulate))
+            return
+        mean_dyy = ctx.workspace("mean of dy*y", (groups,))
+        products = ctx.workspace("dy*y", view)
+        inputs |= {"b": (mean_dyy, (groups, 1)),
+                   "s": (ctx.state("std plus eps", (groups,)), (groups, 1))}  # fmt: skip
+        ctx.emit(
+            pmap(view, [(products, "dy * y")], inputs),
+            reduce(products, mean_dyy, view, [1], scale=1.0 / size),
+            pmap(view, [(dx, "(dy - a - b * y) / s")], inputs, accumulate=accumulate),
         )
 
 

@@ -22,7 +22,7 @@ from caffec.compiler.ir import Op, ParamBlob, Shape
 from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import host_call
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
-from caffec.runtime.compiled_net import LegacyAxes
+from caffec.runtime.blobs import LegacyAxes
 
 
 class ShapeOnlyBlob(LegacyAxes):

@@ -1,4 +1,4 @@
-"""Layers that move data around without arithmetic (and Eltwise, ArgMax)."""
+"""Layers that move data around without arithmetic (and Eltwise, Axpy, Parameter)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from caffec.compiler.ir import Op, Shape
-from caffec.compiler.kernels import Buffer, Kernel, Operand
-from caffec.compiler.layers.common import canonical_axis, count, require_same_shapes
+from caffec.compiler.ir import Op, ParamBlob, Shape
+from caffec.compiler.kernels import Buffer, Kernel, Loop, Operand
+from caffec.compiler.layers.common import SameShape, canonical_axis, count, require_same_shapes
+from caffec.compiler.layers.convolution import conv_geometry
 from caffec.compiler.lowering import LowerContext
-from caffec.compiler.primitives import pmap, strided_copy
+from caffec.compiler.primitives import (
+    col2im,
+    contiguous_strides,
+    conv_attrs,
+    im2col,
+    pmap,
+    reduce,
+    strided_copy,
+)
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 
@@ -309,24 +318,204 @@ class Eltwise:
             ctx.emit(pmap(shape, [(dx, expr)], inputs, consts, accumulate=accumulate))
 
 
-@register_layer("ArgMax")
-class ArgMax:
+@register_layer("Tile")
+class Tile:
+    """``tiles`` copies of the bottom side by side along ``axis`` (each copy holds every axis
+    from ``axis`` on); the gradient sums the copies."""
+
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
-        p = layer.argmax_param
-        bottom = bottoms[0]
-        if p.top_k < 1:
-            raise ShapeError("top_k must be at least 1")
-        if p.HasField("axis"):
-            axis = canonical_axis(p.axis, len(bottom))
-            if p.top_k > bottom[axis]:
-                raise ShapeError(f"top_k {p.top_k} exceeds axis {axis}'s size {bottom[axis]}")
-            top = list(bottom)
-            top[axis] = p.top_k
-            return [tuple(top)]
-        if p.top_k > count(bottom, 1):
-            raise ShapeError(f"top_k {p.top_k} exceeds the {count(bottom, 1)} values per item")
-        top = [1] * max(len(bottom), 3)
-        top[0] = bottom[0]
-        top[1] = 2 if p.out_max_val else 1
-        top[2] = p.top_k
+        p = layer.tile_param
+        axis = canonical_axis(p.axis, len(bottoms[0]))
+        if not p.HasField("tiles"):
+            raise ShapeError("the number of tiles is not given", hint="set tile_param.tiles")
+        if p.tiles <= 0:
+            raise ShapeError(
+                f"tiles must be positive, got {p.tiles}", hint="set tiles to 1 or more"
+            )
+        top = list(bottoms[0])
+        top[axis] *= p.tiles
         return [tuple(top)]
+
+    @staticmethod
+    def _view(op: Op) -> tuple[int, int, int]:
+        """The top as (outer, tiles, inner): ``inner`` is one copy of a bottom row."""
+        bottom, p = op.bottoms[0].shape, op.param.tile_param
+        axis = canonical_axis(p.axis, len(bottom))
+        return count(bottom, 0, axis), p.tiles, count(bottom, axis)
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        outer, tiles, inner = self._view(op)
+        ctx.emit(strided_copy(Operand(ctx.x(0)), Operand(ctx.y(0)), [outer, tiles, inner],
+                              [inner, 0, 1], [tiles * inner, inner, 1]))  # fmt: skip
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(reduce(ctx.dy(0), dx, self._view(op), [1], accumulate=accumulate))
+
+
+@register_layer("ShuffleChannel")
+class ShuffleChannel(SameShape):
+    """ShuffleNet's channel shuffle (a fork layer): the channels, seen as ``group`` rows of
+    C / group, transposed, so channel g * (C / group) + j moves to j * group + g. The
+    gradient is the inverse permutation."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        group, bottom = layer.shuffle_channel_param.group, bottoms[0]
+        if group < 1:
+            raise ShapeError("group must be at least 1", hint="set shuffle_channel_param.group")
+        if len(bottom) < 2 or bottom[1] % group:
+            channels = f"{bottom[1]} channels" if len(bottom) > 1 else "no channel axis"
+            raise ShapeError(f"group {group} does not divide the bottom's {channels} "
+                             f"({shape_text(bottom)})",
+                             hint="give a group that divides the channel count")  # fmt: skip
+        return [bottom]
+
+    @staticmethod
+    def _layout(op: Op) -> tuple[list[int], list[int], list[int]]:
+        """The copy's shape (num, group, C / group, spatial) and the bottom's and the top's
+        strides over it."""
+        bottom, group = op.bottoms[0].shape, op.param.shuffle_channel_param.group
+        num, channels, spatial = bottom[0], bottom[1], count(bottom, 2)
+        per_group = channels // group
+        shape = [num, group, per_group, spatial]
+        shuffled = [channels * spatial, spatial, group * spatial, 1]
+        return shape, contiguous_strides(shape), shuffled
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        shape, plain, shuffled = self._layout(op)
+        ctx.emit(strided_copy(Operand(ctx.x(0)), Operand(ctx.y(0)), shape, plain, shuffled))
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            shape, plain, shuffled = self._layout(op)
+            ctx.emit(strided_copy(Operand(ctx.dy(0)), Operand(dx), shape, shuffled, plain,
+                                  accumulate))  # fmt: skip
+
+
+@register_layer("Axpy", bottoms=3)
+class Axpy:
+    """SENet's fused scale-and-add (a fork layer): top = a * x + y, with a (N, C) or
+    (N, C, 1, 1) scale per channel of x (N, C, ...) and y of x's shape."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        a, x, y = bottoms
+        if len(x) < 2 or len(a) < 2 or a[:2] != x[:2] or count(a, 2) != 1:
+            raise ShapeError(
+                f"the scale {shape_text(a)} must be N x C (or N x C x 1 x 1) for the input "
+                f"{shape_text(x)}",
+                hint="bottom 0 is the scale per channel, bottom 1 the N x C x ... input",
+            )
+        if x != y:
+            raise ShapeError(f"bottoms 1 and 2 must have one shape, got {shape_text(x)} and "
+                             f"{shape_text(y)}")  # fmt: skip
+        return [x]
+
+    @staticmethod
+    def _view(op: Op) -> tuple[int, int, int]:
+        """x as (num, channels, spatial)."""
+        x = op.bottoms[1].shape
+        return x[0], x[1], count(x, 2)
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        view = self._view(op)
+        inputs = {"a": (ctx.x(0), (*view[:2], 1)), "x": ctx.x(1), "y": ctx.x(2)}
+        ctx.emit(pmap(view, [(ctx.y(0), "a * x + y")], inputs))
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        view = num, channels, _ = self._view(op)
+        dy = ctx.dy(0)
+        target = ctx.dx(0)
+        if target is not None:  # da = the sum over each channel's positions of dy * x
+            da, accumulate = target
+            products = ctx.workspace("dy*x", view)
+            ctx.emit(pmap(view, [(products, "dy * x")], {"dy": dy, "x": ctx.x(1)}),
+                     reduce(products, da, view, [2], accumulate=accumulate))  # fmt: skip
+        target = ctx.dx(1)
+        if target is not None:
+            dx, accumulate = target
+            inputs = {"dy": dy, "a": (ctx.x(0), (num, channels, 1))}
+            ctx.emit(pmap(view, [(dx, "dy * a")], inputs, accumulate=accumulate))
+        target = ctx.dx(2)
+        if target is not None:
+            dx, accumulate = target
+            ctx.emit(copy_all(dy, dx, count(view), accumulate))
+
+
+@register_layer("Parameter", bottoms=0)
+class Parameter:
+    """A learnable blob of ``parameter_param.shape`` as the top (no filler: it starts at
+    zero, as in Caffe, until weights are loaded); the top's gradient is the blob's."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        shape = tuple(layer.parameter_param.shape.dim)
+        if any(d < 1 for d in shape):
+            raise ShapeError(
+                f"the shape {shape_text(shape)} has a dimension below 1",
+                hint="give parameter_param { shape { dim: ... } } positive dims",
+            )
+        return [shape]
+
+    def params(self, layer: LayerParameter, bottoms: list[Shape]) -> list[ParamBlob]:
+        return [ParamBlob(tuple(layer.parameter_param.shape.dim), None, "weight")]
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        ctx.emit(copy_all(ctx.w(0), ctx.y(0), count(op.tops[0].shape)))
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        dw = ctx.dw(0)
+        if dw is not None:
+            ctx.emit(copy_all(ctx.dy(0), dw, count(op.tops[0].shape), accumulate=True))
+
+
+@register_layer("Im2col")
+class Im2col:
+    """Each image unfolded into the columns a convolution with ``convolution_param``'s
+    kernel, stride, pad and dilation multiplies: the top is (N, C * KH * KW, OH, OW); the
+    gradient folds the columns back (col2im, summing overlaps). 2-D only."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        bottom = bottoms[0]
+        g = conv_geometry(layer, bottom)
+        if len(g.kernel) != 2:
+            raise ShapeError(f"caffec unfolds 2-D images only; the bottom {shape_text(bottom)} "
+                             f"has {len(g.kernel)} spatial axes after axis {g.axis}",
+                             hint="reshape the bottom to N x C x H x W")  # fmt: skip
+        out = []
+        for i, size in enumerate(bottom[g.axis + 1 :]):
+            extent = g.dilation[i] * (g.kernel[i] - 1) + 1
+            positions = (size + 2 * g.pad[i] - extent) // g.stride[i] + 1
+            if positions <= 0:
+                raise ShapeError(f"spatial axis {i} of size {size} with pad {g.pad[i]} is "
+                                 f"smaller than the kernel extent {extent}",
+                                 hint="use a smaller kernel or dilation, or more pad")  # fmt: skip
+            out.append(positions)
+        columns = bottom[g.axis] * g.kernel[0] * g.kernel[1]
+        return [(*bottom[: g.axis], columns, *out)]
+
+    @staticmethod
+    def _plan(op: Op) -> tuple[int, int, int, dict[str, int]]:
+        """(images, numbers per image, numbers per image's columns, im2col's geometry)."""
+        bottom, top = op.bottoms[0].shape, op.tops[0].shape
+        g = conv_geometry(op.param, bottom)
+        channels, height, width = bottom[g.axis :]
+        geometry = conv_attrs(channels, (height, width), g.kernel, g.stride, g.pad, g.dilation,
+                              top[g.axis + 1 :])  # fmt: skip
+        return count(bottom, 0, g.axis), count(bottom, g.axis), count(top, g.axis), geometry
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        images, image, columns, geometry = self._plan(op)
+        ctx.emit(Loop(images, [im2col(Operand(ctx.x(0), 0, image),
+                                      Operand(ctx.y(0), 0, columns), geometry)]))  # fmt: skip
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            images, image, columns, geometry = self._plan(op)
+            fold = col2im(Operand(ctx.dy(0), 0, columns), Operand(dx, 0, image), geometry,
+                          accumulate)  # fmt: skip
+            ctx.emit(Loop(images, [fold]))

@@ -1,4 +1,4 @@
-"""Spatial layers besides the convolutions: Pooling, LRN, Crop."""
+"""Spatial layers besides the convolutions: Pooling, SPP, LRN, Crop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 
 from caffec.compiler.ir import Op, Shape
 from caffec.compiler.kernels import Buffer, Operand
-from caffec.compiler.layers.common import SameShape, canonical_axis, require_axes
+from caffec.compiler.layers.common import SameShape, canonical_axis, count, require_axes
 from caffec.compiler.layers.convolution import hw_names
 from caffec.compiler.lowering import LowerContext
 from caffec.compiler.primitives import (
@@ -24,37 +24,174 @@ from caffec.compiler.primitives import (
     strided_copy,
 )
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
-from caffec.errors import UserError, shape_text
+from caffec.errors import shape_text
+
+# Caffe's TEST-phase STOCHASTIC pooling starts its window sum at FLT_MIN, whatever its Dtype,
+# so that an all-zero window pools to 0 instead of dividing by zero.
+FLT_MIN = 1.1754943508222875e-38
 
 
 @dataclass(frozen=True)
 class PoolGeometry:
+    """One pooling's windows over a (num, channels, height, width) bottom."""
+
+    bottom: Shape
     kernel: tuple[int, int]
     stride: tuple[int, int]
     pad: tuple[int, int]
     pooled: tuple[int, int]
     method: str
 
+    @property
+    def top(self) -> Shape:
+        return (*self.bottom[:2], *self.pooled)
+
+    def attrs(self, method: str | None = None) -> dict[str, Any]:
+        """The pool primitive's attributes (``method`` overrides the layer's)."""
+        return pool_attrs(self.bottom[0] * self.bottom[1], (self.bottom[2], self.bottom[3]),
+                          self.pooled, self.kernel, self.stride, self.pad,
+                          method or self.method)  # fmt: skip
+
+
+def pool_geometry(
+    bottom: Shape,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    method: str,
+    ceil: bool,
+) -> PoolGeometry:
+    """Caffe's checks on a pooling's windows and its output size (Pooling and SPP's levels)."""
+    if min(stride) <= 0:
+        raise ShapeError(f"strides must be positive, got {stride}")
+    if pad != (0, 0):
+        if method not in ("MAX", "AVE"):
+            raise ShapeError(f"padding works only with MAX and AVE pooling, not {method}")
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise ShapeError(f"pad {pad} must be smaller than the kernel {kernel}")
+    pooled = (_pooled(bottom[2], kernel[0], stride[0], pad[0], ceil),
+              _pooled(bottom[3], kernel[1], stride[1], pad[1], ceil))  # fmt: skip
+    return PoolGeometry(tuple(bottom), kernel, stride, pad, pooled, method)
+
+
+def _pooled(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+    """Caffe's output size: rounded up (or down), then the last window kept inside the padded
+    image."""
+    span = size + 2 * pad - kernel
+    if span < 0:
+        raise ShapeError(f"the kernel {kernel} is larger than the padded input {size + 2 * pad}")
+    pooled = (math.ceil(span / stride) if ceil else span // stride) + 1
+    if pad and (pooled - 1) * stride >= size + pad:
+        pooled -= 1
+    return pooled
+
+
+def _kept(ctx: LowerContext, g: PoolGeometry, level: int | None) -> Buffer:
+    """What the forward of a MAX or TRAIN STOCHASTIC pooling keeps for backward: where each
+    output came from (the layer's, or one level's of SPP)."""
+    name = "argmax" if g.method == "MAX" else "sampled"
+    return ctx.state(name if level is None else f"{name} of level {level}", g.top)
+
+
+def emit_pool(
+    ctx: LowerContext,
+    g: PoolGeometry,
+    x: Buffer,
+    y: Buffer,
+    level: int | None = None,
+    mask: Buffer | None = None,
+) -> None:
+    """The forward of one pooling of ``x`` into ``y`` (one ``level`` of SPP's). Where each
+    output came from is kept for backward (MAX's argmax in ``mask`` where the layer has a
+    mask top); each level samples its own random numbers."""
+    if g.method in ("MAX", "AVE"):
+        if g.method == "MAX" and mask is None:
+            mask = _kept(ctx, g, level)
+        ctx.emit(pool(Operand(x), Operand(y), Operand(mask) if mask is not None else None,
+                      g.attrs()))  # fmt: skip
+    elif ctx.phase == "TRAIN":
+        # Caffe's sampling: u * (window sum) with u uniform, then the first element at which
+        # the running sum reaches it; the pool kernel finds the positions, a gather reads them
+        sampled = _kept(ctx, g, level)
+        planes, area, outputs = g.bottom[0] * g.bottom[1], g.bottom[2] * g.bottom[3], g.pooled
+        stream = {"stream": ctx.op.index * 64 + (0 if level is None else level + 1)}
+        ctx.emit(
+            pool(Operand(x), Operand(sampled), None, {**g.attrs(), **stream}, ctx.counter),
+            pmap((planes, outputs[0] * outputs[1]), [(y, "t >= 0 ? v : 0")],  # -1: no window
+                 {"t": sampled, "v": (x, f"p * {area} + (t >= 0 ? (long)t : 0)")},
+                 coords={"p": 0}),
+        )  # fmt: skip
+    else:  # TEST: each window's values weighted by themselves, sum(x^2) / sum(x)
+        sums, squares = _window_sums(ctx, g, x), ctx.workspace("window sums of squares", g.top)
+        ctx.emit(
+            pool(Operand(x), Operand(squares), None, {**g.attrs("SUM"), "square": True}),
+            pmap(g.top, [(y, "q / (s + tiny)")], {"q": squares, "s": sums}, {"tiny": FLT_MIN}),
+        )  # fmt: skip
+
+
+def emit_pool_grad(
+    ctx: LowerContext,
+    g: PoolGeometry,
+    x: Buffer,
+    y: Buffer,
+    dy: Buffer,
+    dx: Buffer,
+    accumulate: bool,
+    level: int | None = None,
+    mask: Buffer | None = None,
+) -> None:
+    """The gradient of :func:`emit_pool`'s pooling into ``dx`` (added to it with
+    ``accumulate``)."""
+    if g.method == "AVE":
+        ctx.emit(pool_grad(Operand(dy), None, Operand(dx), g.attrs(), accumulate))
+    elif g.method == "MAX" or ctx.phase == "TRAIN":  # to the argmax, or to the sampled element
+        if mask is None:
+            mask = _kept(ctx, g, level)
+        ctx.emit(pool_grad(Operand(dy), Operand(mask), Operand(dx), g.attrs(), accumulate))
+    else:
+        # TEST STOCHASTIC, y = Q/S per window: dx_j = sum over j's windows of dy (2 x_j - y) / S,
+        # two window sums of per-output ratios (Caffe's backward reads TRAIN's samples here)
+        sums = _window_sums(ctx, g, x)
+        ratio, weighted = ctx.workspace("dy/sum", g.top), ctx.workspace("dy*y/sum", g.top)
+        spread, spread_weighted = (ctx.workspace("windowed dy/sum", g.bottom),
+                                   ctx.workspace("windowed dy*y/sum", g.bottom))  # fmt: skip
+        ctx.emit(
+            pmap(g.top, [(ratio, "r"), (weighted, "r * y")], {"dy": dy, "s": sums, "y": y},
+                 {"tiny": FLT_MIN}, lets=[("r", "s != 0 ? dy / (s + tiny) : 0")]),
+            pool_grad(Operand(ratio), None, Operand(spread), g.attrs("SUM"), False),
+            pool_grad(Operand(weighted), None, Operand(spread_weighted), g.attrs("SUM"), False),
+            pmap(g.bottom, [(dx, "2 * x * a - b")], {"x": x, "a": spread, "b": spread_weighted},
+                 accumulate=accumulate),
+        )  # fmt: skip
+
+
+def _window_sums(ctx: LowerContext, g: PoolGeometry, x: Buffer) -> Buffer:
+    sums = ctx.workspace("window sums", g.top)
+    ctx.emit(pool(Operand(x), Operand(sums), None, g.attrs("SUM")))
+    return sums
+
 
 @register_layer("Pooling", tops=(1, 2))
 class Pooling:
+    """MAX, AVE and STOCHASTIC pooling (Caffe runs STOCHASTIC on the GPU only; caffec on both
+    targets). TRAIN STOCHASTIC samples one element of each window with probability
+    proportional to its value; TEST weights each window by its values. Both assume
+    non-negative inputs (after a ReLU), as Caffe does."""
+
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         g = self.geometry(layer, bottoms[0])
         if len(layer.top) == 2 and g.method != "MAX":
             raise ShapeError(f"only MAX pooling has a second top (the argmax mask), not {g.method}")
-        top = (*bottoms[0][:2], *g.pooled)
-        return [top] * len(layer.top)
+        return [g.top] * len(layer.top)
 
     def geometry(self, layer: LayerParameter, bottom: Shape) -> PoolGeometry:
         p = layer.pooling_param
         require_axes(bottom, 4, "Pooling")
-        method = p.PoolMethod.Name(p.pool)
-        height, width = bottom[2], bottom[3]
         kernel_given = p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")
         if p.global_pooling:
             if kernel_given:
                 raise ShapeError("global_pooling takes the whole image; do not set a kernel size")
-            kernel = (height, width)
+            kernel = (bottom[2], bottom[3])
         else:
             if not kernel_given:
                 raise ShapeError("no kernel size", hint="set kernel_size or global_pooling: true")
@@ -65,19 +202,24 @@ class Pooling:
         stride = self._pair(p, "stride", 1)
         if p.global_pooling and (pad != (0, 0) or stride != (1, 1)):
             raise ShapeError("global_pooling needs pad 0 and stride 1")
-        if min(stride) <= 0:
-            raise ShapeError(f"strides must be positive, got {stride}")
-        if pad != (0, 0):
-            if method not in ("MAX", "AVE"):
-                raise ShapeError(f"padding works only with MAX and AVE pooling, not {method}")
-            if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
-                raise ShapeError(f"pad {pad} must be smaller than the kernel {kernel}")
-        ceil = p.RoundMode.Name(p.round_mode) == "CEIL"
-        pooled = (
-            self._pooled(height, kernel[0], stride[0], pad[0], ceil),
-            self._pooled(width, kernel[1], stride[1], pad[1], ceil),
-        )
-        return PoolGeometry(kernel, stride, pad, pooled, method)
+        return pool_geometry(bottom, kernel, stride, pad, p.PoolMethod.Name(p.pool),
+                             self._rounds_up(p))  # fmt: skip
+
+    @staticmethod
+    def _rounds_up(p: Message) -> bool:
+        """Whether the output size rounds up: BVLC's ``round_mode`` (default CEIL) or the
+        fork's ``ceil_mode`` (default true; false in DenseNet's files). Either alone decides;
+        given together they must agree."""
+        floor = p.RoundMode.Name(p.round_mode) == "FLOOR"
+        if not p.HasField("ceil_mode"):
+            return not floor
+        if p.HasField("round_mode") and p.ceil_mode == floor:
+            raise ShapeError(
+                f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                f"{p.RoundMode.Name(p.round_mode)}",
+                hint="give only one of them (ceil_mode: false is round_mode: FLOOR)",
+            )
+        return bool(p.ceil_mode)
 
     @staticmethod
     def _pair(p: Message, name: str, default: int) -> tuple[int, int]:
@@ -90,46 +232,99 @@ class Pooling:
         return (value, value)
 
     @staticmethod
-    def _pooled(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-        """Caffe's output size: rounded up, then the last window kept inside the padded image."""
-        span = size + 2 * pad - kernel
-        if span < 0:
-            raise ShapeError(
-                f"the kernel {kernel} is larger than the padded input {size + 2 * pad}"
-            )
-        pooled = (math.ceil(span / stride) if ceil else span // stride) + 1
-        if pad and (pooled - 1) * stride >= size + pad:
-            pooled -= 1
-        return pooled
-
-    def _attrs(self, op: Op) -> dict[str, Any]:
-        bottom = op.bottoms[0].shape
-        g = self.geometry(op.param, bottom)
-        if g.method not in ("MAX", "AVE"):
-            raise UserError(f"caffec does not compile {g.method} pooling yet", span=op.span,
-                            layer=op.name)  # fmt: skip
-        return pool_attrs(bottom[0] * bottom[1], (bottom[2], bottom[3]), g.pooled, g.kernel,
-                          g.stride, g.pad, g.method)  # fmt: skip
-
-    def _mask(self, op: Op, ctx: LowerContext) -> Buffer | None:
-        """MAX pooling remembers each output's argmax: in the second top if given, else kept."""
-        if op.param.pooling_param.PoolMethod.Name(op.param.pooling_param.pool) != "MAX":
-            return None
-        return ctx.y(1) if len(op.tops) == 2 else ctx.state("argmax", op.tops[0].shape)
+    def _mask_top(op: Op, ctx: LowerContext) -> Buffer | None:
+        return ctx.y(1) if len(op.tops) == 2 else None
 
     def lower(self, op: Op, ctx: LowerContext) -> None:
-        mask = self._mask(op, ctx)
-        ctx.emit(pool(Operand(ctx.x(0)), Operand(ctx.y(0)),
-                      Operand(mask) if mask is not None else None, self._attrs(op)))  # fmt: skip
+        g = self.geometry(op.param, op.bottoms[0].shape)
+        emit_pool(ctx, g, ctx.x(0), ctx.y(0), mask=self._mask_top(op, ctx))
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is None:
+            return
+        g = self.geometry(op.param, op.bottoms[0].shape)
+        emit_pool_grad(ctx, g, ctx.x(0), ctx.y(0), ctx.dy(0), *target,
+                       mask=self._mask_top(op, ctx))  # fmt: skip
+
+
+@register_layer("SPP")
+class SPP:
+    """Spatial pyramid pooling: level l pools the image into 2^l x 2^l bins (kernel, stride and
+    padding as Caffe's SPPLayer chooses them), each level flattened per image and the levels
+    concatenated; with one level the top is that pooling's 4-D top, as in Caffe."""
+
+    def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
+        levels = self.levels(layer, bottoms[0])
+        if len(levels) == 1:
+            return [levels[0].top]
+        return [(bottoms[0][0], sum(count(g.top, 1) for g in levels))]
+
+    @staticmethod
+    def levels(layer: LayerParameter, bottom: Shape) -> list[PoolGeometry]:
+        p = layer.spp_param
+        require_axes(bottom, 4, "SPP")
+        if p.pyramid_height < 1:
+            raise ShapeError("pyramid_height must be at least 1",
+                             hint="set spp_param.pyramid_height")  # fmt: skip
+        method = p.PoolMethod.Name(p.pool)
+        levels = []
+        for level in range(p.pyramid_height):
+            bins = 2**level
+            kernel = (-(-bottom[2] // bins), -(-bottom[3] // bins))
+            pad = ((kernel[0] * bins - bottom[2] + 1) // 2, (kernel[1] * bins - bottom[3] + 1) // 2)
+            try:
+                levels.append(pool_geometry(bottom, kernel, kernel, pad, method, ceil=True))
+            except ShapeError as err:
+                raise ShapeError(
+                    f"pyramid level {level} ({bins}x{bins} bins of {shape_text(bottom)}): "
+                    f"{err.message}",
+                    hint=err.hint or "lower pyramid_height, or pool a larger input",
+                ) from None
+        return levels
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        levels = self.levels(op.param, op.bottoms[0].shape)
+        if len(levels) == 1:
+            emit_pool(ctx, levels[0], ctx.x(0), ctx.y(0))
+            return
+        for level, g, (shape, flat, rows, offset) in self._places(op, levels):
+            pooled = ctx.workspace(f"level {level}", g.top)
+            emit_pool(ctx, g, ctx.x(0), pooled, level)
+            ctx.emit(strided_copy(Operand(pooled), Operand(ctx.y(0), offset), shape, flat, rows))
 
     def grad(self, op: Op, ctx: LowerContext) -> None:
         target = ctx.dx(0)
         if target is None:
             return
         dx, accumulate = target
-        mask = self._mask(op, ctx)
-        ctx.emit(pool_grad(Operand(ctx.dy(0)), Operand(mask) if mask is not None else None,
-                           Operand(dx), self._attrs(op), accumulate))  # fmt: skip
+        levels = self.levels(op.param, op.bottoms[0].shape)
+        if len(levels) == 1:
+            emit_pool_grad(ctx, levels[0], ctx.x(0), ctx.y(0), ctx.dy(0), dx, accumulate)
+            return
+        for level, g, (shape, flat, rows, offset) in self._places(op, levels):
+            grad = ctx.workspace(f"level {level} diff", g.top)
+            pooled = ctx.workspace(f"level {level}", g.top)
+            ctx.emit(strided_copy(Operand(ctx.dy(0), offset), Operand(grad), shape, rows, flat))
+            if g.method == "STOCHASTIC" and ctx.phase != "TRAIN":  # its gradient reads the top
+                ctx.emit(strided_copy(Operand(ctx.y(0), offset), Operand(pooled), shape, rows,
+                                      flat))  # fmt: skip
+            emit_pool_grad(ctx, g, ctx.x(0), pooled, grad, dx, accumulate, level)
+            accumulate = True
+
+    @staticmethod
+    def _places(
+        op: Op, levels: list[PoolGeometry]
+    ) -> list[tuple[int, PoolGeometry, tuple[Shape, list[int], list[int], int]]]:
+        """Each level, its geometry, and how its pooled values lie in the top: one row per
+        image, (num, values) with the level's strides, the top's, and its first column."""
+        total = op.tops[0].shape[1]
+        places, offset = [], 0
+        for level, g in enumerate(levels):
+            width = count(g.top, 1)
+            places.append((level, g, ((g.top[0], width), [width, 1], [total, 1], offset)))
+            offset += width
+        return places
 
 
 @register_layer("LRN")

@@ -4,7 +4,8 @@ Which layers run backward follows Caffe's ``Net::Init``: a layer needs
 backward when a bottom needs it (subject to ``propagate_down``) or one of its
 parameters has a non-zero ``lr_mult``; a layer whose tops reach no loss is
 skipped; ``force_backward`` turns backward on everywhere a layer allows it
-(loss layers never send a gradient to their labels). The objective is the sum
+(loss layers never send a gradient to their labels) and in every layer that
+learns (a Parameter layer, an Embed's weights). The objective is the sum
 of every top with a non-zero ``loss_weight`` (1 by default for loss layers'
 first top), so each such top's gradient starts as its loss weight.
 """
@@ -60,7 +61,8 @@ def _needs(graph: LayerGraph, lowering: Lowering) -> tuple[dict[Op, bool], dict[
         for op in graph.ops:
             spec = lookup(op.type)
             allowed = {i for i in range(len(op.bottoms)) if spec.allows_force_backward(i)}
-            layer_needs[op] = bool(allowed) or layer_needs[op]
+            learns = any(p.lr_mult != 0 for p in lowering.params[op])  # Parameter, Embed
+            layer_needs[op] = bool(allowed) or learns or layer_needs[op]
             bottom_needs[op] |= allowed
     return layer_needs, bottom_needs
 

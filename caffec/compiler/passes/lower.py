@@ -140,6 +140,7 @@ def lower(
         ],
         fills=lowering.fills,
         label_checks=lowering.label_checks,
+        item_counts=lowering.item_counts,
         feeders=feeders,
         layers=[_layer_entry(op, lowering) for op in graph.ops],
     )

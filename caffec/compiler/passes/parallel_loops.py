@@ -21,11 +21,15 @@ zeroed copy of its own (*partial sums*, the loop's ``partial_sums``: the loop
 zeroes them before its iterations and adds them into the gradient after). Only
 the order of that sum's terms changes.
 
-The number of threads is fixed at compile time (the CPU target's ``threads``:
-the machine's CPUs, at most eight, and no more than images), so the arena holds each
-workspace that many times; the generated loop asks OpenMP for that many
-threads. Each image is computed exactly as before; only the partial sums add a
-weight gradient's terms in another order, the same one on every run of a build.
+The arena holds each workspace, and each partial sum, once per thread a loop may
+run on: the CPU target's ``threads`` (the CPUs of the compiling machine, at most
+eight), and no more than images. How many threads it does run on is the
+runtime's choice (:mod:`caffec.runtime.threads`), up to that many: the
+generated loop takes the smaller of the two, zeroes and adds up only the
+partial sums of the threads it runs on, and wakes no other thread where the
+runtime gives it one. Each image is computed exactly as before; only
+the partial sums add a weight gradient's terms in another order, the same one
+for the same thread count.
 """
 
 from __future__ import annotations

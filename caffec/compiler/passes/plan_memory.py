@@ -26,8 +26,9 @@ does such a buffer die at its last use.
 input is not touched by a later part, nor the output by an earlier one) may
 write an output over the bytes of an input when that input dies there: the
 input is read only element for element
-(index ``i``, same size), nothing reads it later, nothing outside the
-kernels reads it, and the output is new at that kernel and is not a buffer
+(index ``i``, same size), nothing reads it later (a rerun of the pass
+included: a dropout mask read by the last backward kernel stays), nothing
+outside the kernels reads it, and the output is new at that kernel and is not a buffer
 the runtime writes. The two then form one *storage* whose interval is the
 union of theirs; a chain of such maps (a ReLU after a bias, a gradient
 scaled in place) is one storage. This is how a ReLU's top takes its
@@ -159,13 +160,15 @@ def _passes(kgraph: KernelGraph) -> list[tuple[int, Instr]]:
 
 def liveness(
     kgraph: KernelGraph, repeat: bool = True
-) -> tuple[dict[Buffer, Interval], set[Buffer]]:
-    """Each touched arena buffer's interval (the first instruction is position 1), and the
-    buffers whose first access reads them (or accumulates into them): they carry state in.
+) -> tuple[dict[Buffer, Interval], set[Buffer], set[Buffer]]:
+    """Each touched arena buffer's interval (the first instruction is position 1), the
+    buffers whose first access reads them (or accumulates into them): they carry state in,
+    and the buffers a rerun of a pass reads again.
 
     With ``repeat``, a buffer used in more than one pass lives to the end of the last pass
     that uses it: pycaffe may run that pass again (two backward passes after one forward
-    accumulate the parameter gradients twice), and the rerun reads it again.
+    accumulate the parameter gradients twice), and the rerun reads it again, so it is also
+    never overwritten in place, not even by the last kernel of that pass.
     """
     intervals: dict[Buffer, Interval] = {}
     passes: dict[Buffer, set[int]] = {}
@@ -190,10 +193,10 @@ def liveness(
                 intervals[buffer] = (position, position)
                 if read:
                     carried.add(buffer)
-    for buffer, used in passes.items() if repeat else ():
-        if len(used) > 1:
-            intervals[buffer] = (intervals[buffer][0], pass_end[max(used)])
-    return intervals, carried
+    rerun = {b for b, used in passes.items() if repeat and len(used) > 1}
+    for buffer in rerun:
+        intervals[buffer] = (intervals[buffer][0], pass_end[max(passes[buffer])])
+    return intervals, carried, rerun
 
 
 def runtime_written(kgraph: KernelGraph) -> set[Buffer]:
@@ -384,7 +387,7 @@ def plan_memory(
     if blob_of is None:
         blob_of = blob_versions(lowering) if lowering is not None else {}
     arena = [b for b in kgraph.buffers if b.kind in ARENA_KINDS]
-    touched, carried = liveness(kgraph, repeat=keep_blobs)
+    touched, carried, rerun = liveness(kgraph, repeat=keep_blobs)
     pinned = pinned_buffers(kgraph, keep_blobs) | carried
     end = len(schedule(kgraph)) + 1
     intervals: dict[Buffer, Interval | None] = {
@@ -395,7 +398,7 @@ def plan_memory(
     links: dict[Buffer, Buffer] = {}
     offsets: dict[Buffer, int] = {}
     if share:
-        links = in_place_links(kgraph, touched, pinned, runtime_written(kgraph) | carried)
+        links = in_place_links(kgraph, touched, pinned | rerun, runtime_written(kgraph) | carried)
         groups = storages(arena, links)
         spans = [_hull([intervals[b] for b in group]) for group in groups]
         starts, top = assign_offsets(

@@ -38,7 +38,7 @@ def recompute(kgraph: KernelGraph, keep_blobs: bool = True) -> KernelGraph:
                     masks[mask] = (kernel, kernel.reads[0])
     if not masks:
         return kgraph
-    touched, _ = liveness(kgraph, repeat=keep_blobs)
+    touched, _, _ = liveness(kgraph, repeat=keep_blobs)
     pinned = pinned_buffers(kgraph, keep_blobs)
     readers: dict[Buffer, list[tuple[int, Kernel]]] = {}
     for position, instr in enumerate(schedule(kgraph), start=1):

@@ -54,13 +54,22 @@ def _check_tops(op: Op, tops: list[Shape], itemsize: int, budget: int | None) ->
 
 
 def _check_overrides(graph: LayerGraph, ctx: InferContext) -> None:
-    """Every --shape must name a top of a layer without bottoms (a data layer)."""
+    """Every --shape must name a top of a layer without bottoms (a data layer), or of a layer
+    whose items the data decides (Filter: its rule reads the count it is compiled for)."""
     data_tops = [v.blob for op in graph.ops if not op.bottoms for v in op.tops]
+    counted = [v.blob for op in graph.ops if op.bottoms and _counted_by_data(op) for v in op.tops]
     for name, shape in ctx.shape_overrides.items():
-        if name not in data_tops:
+        if name not in data_tops + counted:
+            hint = f"data tops in this net: {', '.join(data_tops) or 'none'}"
             raise UserError(
-                f"--shape names '{name}', which is not a top of a data or input layer",
-                hint=f"data tops in this net: {', '.join(data_tops) or 'none'}",
+                f"--shape names '{name}', which is not a top of a data, input or Filter layer",
+                hint=hint + (f"; Filter tops: {', '.join(counted)}" if counted else ""),
             )
         if not shape or any(d <= 0 for d in shape):
             raise UserError(f"--shape {name}={shape_text(shape)}: dimensions must be positive")
+
+
+def _counted_by_data(op: Op) -> bool:
+    """Whether the data decides how many items ``op``'s tops hold (its rules say so)."""
+    spec = lookup(op.type)
+    return spec is not None and bool(getattr(spec.rules, "counted_by_data", False))

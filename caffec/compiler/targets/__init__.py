@@ -80,7 +80,8 @@ class ConvAlgorithms:
     """How a convolution runs: its forward's algorithm, and whether its weight gradient
     (``direct_filter``) and its input gradient (``direct_data``) run directly."""
 
-    forward: str  # im2col_gemm, gemm_1x1, implicit_gemm, direct, direct_channels, direct_forward
+    # im2col_gemm, gemm_1x1, implicit_gemm, direct, direct_channels, direct_forward, winograd
+    forward: str
     direct_filter: bool = False
     direct_data: bool = False
 

@@ -13,22 +13,26 @@ where they are"). Nothing here changes what a net computes, only how.
   fills the register tiles badly, threads only for enough work; the
   unchanging operand of a loop over images (a convolution's weights) packed
   once before it (:func:`prepack`).
-* **Threads**: per-image loops run their images on ``threads`` threads (the
-  ``parallel_loops`` pass), and a kernel opens an OpenMP region only above
-  its grain of work (:func:`parallel_grain`).
+* **Threads**: a kernel opens an OpenMP region only above its grain of work
+  (:func:`parallel_grain`); below it, it runs on the calling thread. How many
+  threads a region gets is the runtime's choice (:mod:`caffec.runtime.threads`),
+  not the compiler's; ``threads`` only sizes per-image loops (the
+  ``parallel_loops`` pass): their workspaces are copied that many times, and the
+  loop runs on at most that many threads.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from caffec.compiler.kernels import Instr, Kernel, Operand
+from caffec.compiler.primitives import WINOGRAD_TILE
 from caffec.compiler.targets import ConvAlgorithms, ConvShape, Workspace
 from caffec.errors import InternalError
+from caffec.runtime.threads import available_cpus
 
-MAX_THREADS = 8  # per-image loops: each thread holds a copy of the loop's workspaces
+MAX_THREADS = 8  # per-image loops at most: each thread holds a copy of the loop's workspaces
 GEMM_PARALLEL_FLOPS = 2_000_000  # 2 M N K: a GEMM with less runs on its calling thread
 # The work below which a C kernel runs on its calling thread (an OpenMP region would cost
 # more than it saves): elements of output for most primitives, windows for pooling (each
@@ -43,8 +47,9 @@ def parallel_grain(prim: str) -> int:
 
 
 def default_threads() -> int:
-    """The threads per-image loops run on: this machine's CPUs, at most :data:`MAX_THREADS`."""
-    return min(MAX_THREADS, os.cpu_count() or 1)
+    """The most threads per-image loops may run on: the CPUs this process may use (its
+    affinity and cgroup quota), at most :data:`MAX_THREADS`."""
+    return min(MAX_THREADS, available_cpus()[0])
 
 
 # --- convolutions --------------------------------------------------------------------------
@@ -80,6 +85,17 @@ DIRECT_CHANNELS_MAX_CHANNELS_IN = 16
 DIRECT_CHANNELS_MAX_COPY = 65536
 DIRECT_MAX_KERNEL_WIDTH = 12  # a kernel row's taps in registers
 
+# 3x3 forwards at stride 1 run Winograd's F(4x4, 3x3) (a quarter of the multiplications, in
+# 36 GEMMs over the 4x4 blocks of output, plus the transforms) where the GEMMs are large
+# enough for the transforms to be a small part: at least 32 input and output channels per
+# group, at least 49 blocks per image (28 x 28 outputs: with fewer, the weights' transform,
+# redone every forward, and GEMMs only as wide as the blocks cost more than they save), and
+# enough of both (output channels x input channels x blocks; below it, the gain was within
+# what the four parallel regions lose on a busy machine).
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_BLOCKS = 49
+WINOGRAD_MIN_PRODUCTS = 524288
+
 
 def _blocked(shape: ConvShape) -> bool:
     """Whether the register-blocked direct kernels compute this convolution: dense, a
@@ -112,6 +128,16 @@ def _implicit_pays(s: ConvShape) -> bool:
     """Few weight rows, and a GEMM that packs B as it is (the image unfolds as it packs)."""
     plan = gemm_plan(s.rows, s.positions, s.depth, False, False, s.group)
     return s.rows <= IMPLICIT_MAX_ROWS and plan["path"] == "packed" and not plan["swap"]
+
+
+def _winograd_pays(s: ConvShape) -> bool:
+    """A stride-1 3x3 convolution large enough for Winograd F(4x4, 3x3) (see above)."""
+    blocks = -(-s.cols[1] // WINOGRAD_TILE) * -(-s.cols[2] // WINOGRAD_TILE)
+    channels = s.image[0] // s.group
+    return (s.kernel == (3, 3) and s.stride == (1, 1) and s.dilation == (1, 1)
+            and not s.deconv and min(s.rows, channels) >= WINOGRAD_MIN_CHANNELS
+            and blocks >= WINOGRAD_MIN_BLOCKS
+            and s.rows * channels * blocks >= WINOGRAD_MIN_PRODUCTS)  # fmt: skip
 
 
 def _direct_filter_pays(s: ConvShape) -> bool:
@@ -245,7 +271,8 @@ class CpuTarget:
     """A CPU, as the C compiler builds for it: ``cpu`` is the ``-march`` (``native``: this
     machine), ``vector_bytes`` the widest vectors the compiler uses there (64 for AVX-512,
     32 for AVX, 16 for SSE or NEON, 0 for none; None when nobody asked the compiler), and
-    ``threads`` how many threads a per-image loop runs on."""
+    ``threads`` the most threads a per-image loop runs on (its workspaces' copies; the
+    runtime's thread count decides, up to that)."""
 
     name: ClassVar[str] = "c"
     cpu: str = "native"
@@ -262,7 +289,9 @@ class CpuTarget:
         if shape.deconv:
             return ConvAlgorithms("im2col_gemm")
         blocked = _blocked(shape)
-        if blocked and _channel_blocks_pay(shape.image[0], shape.rows, shape.cols[1:],
+        if _winograd_pays(shape):
+            forward = "winograd"
+        elif blocked and _channel_blocks_pay(shape.image[0], shape.rows, shape.cols[1:],
                                            shape.kernel):  # fmt: skip
             forward = "direct_channels"
         elif _direct_forward_pays(shape):
