@@ -302,3 +302,26 @@ def test_compile_keeps_the_old_artifact_when_the_weights_do_not_fit(capsys, tmp_
     np.save(tmp_path / "x.npy", np.ones((64, 1, 28, 28), np.float32))
     status, text, _ = run(capsys, "run", str(out), "--input", f"data={tmp_path / 'x.npy'}")
     assert status == 0 and "min 0.1  max 0.1 " in text  # equal weights: equal scores
+
+
+def test_upgrade_keeps_the_fields_of_caffe_forks(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Fork fields (Pooling's ceil_mode, SSD's messages) survive `caffec upgrade` of a net
+    with the old input fields, and an unknown field still fails with its "did you mean"."""
+    net = tmp_path / "net.prototxt"
+    net.write_text(
+        'input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+        "pooling_param { pool: MAX kernel_size: 3 stride: 2 ceil_mode: false } }\n"
+        'layer { name: "pb" type: "PriorBox" bottom: "p" bottom: "data" top: "pb" '
+        "prior_box_param { min_size: 3 aspect_ratio: 2 flip: true variance: 0.1 } }\n"
+    )
+    out = tmp_path / "up.prototxt"
+    assert main(["upgrade", str(net), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "ceil_mode: false" in text and "prior_box_param" in text and "aspect_ratio: 2" in text
+    net.write_text(net.read_text().replace("ceil_mode", "ceil_mod"))
+    capsys.readouterr()
+    assert main(["upgrade", str(net), "-o", str(out)]) == 2
+    assert "did you mean 'ceil_mode'" in capsys.readouterr().err
