@@ -326,6 +326,26 @@ def test_image_list_with_root_folder_wraps_around(tmp_path: Path) -> None:
     np.testing.assert_array_equal(b2["label"], [13, 10, 11])
 
 
+def test_image_data_shapes_come_from_an_image_beside_its_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without new_height/new_width the first image gives the shape: found where the reader
+    finds it, beside the list file too (the working directory elsewhere)."""
+    import caffec
+
+    data = tmp_path / "data"
+    arrays = write_images(data, 2, size=(5, 7))
+    (data / "list.txt").write_text("img0.png 0\nimg1.png 1\n")
+    net = tmp_path / "net.prototxt"
+    net.write_text(
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" '
+        f'image_data_param {{ source: "{data / "list.txt"}" batch_size: 2 }} }}\n'
+    )
+    monkeypatch.chdir(tmp_path.parent)
+    out = caffec.Net(str(net), caffec.TEST).forward()
+    np.testing.assert_array_equal(out["data"], np.stack([bgr(a) for a in arrays]))
+
+
 def test_image_data_reads_the_caffe_cat_in_colour_and_gray(tmp_path: Path, corpus: Path) -> None:
     cat = corpus / "bvlc/examples/images/cat.jpg"
     listing = tmp_path / "list.txt"

@@ -168,9 +168,12 @@ class ImageData(Sourced):
             chw: Shape = (channels, p.new_height, p.new_width)
         else:
             listing = _find(p.source, ctx, layer)
-            image = Path(p.root_folder + datasource.first_listed(listing))
-            if not image.exists():
-                raise _missing_shape(layer, f"the first listed image '{image}' does not exist")
+            name = p.root_folder + datasource.first_listed(listing)
+            # where the reader looks: as given, then the prototxt's folder, the list's folder
+            places = (Path(name), ctx.base_dir / name, listing.parent / name)
+            image = next((place for place in places if place.exists()), None)
+            if image is None:
+                raise _missing_shape(layer, f"the first listed image '{name}' does not exist")
             chw = datasource.image_shape(image, p.is_color)
         return _with_label(layer, (_batch(p.batch_size), *_cropped(layer, chw)))
 
