@@ -103,7 +103,12 @@ def manifest(
         host_calls=host_calls(kgraph),
         label_checks=[
             LabelCheckEntry(
-                c["layer"], c["status"].index, c["labels"].index, c["classes"], c["ignore"]
+                c["layer"],
+                c["status"].index,
+                c["labels"].index,
+                c["classes"],
+                c["ignore"],
+                c["what"],
             )
             for c in kgraph.label_checks
         ],  # fmt: skip

@@ -127,10 +127,13 @@ class LowerContext:
         spec = filler if isinstance(filler, dict) else filler_dict(filler) or {}
         self._lowering.fills.append((buffer, spec, refill))
 
-    def check_labels(self, labels: Buffer, classes: int, ignore: float | None) -> None:
+    def check_labels(
+        self, labels: Buffer, classes: int, ignore: float | None, what: str = "label"
+    ) -> None:
         """Count the labels outside [0, classes) (and not ``ignore``, nor fractional) into a
         status buffer the runtime reads after forward, to name the bad label: a loss or
-        accuracy never computes on one (Caffe reads past its blob, or counts it correct)."""
+        accuracy never computes on one (Caffe reads past its blob, or counts it correct).
+        ``what``: "index" for a layer that picks rows by its bottom's values (Embed)."""
         count = labels.size
         flags = self.workspace("labels out of range", (count,))
         status = self._lowering.new(f"{self.op.name} labels out of range", (1,), "status")
@@ -143,7 +146,7 @@ class LowerContext:
         )  # fmt: skip
         self._lowering.label_checks.append({"layer": self.op.name, "status": status,
                                             "labels": labels, "classes": classes,
-                                            "ignore": ignore})  # fmt: skip
+                                            "ignore": ignore, "what": what})  # fmt: skip
 
     def item_count(self, every: int) -> Buffer:
         """A one-number buffer for how many items this layer's tops hold in this forward, where

@@ -22,8 +22,8 @@ from typing import Any
 from caffec.errors import UserError
 
 FORMAT = "caffec-artifact"
-FORMAT_VERSION = 5  # 3: typed entries, the target's description; 4: layers' bottoms, host calls;
-# 5: Filter layers
+FORMAT_VERSION = 6  # 3: typed entries, the target's description; 4: layers' bottoms, host calls;
+# 5: Filter layers; 6: what a label check checks
 ABI_VERSION = 4  # the C entry points: caffec_<pass>(void** buf, int begin, int end);
 # 4: caffec_set_threads(int), the runtime's thread count
 
@@ -131,6 +131,7 @@ class LabelCheckEntry:
     labels: int  # the slot of the labels it checks
     classes: int
     ignore: float | None  # the layer's ignore_label
+    what: str  # "label" (a loss's, an accuracy's) or "index" (Embed's, BatchReindex's)
 
 
 @dataclass

@@ -490,15 +490,23 @@ class CompiledNet(Rebuilds):
             )
             bad = np.flatnonzero(~ok)
             origin = self._label_origin(check.labels, labels, int(bad[0]))
+            more = f" ({len(bad)} such {check.what}s in the batch)" if len(bad) > 1 else ""
+            if check.what == "index":
+                raise UserError(
+                    f"index {labels[bad[0]]:.10g} of item {bad[0]} of the batch{origin} is not "
+                    f"a whole number in [0, {check.classes}){more}",
+                    layer=check.layer,
+                    hint=f"the layer picks from {check.classes} rows (Embed's input_dim, the "
+                    "batch of BatchReindex's data): fix the indices in the data",
+                )
             raise UserError(
-                f"label {labels[bad[0]]:.10g} of item {bad[0]} of the batch{origin} is not a class "
-                f"index in [0, {check.classes})" + (f" ({len(bad)} such labels in the batch)"
-                                                    if len(bad) > 1 else ""),
+                f"label {labels[bad[0]]:.10g} of item {bad[0]} of the batch{origin} is not a "
+                f"class index in [0, {check.classes}){more}",
                 layer=check.layer,
                 hint=f"the layer scores {check.classes} classes (num_output of the layer "
                 "before it): fix the labels in the data, or set ignore_label for a value "
                 "to skip",
-            )  # fmt: skip
+            )
 
     def _label_origin(self, slot: int, labels: np.ndarray, index: int) -> str:
         """Where a data layer read label ``index`` of the labels in ``slot`` (its record key,

@@ -342,8 +342,10 @@ def test_image_data_shapes_come_from_an_image_beside_its_list(
         f'image_data_param {{ source: "{data / "list.txt"}" batch_size: 2 }} }}\n'
     )
     monkeypatch.chdir(tmp_path.parent)
-    out = caffec.Net(str(net), caffec.TEST).forward()
+    built = caffec.Net(str(net), caffec.TEST)
+    out = built.forward()
     np.testing.assert_array_equal(out["data"], np.stack([bgr(a) for a in arrays]))
+    built.close()  # its reader's thread, which later tests count
 
 
 def test_image_data_reads_the_caffe_cat_in_colour_and_gray(tmp_path: Path, corpus: Path) -> None:

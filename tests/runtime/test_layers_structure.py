@@ -346,9 +346,9 @@ def test_embed_refuses_a_gradient_to_its_indices(tmp_path: Path) -> None:
 def test_embed_names_a_bad_index(tmp_path: Path, bad: float) -> None:
     net = one_layer_net(tmp_path, layer("Embed", "embed_param { num_output: 2 input_dim: 3 }"),
                         {"a": (3,)})  # fmt: skip
-    with pytest.raises(UserError, match=f"{bad:g} of item 1 .* in \\[0, 3\\)") as info:
+    with pytest.raises(UserError, match=f"index {bad:g} of item 1 .* in \\[0, 3\\)") as info:
         net.forward(a=np.array([0.0, bad, 2.0]))
-    assert info.value.layer == "x"
+    assert info.value.layer == "x" and "input_dim" in info.value.hint
 
 
 # ----------------------------------------------------------------------------- BatchReindex
@@ -376,7 +376,7 @@ def test_batch_reindex_errors(tmp_path: Path) -> None:
     error = build_error(tmp_path, both, {"a": (3, 2), "i": (2,), "b": (2, 2)})
     assert "gradient to its indices (bottom 1)" in error.message
     net = one_layer_net(tmp_path, text, {"a": (3, 2), "i": (2,)})
-    with pytest.raises(UserError, match="3 of item 1 .* in \\[0, 3\\)"):
+    with pytest.raises(UserError, match="index 3 of item 1 .* in \\[0, 3\\)"):
         net.forward(a=np.ones((3, 2)), i=np.array([0.0, 3.0]))
 
 

@@ -81,7 +81,7 @@ class Embed:
 
     def lower(self, op: Op, ctx: LowerContext) -> None:
         picks, rows, width = self._view(op)
-        ctx.check_labels(ctx.x(0), rows, None)
+        ctx.check_labels(ctx.x(0), rows, None, "index")
         inputs = {
             "l": (ctx.x(0), (picks, 1)),
             "w": (ctx.w(0), f"{row_of('l', rows)} * {width} + o"),
@@ -123,7 +123,7 @@ class BatchReindex:
     def lower(self, op: Op, ctx: LowerContext) -> None:
         data = op.bottoms[0].shape
         picks, inner = op.tops[0].shape[0], count(data, 1)
-        ctx.check_labels(ctx.x(1), data[0], None)
+        ctx.check_labels(ctx.x(1), data[0], None, "index")
         inputs = {"l": (ctx.x(1), (picks, 1)),
                   "x": (ctx.x(0), f"{row_of('l', data[0])} * {inner} + j")}  # fmt: skip
         ctx.emit(pmap((picks, inner), [(ctx.y(0), "x")], inputs, coords={"j": 1}))
