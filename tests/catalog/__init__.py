@@ -49,3 +49,11 @@ def all_cases() -> list[Case]:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         cases += importlib.import_module(f"{__name__}.{info.name}").CASES
     return cases
+
+
+def layer(type_: str, params: str = "", bottoms: str = "a", tops: str = "y") -> str:
+    """The layer under test, "x", of ``type_`` from ``bottoms`` to ``tops`` (names separated
+    by spaces) with the parameter text ``params``."""
+    bottom = " ".join(f'bottom: "{b}"' for b in bottoms.split())
+    top = " ".join(f'top: "{t}"' for t in tops.split())
+    return f'layer {{ name: "x" type: "{type_}" {bottom} {top} {params} }}'

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalog import Case
+from catalog import Case, layer
 
 
 def labels(name: str, shape: tuple[int, ...], classes: int):  # noqa: ANN201 - a Feed
     return lambda rng: {name: rng.integers(0, classes, shape).astype(float)}
-
-
-def layer(type_: str, params: str = "", bottoms: str = "a", tops: str = "y") -> str:
-    bottom = " ".join(f'bottom: "{b}"' for b in bottoms.split())
-    top = " ".join(f'top: "{t}"' for t in tops.split())
-    return f'layer {{ name: "x" type: "{type_}" {bottom} {top} {params} }}'
 
 
 IMAGE = {"a": (2, 3, 5, 4)}

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalog import Case
+from catalog import Case, layer
 
 PRIORS = 12
 CLASSES = 3
-
-
-def layer(type_: str, params: str = "", bottoms: str = "a", tops: str = "y") -> str:
-    bottom = " ".join(f'bottom: "{b}"' for b in bottoms.split())
-    top = " ".join(f'top: "{t}"' for t in tops.split())
-    return f'layer {{ name: "x" type: "{type_}" {bottom} {top} {params} }}'
 
 
 def detection_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalog import Case
-
-
-def layer(type_: str, params: str = "", bottoms: str = "a") -> str:
-    bottom = " ".join(f'bottom: "{b}"' for b in bottoms.split())
-    return f'layer {{ name: "x" type: "{type_}" {bottom} top: "y" {params} }}'
+from catalog import Case, layer
 
 
 def ties(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -3,8 +3,7 @@ resizing layers (Upsample, Interp); tests/runtime/test_layers_vision.py checks t
 
 from __future__ import annotations
 
-from catalog import Case
-from catalog.core import layer
+from catalog import Case, layer
 
 
 def positive(name: str, shape: tuple[int, ...]):  # noqa: ANN201 - a Feed

@@ -15,10 +15,10 @@ import math
 import numpy as np
 
 from caffec.compiler.ir import Op, ParamBlob, Shape
-from caffec.compiler.kernels import whole
 from caffec.compiler.layers.common import count
+from caffec.compiler.layers.structure import Reordering
 from caffec.compiler.lowering import LowerContext
-from caffec.compiler.primitives import contiguous_strides, host_call, pmap, reduce, strided_copy
+from caffec.compiler.primitives import contiguous_strides, host_call, pmap, reduce
 from caffec.compiler.registry import InferContext, LayerParameter, ShapeError, register_layer
 from caffec.errors import shape_text
 from caffec.formats import caffe_pb2
@@ -130,32 +130,20 @@ def permute_order(layer: LayerParameter, ndim: int) -> list[int]:
 
 
 @register_layer("Permute")
-class Permute:
+class Permute(Reordering):
     """The bottom's axes reordered (``order``): a strided copy, and the inverse copy back."""
 
     def infer(self, layer: LayerParameter, bottoms: list[Shape], ctx: InferContext) -> list[Shape]:
         bottom = bottoms[0]
         return [tuple(bottom[axis] for axis in permute_order(layer, len(bottom)))]
 
-    @staticmethod
-    def _strides(op: Op) -> tuple[Shape, list[int], list[int]]:
+    def layout(self, op: Op) -> tuple[Shape, list[int], list[int]]:
         """The top's shape, the bottom's strides along the top's axes, the top's strides."""
         bottom = op.bottoms[0].shape
         order = permute_order(op.param, len(bottom))
         strides = contiguous_strides(bottom)
         top = tuple(bottom[axis] for axis in order)
         return top, [strides[axis] for axis in order], contiguous_strides(top)
-
-    def lower(self, op: Op, ctx: LowerContext) -> None:
-        top, source, dest = self._strides(op)
-        ctx.emit(strided_copy(whole(ctx.x(0)), whole(ctx.y(0)), top, source, dest))
-
-    def grad(self, op: Op, ctx: LowerContext) -> None:
-        target = ctx.dx(0)
-        if target is not None:
-            dx, accumulate = target
-            top, source, dest = self._strides(op)
-            ctx.emit(strided_copy(whole(ctx.dy(0)), whole(dx), top, dest, source, accumulate))
 
 
 # ----------------------------------------------------------------------------- PriorBox

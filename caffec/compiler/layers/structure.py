@@ -355,8 +355,29 @@ class Tile:
             ctx.emit(reduce(ctx.dy(0), dx, self._view(op), [1], accumulate=accumulate))
 
 
+class Reordering:
+    """A layer whose top is its bottom's numbers in another order (Permute, ShuffleChannel):
+    one strided copy, and its gradient the copy back."""
+
+    def layout(self, op: Op) -> tuple[Shape, list[int], list[int]]:
+        """The copy's shape, and the bottom's and the top's strides over it."""
+        raise NotImplementedError
+
+    def lower(self, op: Op, ctx: LowerContext) -> None:
+        shape, bottom, top = self.layout(op)
+        ctx.emit(strided_copy(Operand(ctx.x(0)), Operand(ctx.y(0)), shape, bottom, top))
+
+    def grad(self, op: Op, ctx: LowerContext) -> None:
+        target = ctx.dx(0)
+        if target is not None:
+            dx, accumulate = target
+            shape, bottom, top = self.layout(op)
+            ctx.emit(strided_copy(Operand(ctx.dy(0)), Operand(dx), shape, top, bottom,
+                                  accumulate))  # fmt: skip
+
+
 @register_layer("ShuffleChannel")
-class ShuffleChannel(SameShape):
+class ShuffleChannel(Reordering, SameShape):
     """ShuffleNet's channel shuffle (a fork layer): the channels, seen as ``group`` rows of
     C / group, transposed, so channel g * (C / group) + j moves to j * group + g. The
     gradient is the inverse permutation."""
@@ -372,8 +393,7 @@ class ShuffleChannel(SameShape):
                              hint="give a group that divides the channel count")  # fmt: skip
         return [bottom]
 
-    @staticmethod
-    def _layout(op: Op) -> tuple[list[int], list[int], list[int]]:
+    def layout(self, op: Op) -> tuple[Shape, list[int], list[int]]:
         """The copy's shape (num, group, C / group, spatial) and the bottom's and the top's
         strides over it."""
         bottom, group = op.bottoms[0].shape, op.param.shuffle_channel_param.group
@@ -382,18 +402,6 @@ class ShuffleChannel(SameShape):
         shape = [num, group, per_group, spatial]
         shuffled = [channels * spatial, spatial, group * spatial, 1]
         return shape, contiguous_strides(shape), shuffled
-
-    def lower(self, op: Op, ctx: LowerContext) -> None:
-        shape, plain, shuffled = self._layout(op)
-        ctx.emit(strided_copy(Operand(ctx.x(0)), Operand(ctx.y(0)), shape, plain, shuffled))
-
-    def grad(self, op: Op, ctx: LowerContext) -> None:
-        target = ctx.dx(0)
-        if target is not None:
-            dx, accumulate = target
-            shape, plain, shuffled = self._layout(op)
-            ctx.emit(strided_copy(Operand(ctx.dy(0)), Operand(dx), shape, shuffled, plain,
-                                  accumulate))  # fmt: skip
 
 
 @register_layer("Axpy", bottoms=3)
