@@ -232,20 +232,24 @@ def main() -> int:
     for group, values in ratios.items():
         geo = float(np.exp(np.mean(np.log(values))))
         print(f"{group}: geometric mean ratio {geo:.2f} (min {min(values):.2f})")
-    peak, how = peak_gflops(args.threads)
-    print(f"peak float32 rate: {peak:.0f} GFLOP/s ({how}); caffec's best GEMM above reaches "
-          f"{best:.1f} GFLOP/s, {100 * best / peak:.0f}% of it")  # fmt: skip
+    from caffec.codegen.peak import measure_peak
+    from caffec.runtime.threads import thread_policy
+
+    peak = measure_peak()
+    threads = thread_policy().threads
+    clock, how = clock_estimate(threads)
+    print(f"peak: {peak.describe()}; the clock's estimate was {clock:.0f} GFLOP/s ({how})")
+    print(
+        f"caffec's best GEMM above reaches {best:.1f} GFLOP/s, "
+        f"{100 * best / peak.at(threads):.0f}% of the measured peak on {threads} threads"
+    )
     return 0
 
 
-def peak_gflops(threads: int | None) -> tuple[float, str]:
-    """The machine's peak float32 rate, and how it was computed: cores x FLOPs per cycle x
-    the clock /proc/cpuinfo reports now. 32 FLOPs per cycle is two 256-bit FMA pipes (8
-    lanes, 2 FLOPs each): AMD Zen 2 to 4 (Zen 4 runs AVX-512 as two 256-bit halves) and
-    Intel client cores; Intel server cores with two AVX-512 FMA units do 64, which the
-    flags cannot tell apart, so this states the 256-bit figure."""
-    cores = threads or os.cpu_count() or 1
-    mhz = 0.0
+def clock_estimate(cores: int) -> tuple[float, str]:
+    """The peak float32 rate as cores x 32 FLOPs per cycle (two 256-bit FMA pipes) x the
+    clock /proc/cpuinfo reports, and how it was computed: what this script printed before
+    the probe, shown beside it because boost clocks and pipe widths make it wrong."""
     try:
         with open("/proc/cpuinfo") as info:
             mhz = max(float(line.split(":")[1]) for line in info if line.startswith("cpu MHz"))

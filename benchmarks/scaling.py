@@ -17,6 +17,15 @@ other work holds its core, and every rank waits for the slowest.
 
     python benchmarks/scaling.py [--iterations 100] [--ranks 1,2]
 
+``--overlap`` compares instead, on 2 ranks, the reduction overlapped with backward
+(the solver's ``layer_wise_reduce``, Caffe's default) against the reduction after
+backward, alternating the two ``--repeats`` times, on LeNet and on GoogLeNet (fed by a
+DummyData layer, batch 8 per rank): images/s, and the time a step waits in
+``on_gradients_ready`` for the reductions to finish (what overlapping can hide).
+
+    python benchmarks/scaling.py --overlap [--nets lenet,googlenet] [--repeats 3]
+        [--bucket-bytes 4194304]
+
 Needs Open MPI and mpi4py (``bash scripts/setup.sh --mpi``).
 """
 
@@ -32,6 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
+GOOGLENET = REPO.parent / "shared/corpus/bvlc/models/bvlc_googlenet/train_val.prototxt"
+GOOGLENET_BATCH = 8
 
 # gradient bytes (float32): ResNet-50's 25.5M learned parameters; bvlc_googlenet's train net
 # with its two auxiliary classifiers, 13.4M
@@ -57,21 +68,66 @@ def step_seconds(compute: float, ranks: int, nbytes: float, bandwidth: float,
     return compute + 2 * (ranks - 1) / ranks * nbytes / bandwidth + 2 * (ranks - 1) * latency
 
 
-def worker(iterations: int) -> None:
-    """One rank: time LeNet's steps (and, on rank 0, the allreduce alone); rank 0 prints JSON."""
+def googlenet_solver(folder: Path, batch: int) -> Path:
+    """bvlc_googlenet's train net with its Data layers replaced by random DummyData (no
+    ImageNet needed), and a plain SGD solver for it."""
+    from google.protobuf import text_format
+
+    from caffec.formats import caffe_pb2
+
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(GOOGLENET.read_text(), net)
+    layers = [layer for layer in net.layer if layer.type != "Data"]
+    del net.layer[:]
+    dummy = net.layer.add(name="data", type="DummyData", top=["data", "label"])
+    for dims, filler in (((batch, 3, 224, 224), "gaussian"), ((batch,), "constant")):
+        dummy.dummy_data_param.shape.add(dim=dims)
+        dummy.dummy_data_param.data_filler.add(type=filler)
+    net.layer.extend(layers)
+    (folder / "googlenet.prototxt").write_text(text_format.MessageToString(net))
+    path = folder / "googlenet_solver.prototxt"
+    path.write_text(f'net: "{folder / "googlenet.prototxt"}"\nbase_lr: 0.001\nmomentum: 0.9\n'
+                    'lr_policy: "fixed"\nmax_iter: 1000000\nrandom_seed: 1\n')  # fmt: skip
+    return path
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank: time the net's steps (and, on rank 0, the allreduce alone, and how long
+    each step waited for the reduction); rank 0 prints JSON."""
+    import tempfile
+
     import caffec
 
     collective = caffec.join_mpi() if "OMPI_COMM_WORLD_SIZE" in os.environ else None
-    solver = caffec.SGDSolver(REPO / "examples/mnist/lenet_solver.prototxt",
-                              log=lambda _line: None)  # fmt: skip
-    parallel = solver.data_parallel(collective) if collective is not None else None
-    solver.step(10)  # warm up: data threads, caches
+    folder = Path(tempfile.mkdtemp(prefix="caffec-scaling-"))
+    path, batch = REPO / "examples/mnist/lenet_solver.prototxt", BATCH
+    if args.net == "googlenet":
+        path, batch = googlenet_solver(folder, GOOGLENET_BATCH), GOOGLENET_BATCH
+    solver = caffec.SGDSolver(path, log=lambda _line: None)
+    solver.param.layer_wise_reduce = args.overlap_on
+    parallel = None
+    waited: list[float] = []
+    if collective is not None:
+        parallel = solver.data_parallel(collective, args.bucket_bytes)
+        reduce = parallel.on_gradients_ready
+
+        def timed() -> None:
+            started = time.perf_counter()
+            reduce()
+            waited.append(time.perf_counter() - started)
+
+        parallel.on_gradients_ready = timed  # type: ignore[method-assign]
+    solver.step(args.warmup)  # data threads, caches
+    del waited[:]
     started = time.perf_counter()
-    solver.step(iterations)
-    seconds = (time.perf_counter() - started) / iterations
+    solver.step(args.iterations)
+    seconds = (time.perf_counter() - started) / args.iterations
     ranks = 1 if collective is None else collective.size
-    result = {"ranks": ranks, "step_ms": seconds * 1e3, "images_per_s": ranks * BATCH / seconds}
+    result = {"ranks": ranks, "step_ms": seconds * 1e3, "images_per_s": ranks * batch / seconds}
     if parallel is not None:
+        result["waited_ms"] = sum(waited) / len(waited) * 1e3
+        result["buckets"] = len(parallel.buckets)
+        result["segments"] = len(set(parallel._bucket_points()))
         started = time.perf_counter()
         for _ in range(20):
             parallel.on_gradients_ready()
@@ -81,9 +137,10 @@ def worker(iterations: int) -> None:
         print(json.dumps(result), flush=True)
 
 
-def measure(ranks: int, iterations: int, threads: int | None = None) -> dict:
-    """Rank 0's figures for ``ranks`` ranks, each on ``threads`` threads (None: every core)."""
-    command = [sys.executable, __file__, "--worker", "--iterations", str(iterations)]
+def measure(ranks: int, iterations: int, threads: int | None = None, *flags: str) -> dict:
+    """Rank 0's figures for ``ranks`` ranks, each on ``threads`` threads (None: every core);
+    ``flags`` for the worker."""
+    command = [sys.executable, __file__, "--worker", "--iterations", str(iterations), *flags]
     if ranks > 1:
         command = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks), *command]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -93,14 +150,56 @@ def measure(ranks: int, iterations: int, threads: int | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def compare_overlap(args: argparse.Namespace) -> None:
+    """2 ranks, the reduction overlapped with backward against after it, alternating."""
+    print(f"2 ranks, {os.cpu_count()} cores, buckets of {args.bucket_bytes} bytes, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    for net in args.nets.split(","):
+        iterations = args.iterations if net == "lenet" else max(1, args.iterations // 10)
+        figures: dict[str, list[dict]] = {"on": [], "off": []}
+        for _ in range(args.repeats):
+            for mode in ("on", "off"):
+                flags = ["--net", net, "--bucket-bytes", str(args.bucket_bytes),
+                         "--warmup", str(max(2, iterations // 5))]  # fmt: skip
+                r = measure(
+                    2, iterations, None, *flags, *(["--overlap-on"] if mode == "on" else [])
+                )
+                figures[mode].append(r)
+                print(f"  {net}, overlap {mode}: {r['images_per_s']:.1f} images/s, step "
+                      f"{r['step_ms']:.1f} ms, waited {r['waited_ms']:.2f} ms for the reduction "
+                      f"({r['buckets']} buckets, {r['segments']} segment ends; allreduce alone "
+                      f"{r['allreduce_ms']:.2f} ms of {r['gradient_bytes'] / 1e6:.1f} MB)",
+                      flush=True)  # fmt: skip
+        for mode, runs in figures.items():
+            rates = sorted(r["images_per_s"] for r in runs)
+            waits = sorted(r["waited_ms"] for r in runs)
+            print(f"{net}, overlap {mode}: {rates[0]:.1f}-{rates[-1]:.1f} images/s "
+                  f"(median {rates[len(rates) // 2]:.1f}), waited "
+                  f"{waits[0]:.2f}-{waits[-1]:.2f} ms")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--ranks", default="1,2")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="compare the reduction overlapped with backward against after it",
+    )
+    parser.add_argument("--nets", default="lenet,googlenet")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bucket-bytes", type=int, default=4 << 20)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--net", default="lenet", help=argparse.SUPPRESS)
+    parser.add_argument("--overlap-on", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=10, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.iterations)
+        worker(args)
+        return
+    if args.overlap:
+        compare_overlap(args)
         return
     cores = os.cpu_count() or 1
     print(f"LeNet, batch {BATCH} per rank, {cores} cores, {time.strftime('%Y-%m-%d %H:%M')}")

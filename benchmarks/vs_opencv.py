@@ -7,7 +7,9 @@ OpenCV's ``cv2.dnn.readNetFromCaffe`` imports it. Their outputs are compared
 before timing. The two then take turns in the same process (rounds of about
 ``--seconds`` each), so a slow spell of the machine hits both; each prints the
 median of its forward passes, and the ratio caffec / OpenCV (below 1: caffec is
-faster).
+faster), then the net's FLOPs (convolutions and inner products, from the layer shapes:
+caffec.compiler.flops) and each library's rate, also as a share of the peak that
+caffec's probe measures (caffec.codegen.peak) on as many threads as the library runs.
 
 Nets: the deploy nets of Caffe's models and CIFAR-10 and LeNet under the corpus
 (``--corpus``; a missing one is skipped), and every net in ``benchmarks/nets/``.
@@ -54,6 +56,7 @@ class Case:
     prototxt: Path
     weights: Path
     shape: tuple[int, ...]
+    flops: int  # of one forward
 
 
 def case_names(corpus: Path) -> list[tuple[str, Path]]:
@@ -69,6 +72,7 @@ def deploy_case(name: str, path: Path, batch: int, folder: Path) -> Case:
     """``path``'s TEST net as a deploy net of batch ``batch`` with random weights, in
     ``folder``."""
     import caffec
+    from caffec.compiler.flops import net_flops
     from caffec.compiler.pipeline import Options, load_layer_graph
     from caffec.formats.text_writer import format_text
     from caffec.frontend.loader import read_net, select_phase
@@ -91,7 +95,8 @@ def deploy_case(name: str, path: Path, batch: int, folder: Path) -> Case:
     model = caffec.Net(str(prototxt), caffec.TEST)
     randomize(model, {layer.name: layer.type for layer in layers})
     model.save(str(weights))
-    return Case(f"{name} b{batch}", prototxt, weights, shape)
+    flops = net_flops(prototxt, Options(phase="TEST")).forward
+    return Case(f"{name} b{batch}", prototxt, weights, shape, flops)
 
 
 def randomize(net: Any, types: dict[str, str]) -> None:
@@ -214,17 +219,31 @@ def set_threads(threads: int | None) -> str:
 
 def compare(case: Case, args: argparse.Namespace) -> None:
     """Time ``case`` by both libraries in turns and print its line."""
+    import cv2
+
+    from caffec.codegen.peak import measure_peak
+    from caffec.runtime.threads import thread_policy
+
     ours, theirs, error = runners(case)
     ours_ms, theirs_ms = (median(t) for t in time_turns([ours, theirs], args.rounds,
                                                          args.seconds))  # fmt: skip
+    peak = measure_peak()
+    rates = ""
+    for ms, threads in ((ours_ms, thread_policy().threads), (theirs_ms, cv2.getNumThreads())):
+        gflops = case.flops / ms / 1e6
+        rates += f"{gflops:>9.1f}{100 * gflops / peak.at(threads):>5.0f}%"
     print(f"{case.name:<28}{ours_ms:>11.3f}{theirs_ms:>11.3f}{ours_ms / theirs_ms:>8.2f}"
-          f"{error:>10.1e}   {load()}")  # fmt: skip
+          f"{error:>10.1e}{case.flops / 1e9:>8.3f}{rates}   {load()}")  # fmt: skip
 
 
 def main() -> None:
+    from caffec.codegen.peak import measure_peak
+
     args = arguments(__doc__.splitlines()[0]).parse_args()
     print(set_threads(args.threads))
-    print(f"{'net':<28}{'caffec ms':>11}{'OpenCV ms':>11}{'ratio':>8}{'max diff':>10}   load")
+    print(f"peak: {measure_peak().describe()}")
+    print(f"{'net':<28}{'caffec ms':>11}{'OpenCV ms':>11}{'ratio':>8}{'max diff':>10}"
+          f"{'GFLOP':>8}{'caffec GFLOP/s':>15}{'OpenCV GFLOP/s':>15}   load")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="caffec-vs-opencv-") as folder:
         for case in cases(args, Path(folder)):
             compare(case, args)

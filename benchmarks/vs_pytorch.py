@@ -11,9 +11,21 @@ and each reports its best round: this machine's speed drifts by 10-20%.
 
 With ``--gpu`` both run on GPU 0 instead (caffec in GPU mode: its CUDA target;
 PyTorch on ``cuda``, waited for after each iteration, as caffec's step waits to
-read the loss): LeNet's training step and GoogLeNet's at batch 32 and 128.
+read the loss): the training steps of LeNet, GoogLeNet at batch 32 and 128 and
+ResNet-50 at batch 32 (``benchmarks/nets/resnet50.prototxt``), in the GEMMs'
+arithmetic ``--precision`` names (fp32; tf32 or bf16 on tensor cores: caffec's
+``precision``, PyTorch's TF32 switches or bfloat16 autocast), and each side's peak
+device memory: caffec's bytes in use in CuPy's memory pool after the step (its
+arena, parameters, gradients and histories are allocated once, so that is its
+peak), PyTorch's ``torch.cuda.max_memory_allocated()`` since its model was built.
 
-    python benchmarks/vs_pytorch.py [--threads 2] [--only lenet,cifar10_quick,...] [--gpu]
+Each case prints its FLOPs (convolutions and inner products, counted from the layer
+shapes: caffec.compiler.flops) and the rate each side reaches; on the CPU also as a
+share of the peak measured by caffec's probe on ``--threads`` threads
+(caffec.codegen.peak).
+
+    python benchmarks/vs_pytorch.py [--threads 2] [--only lenet,cifar10_quick,...]
+        [--gpu [--precision fp32|tf32|bf16]]
 
 Needs ``torch`` (``pip install torch==2.13.0``); prints ratios caffec / PyTorch
 (below 1: caffec is faster).
@@ -22,6 +34,9 @@ Needs ``torch`` (``pip install torch==2.13.0``); prints ratios caffec / PyTorch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import gc
 import os
 import tempfile
 import time
@@ -59,6 +74,8 @@ GPU_CASES = [
      {"data": (32, 3, 224, 224), "label": (32,)}, "train", 10),
     ("googlenet_b128", MODELS / "bvlc_googlenet/train_val.prototxt", "TRAIN",
      {"data": (128, 3, 224, 224), "label": (128,)}, "train", 5),
+    ("resnet50_b32", REPO / "benchmarks/nets/resnet50.prototxt", "TRAIN",
+     {"data": (32, 3, 224, 224), "label": (32,)}, "train", 10),
 ]  # fmt: skip
 
 
@@ -82,15 +99,18 @@ def with_inputs(path: Path, phase: str, shapes: dict[str, tuple[int, ...]], out:
     return out
 
 
-def caffec_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callable[[], Any]:
-    """One iteration of ``kind`` (a training step or a forward pass) with caffec."""
+def caffec_runner(
+    net_file: Path, phase: str, shapes: dict, kind: str, precision: str = "fp32"
+) -> Callable[[], Any]:
+    """One iteration of ``kind`` (a training step or a forward pass) with caffec, its GEMMs
+    in ``precision``."""
     import caffec
 
     rng = np.random.default_rng(0)
     feed = {name: rng.integers(0, 10, s) if name == "label" else rng.random(s)
             for name, s in shapes.items()}  # fmt: skip
     if kind == "forward":
-        net = caffec.Net(str(net_file), caffec.TEST)
+        net = caffec.Net(str(net_file), caffec.TEST, precision=precision)
         run: Callable[[], Any] = lambda: net.forward(**feed)  # noqa: E731
     else:
         solver_file = net_file.with_suffix(".solver.prototxt")
@@ -98,7 +118,8 @@ def caffec_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callab
             f'net: "{net_file}"\nbase_lr: 0.001\nmomentum: 0.9\nweight_decay: 0.0005\n'
             'lr_policy: "fixed"\nmax_iter: 1000000\nsolver_mode: CPU\n'
         )
-        solver = caffec.get_solver(str(solver_file), log=lambda message: None, outputs_only=True)
+        solver = caffec.get_solver(str(solver_file), log=lambda message: None, outputs_only=True,
+                                   precision=precision)  # fmt: skip
         for name, value in feed.items():
             solver.net.blobs[name].data[...] = value
         run = lambda: solver.step(1)  # noqa: E731
@@ -106,10 +127,16 @@ def caffec_runner(net_file: Path, phase: str, shapes: dict, kind: str) -> Callab
 
 
 def torch_runner(
-    net_file: Path, phase: str, shapes: dict, kind: str, device: str = "cpu"
+    net_file: Path,
+    phase: str,
+    shapes: dict,
+    kind: str,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> Callable[[], Any]:
     """One iteration of ``kind`` with PyTorch on ``device``, on the model built from the same
-    net."""
+    net, in ``precision``: fp32 and tf32 by cuDNN's and cuBLAS's TF32 switches, bf16 by
+    autocast (its GEMMs and convolutions in bfloat16, the rest in float32)."""
     import torch
 
     from caffec.compiler.pipeline import Options, load_layer_graph
@@ -123,11 +150,18 @@ def torch_runner(
     }
     feed = {name: (x if name == "label" else x.float()).to(device) for name, x in feed.items()}
     wait = torch.cuda.synchronize if device == "cuda" else lambda: None
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+    def autocast() -> Any:
+        if precision == "bf16":
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     if kind == "forward":
         model.eval()
 
         def run() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(feed)
             wait()
 
@@ -136,7 +170,9 @@ def torch_runner(
 
         def run() -> None:
             opt.zero_grad()
-            model(feed).backward()
+            with autocast():
+                loss = model(feed)
+            loss.backward()
             opt.step()
             wait()
 
@@ -166,6 +202,19 @@ def TorchNet(graph: Any, training: bool) -> Any:  # noqa: N802 (a class, built w
     import torch.nn.functional as F  # noqa: N812
     from torch import nn
 
+    class ChannelScale(nn.Module):
+        """Caffe's Scale of one bottom: a learned factor, and bias, per channel (axis 1)."""
+
+        def __init__(self, channels: int, bias: bool) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+        def forward(self, x: Any) -> Any:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = x * self.weight.view(shape)
+            return y if self.bias is None else y + self.bias.view(shape)
+
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -186,6 +235,15 @@ def TorchNet(graph: Any, training: bool) -> Any:  # noqa: N802 (a class, built w
                     p = op.param.inner_product_param
                     fan_in = int(np.prod(op.bottoms[0].shape[1:]))
                     self.layers[op.name] = nn.Linear(fan_in, p.num_output, bias=p.bias_term)
+                elif op.type == "BatchNorm":  # statistics of the batch in training, as Caffe's
+                    p = op.param.batch_norm_param
+                    self.layers[op.name] = nn.BatchNorm2d(
+                        op.bottoms[0].shape[1], eps=p.eps,
+                        momentum=1 - p.moving_average_fraction, affine=False,
+                    )  # fmt: skip
+                elif op.type == "Scale" and len(op.bottoms) == 1:
+                    channels = op.bottoms[0].shape[1]
+                    self.layers[op.name] = ChannelScale(channels, op.param.scale_param.bias_term)
 
         def forward(self, feed: dict) -> Any:
             blobs = dict(feed)
@@ -202,8 +260,18 @@ def TorchNet(graph: Any, training: bool) -> Any:  # noqa: N802 (a class, built w
 
         def _layer(self, op: Any, xs: list) -> list:
             t, p = op.type, op.param
-            if t in ("Convolution",):
+            if t in ("Convolution", "BatchNorm") or (t == "Scale" and len(xs) == 1):
                 return [self.layers[op.name](xs[0])]
+            if t == "Eltwise":
+                q = p.eltwise_param
+                if q.operation == q.PROD:
+                    return [functools.reduce(torch.mul, xs)]
+                if q.operation == q.MAX:
+                    return [functools.reduce(torch.maximum, xs)]
+                coeffs = list(q.coeff) or [1.0] * len(xs)
+                return [
+                    functools.reduce(torch.add, (c * x for c, x in zip(coeffs, xs, strict=True)))
+                ]
             if t == "InnerProduct":
                 return [self.layers[op.name](torch.flatten(xs[0], 1))]
             if t == "ReLU":
@@ -249,27 +317,72 @@ def _pair(both: Any, h: int, w: int, default: int) -> tuple[int, int]:
     return value, value
 
 
+def flops_of(net_file: Path, phase: str, kind: str) -> int:
+    """The FLOPs of one iteration of ``kind`` (caffec.compiler.flops' convention)."""
+    from caffec.compiler.flops import net_flops
+    from caffec.compiler.pipeline import Options
+
+    counted = net_flops(net_file, Options(phase=phase, backward=kind == "train"))
+    return counted.step if kind == "train" else counted.forward
+
+
+def device_memory_reset() -> None:
+    """Give back what earlier cases left in CuPy's and PyTorch's pools, and restart
+    PyTorch's peak."""
+    import cupy
+    import torch
+
+    gc.collect()
+    cupy.get_default_memory_pool().free_all_blocks()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def device_memory() -> tuple[float, float]:
+    """MiB: caffec's bytes in use in CuPy's pool (allocated once: its peak), and PyTorch's
+    peak allocation since :func:`device_memory_reset`."""
+    import cupy
+    import torch
+
+    used = cupy.get_default_memory_pool().used_bytes()
+    return used / 2**20, torch.cuda.max_memory_allocated() / 2**20
+
+
 def main() -> None:
+    from caffec.compiler.pipeline import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", help="comma-separated case names")
     parser.add_argument("--gpu", action="store_true", help="both on GPU 0 (see above)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the GEMMs' arithmetic (tf32 and bf16: with --gpu)")  # fmt: skip
     parser.add_argument("--corpus", type=Path, default=CORPUS,
                         help="a folder with Caffe's examples/ and models/ under bvlc/")  # fmt: skip
     args = parser.parse_args()
+    if args.precision != "fp32" and not args.gpu:
+        parser.error(f"--precision {args.precision} runs on a GPU's tensor cores: add --gpu")
     import torch
 
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     wanted = set(args.only.split(",")) if args.only else None
     where = f"{args.threads} threads"
+    peak = None
     if args.gpu:
         import caffec
 
         caffec.set_device(0)
         caffec.set_mode_gpu()
-        where = f"GPU: {torch.cuda.get_device_name(0)}"
-    print(f"{'case':<22}{'caffec ms':>12}{'PyTorch ms':>12}{'ratio':>8}"
+        where = f"GPU: {torch.cuda.get_device_name(0)}, {args.precision}"
+        rates = f"{'caffec GFLOP/s':>16}{'PyTorch':>10}{'caffec MiB':>12}{'PyTorch MiB':>13}"
+    else:
+        from caffec.codegen.peak import measure_peak
+
+        peak = measure_peak()
+        print(f"peak: {peak.describe()}")
+        rates = f"{'caffec GFLOP/s':>16}{'(peak)':>8}{'PyTorch':>10}{'(peak)':>8}"
+    print(f"{'case':<22}{'caffec ms':>12}{'PyTorch ms':>12}{'ratio':>8}{'GFLOP':>9}{rates}"
           f"   (PyTorch {torch.__version__}, {where})")  # fmt: skip
     for name, path, phase, shapes, kind, iterations in GPU_CASES if args.gpu else CASES:
         if wanted and name not in wanted:
@@ -280,10 +393,25 @@ def main() -> None:
             continue
         net_file = with_inputs(path, phase, shapes, folder / f"{name}.prototxt")
         device = "cuda" if args.gpu else "cpu"
-        runs = [caffec_runner(net_file, phase, shapes, kind),
-                torch_runner(net_file, phase, shapes, kind, device)]  # fmt: skip
+        if args.gpu:
+            device_memory_reset()
+        runs = [caffec_runner(net_file, phase, shapes, kind, args.precision),
+                torch_runner(net_file, phase, shapes, kind, device, args.precision)]  # fmt: skip
         ours, theirs = best_ms(runs, iterations)
-        print(f"{name + ' ' + kind:<22}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}")
+        gflop = flops_of(net_file, phase, kind) / 1e9
+        line = (
+            f"{name + ' ' + kind:<22}{ours:>12.1f}{theirs:>12.1f}{ours / theirs:>8.2f}{gflop:>9.2f}"
+        )
+        ours_rate, theirs_rate = gflop / ours * 1000, gflop / theirs * 1000
+        if peak is None:
+            mine, torchs = device_memory()
+            line += f"{ours_rate:>16.0f}{theirs_rate:>10.0f}{mine:>12.0f}{torchs:>13.0f}"
+        else:
+            reference = peak.at(args.threads)
+            line += (f"{ours_rate:>16.1f}{100 * ours_rate / reference:>7.0f}%"
+                     f"{theirs_rate:>10.1f}{100 * theirs_rate / reference:>7.0f}%")  # fmt: skip
+        print(line, flush=True)
+        del runs
 
 
 if __name__ == "__main__":

@@ -62,6 +62,14 @@ def _max_memory_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", default="fp32", metavar="{fp32,tf32,bf16}",
+        help="the GEMMs' arithmetic: fp32 (default), or on the CUDA target's tensor cores "
+        "tf32 or bf16 (operands rounded, sums in float32)",
+    )  # fmt: skip
+
+
 def _level_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-O",
@@ -173,7 +181,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         phase="TRAIN" if args.train else args.phase, stages=args.stage, level=args.level,
         shapes=dict(args.shape), dtype=args.dtype, backward=True if args.train else None,
         keep_blobs=not args.outputs_only, opt_level=args.O, target=target,
-        max_memory=args.max_memory,
+        max_memory=args.max_memory, precision=args.precision,
     )  # fmt: skip
     out = Path(args.output or Path(args.net).with_suffix(".caffec").name)
     with replacing_directory(out) as folder:  # nothing replaced unless the weights fit too
@@ -188,6 +196,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         f"wrote {out}: {len(kgraph.forward)} layers, {len(kgraph.kernels())} kernels "
         f"(from {len(kgraph.primitives())} primitives), "
         f"{'forward and backward' if kgraph.backward else 'forward only'}, {kgraph.dtype}"
+        + (f", {kgraph.precision} GEMMs on tensor cores" if kgraph.precision != "fp32" else "")
     )
     if args.report:
         print(_report(out))
@@ -384,7 +393,7 @@ def _train(args: argparse.Namespace, collective: Any) -> int:
     # adds stages to it
     solver = Solver(args.solver, outputs_only=True, train_state=(args.level or 0, args.stage),
                     check_divergence=not args.allow_divergence,
-                    max_memory=args.max_memory)  # fmt: skip
+                    max_memory=args.max_memory, precision=args.precision)  # fmt: skip
     if args.weights:
         paths = args.weights.split(",")
         for path in paths:
@@ -443,7 +452,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     _use_gpu(args.gpu)
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
               level=args.level, strict_weights=args.strict_weights,
-              max_memory=args.max_memory)  # fmt: skip
+              max_memory=args.max_memory, precision=args.precision)  # fmt: skip
     weights = dict(net.artifact.manifest.loss_tops)
     sums: dict[str, np.ndarray] = {}
     loss = 0.0
@@ -474,10 +483,39 @@ def _cmd_time(args: argparse.Namespace) -> int:
         raise UserError("-iterations must be at least 1")
     net = Net(args.model, caffec_phase(args.phase), weights=args.weights, stages=args.stage,
               level=args.level, shapes=dict(args.shape), backward=True,
-              strict_weights=args.strict_weights, max_memory=args.max_memory)  # fmt: skip
+              strict_weights=args.strict_weights, max_memory=args.max_memory,
+              precision=args.precision)  # fmt: skip
 
-    benchmark(net, args.iterations, caffe_log, kernels=args.kernels)
+    timed = benchmark(net, args.iterations, caffe_log, kernels=args.kernels)
+    _log_rates(net, timed, caffe_log, cpu=args.gpu is None)
     return 0
+
+
+def _log_rates(net: Any, timed: dict[str, float], log: Callable[[str], None], cpu: bool) -> None:
+    """After Caffe's report, lines it does not have: the FLOPs counted from the layer shapes
+    (caffec.compiler.flops), each pass's rate and, on the CPU, its share of the measured
+    peak (caffec.codegen.peak)."""
+    from caffec.codegen.peak import measure_peak
+    from caffec.compiler.flops import net_flops
+    from caffec.runtime.threads import thread_policy
+
+    flops = net_flops(net._network_file, net._options)
+    log(f"FLOPs (convolutions and inner products, 2 per multiply-add): forward "
+        f"{flops.forward / 1e9:.4g} G, backward {flops.backward / 1e9:.4g} G")  # fmt: skip
+    peak, threads = None, thread_policy().threads
+    if cpu:
+        peak = measure_peak(net._options.target.cpu)
+        log(f"Peak: {peak.describe()}")
+    passes = [("Forward pass", "forward", flops.forward),
+              ("Backward pass", "backward", flops.backward),
+              ("Forward-Backward", "forward_backward", flops.step)]  # fmt: skip
+    for label, key, count in passes:
+        if count and timed[key] > 0:
+            rate = count / timed[key] / 1e6  # FLOPs per ms to GFLOP/s
+            share = ""
+            if peak is not None:
+                share = f", {100 * rate / peak.at(threads):.1f}% of the peak on {threads} threads"
+            log(f"{label} rate: {rate:.4g} GFLOP/s{share}")
 
 
 def caffec_phase(name: str) -> int:
@@ -665,6 +703,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--weights", help="a .caffemodel to check and embed in the artifact")
     _strict_weights(compile_, caffe=False)
     compile_.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    _precision_option(compile_)
     _level_option(compile_)
     _outputs_only_option(compile_)
     _max_memory_option(compile_)
@@ -714,6 +753,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("-cpu", "--cpu", action="store_true",
                        help="run a solver that asks for solver_mode: GPU on the CPU")  # fmt: skip
     _max_memory_option(train)
+    _precision_option(train)
     _netstate_options(train, lambda flag: [f"-{flag}", f"--{flag}"], level=None)
     for name, default in (("sigint", "stop"), ("sighup", "snapshot")):
         train.add_argument(f"-{name}_effect", f"--{name}_effect", default=default,
@@ -729,6 +769,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("-gpu", "--gpu", help="the GPU to run on (the CUDA target)")
     _net_options(test, caffe=True, shape=False)
     _max_memory_option(test)
+    _precision_option(test)
     test.set_defaults(run=_cmd_test)
 
     backends = {"choices": ["lmdb", "leveldb"], "default": "lmdb", "type": str.lower}
@@ -780,6 +821,7 @@ def _parser() -> argparse.ArgumentParser:
     _net_options(time_, "TRAIN", caffe=True)
     time_.add_argument("--kernels", action="store_true", help="also time every kernel")
     _max_memory_option(time_)
+    _precision_option(time_)
     time_.set_defaults(run=_cmd_time)
 
     inspect = sub.add_parser("inspect", help="describe a .caffemodel, .binaryproto or .solverstate")

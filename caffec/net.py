@@ -37,8 +37,9 @@ class Net(CompiledNet):
     layer with parameters are an error, not a warning), ``opt_level`` (as
     ``caffec compile -O``: 2 fuses kernels across layers, so partial runs may
     not start or stop between fused layers; 1 does not fuse; 0 is the
-    reference build), and ``max_memory`` (the bytes the net may take, as
-    ``--max-memory``; default: this machine's memory).
+    reference build), ``max_memory`` (the bytes the net may take, as
+    ``--max-memory``; default: this machine's memory), and ``precision`` (the GEMMs'
+    arithmetic, as ``--precision``: "fp32", or in GPU mode "tf32" or "bf16" on tensor cores).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Net(CompiledNet):
         opt_level: int = 2,
         strict_weights: bool = False,
         max_memory: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         if len(args) == 2:
             weights, phase = args
@@ -76,7 +78,7 @@ class Net(CompiledNet):
         self._options = Options(
             phase=phase_name(phase), stages=tuple(stages), level=level, shapes=dict(shapes or {}),
             dtype=dtype, backward=backward, opt_level=opt_level, target=mode_target(target_cpu),
-            max_memory=max_memory,
+            max_memory=max_memory, precision=precision,
         )  # fmt: skip
         seed = random_seed.current() if seed is None else seed
         artifact = compile_cached(NetSource.from_file(self._network_file), self._options)

@@ -113,7 +113,8 @@ class Solver:
     ``outputs_only`` builds the nets lean (as ``caffec train`` does): only their
     outputs stay readable in ``net.blobs``, and the memory of every other value
     is reused, as ``caffec compile --outputs-only`` reports. ``max_memory``: the bytes
-    each net may take, as ``--max-memory`` (default: this machine's memory).
+    each net may take, as ``--max-memory`` (default: this machine's memory). ``precision``:
+    the GEMMs' arithmetic, as ``--precision`` ("tf32", "bf16": tensor cores, GPU mode).
     Under data parallelism (``caffec.set_solver_count``/``set_solver_rank`` or a
     :class:`~caffec.runtime.distributed.DataParallel` callback) only rank 0 logs, tests and
     snapshots, and each rank seeds its random numbers with ``random_seed + rank`` (Caffe's).
@@ -131,9 +132,11 @@ class Solver:
         dtype: str = "float32",
         outputs_only: bool = False,
         max_memory: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.path = Path(solver_file)
         self.dtype = dtype
+        self.precision = precision
         self.keep_blobs = not outputs_only
         self.max_memory = max_memory
         if not is_root():
@@ -189,6 +192,7 @@ class Solver:
             opt_level=1 if inspectable else 2,
             target=self.target,
             max_memory=self.max_memory,
+            precision=self.precision,
         )
         if kind.endswith("_param"):
             net = NetSource.inline(value, self.path.parent)
@@ -256,8 +260,11 @@ class Solver:
     ) -> DataParallel:
         """Train as one rank of ``collective`` (``caffec.join_mpi()``, say): the ranks check
         that they run the same solver and net, take rank 0's weights, and from now on average
-        their gradients before each update."""
-        parallel = DataParallel(self.net, collective, bucket_bytes)
+        their gradients before each update; with the solver's ``layer_wise_reduce`` (Caffe's
+        default) the reduction starts while backward still runs."""
+        parallel = DataParallel(self.net, collective, bucket_bytes,
+                                overlap=self.param.layer_wise_reduce,
+                                iter_size=self.settings.iter_size)  # fmt: skip
         m = self.net.artifact.manifest
         parallel.check_agreement({
             "solver": asdict(self.settings),

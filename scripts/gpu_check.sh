@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks on a machine with an NVIDIA GPU, CuPy and PyTorch but no network and
-# no caffec install: the `gpu`-marked tests, the GPU benchmark, then GoogLeNet's training
+# no caffec install: the `gpu`-marked tests, the GPU benchmark (float32, then LeNet's and
+# ResNet-50's steps in TF32 and in bfloat16 on tensor cores), then GoogLeNet's training
 # step timed layer by layer and kernel by kernel on the GPU.
 #
 #   bash scripts/gpu_check.sh prepare   # here, with network access: fills .whl/ (the
@@ -56,9 +57,9 @@ status=0
 # processes when pytest-xdist is there), then the timings
 parallel=$("$python" -c 'import xdist' 2>/dev/null && echo "-n 12" || true)
 step() {  # step NAME SECONDS COMMAND...: COMMAND's output to the screen and $logs/gpu-NAME.log
-    local name=$1 seconds=$2
+    local name=$1 seconds=$2  # NAME-PART runs with the step NAME
     shift 2
-    [[ $steps == *" $name "* ]] || return 0
+    [[ $steps == *" ${name%%-*} "* ]] || return 0
     echo "== $name (at most $seconds s)"
     timeout "$seconds" "$@" 2>&1 | tee "$logs/gpu-$name.log" || status=1
 }
@@ -66,7 +67,11 @@ pytest=("$python" -m pytest -q -m gpu -p no:cacheprovider -rfEs --tb=short -o fa
 step tests 100 "${pytest[@]}" -rP tests --ignore=tests/compiler/test_cuda_target.py
 # shellcheck disable=SC2086
 step corpus 90 "${pytest[@]}" $parallel tests/compiler/test_cuda_target.py
-step benchmark 110 "$python" benchmarks/vs_pytorch.py --gpu
+# the benchmark's cases print in turn, so a step cut off by its limit keeps the lines before;
+# in TF32 and bfloat16 LeNet and ResNet-50 only: each precision compiles its own kernels
+step benchmark 120 "$python" benchmarks/vs_pytorch.py --gpu
+step benchmark-tf32 50 "$python" benchmarks/vs_pytorch.py --gpu --precision tf32 --only lenet,resnet50_b32
+step benchmark-bf16 50 "$python" benchmarks/vs_pytorch.py --gpu --precision bf16 --only lenet,resnet50_b32
 # GoogLeNet's training step layer by layer and kernel by kernel on the GPU: which layers
 # the generated kernels (the CUDA target's own algorithm choices) make slow
 step time 70 "$python" -m caffec time -gpu 0 -iterations 3 --kernels \

@@ -226,6 +226,14 @@ def test_time_reports_caffes_table(capsys) -> None:
     assert "*** Benchmark ends ***" in messages
     assert any(re.match(r"\s*k\d+_convolution_fused\tforward of conv1: [\d.e-]+ ms\.", m)
                for m in messages)  # fmt: skip
+    # after Caffe's report: LeNet's FLOPs (forward 293.5 M; backward no data gradient into
+    # the data: tests/compiler/test_flops.py) and the rates they give over the times above
+    text = "\n".join(messages)
+    assert ("FLOPs (convolutions and inner products, 2 per multiply-add): forward 0.2935 G, "
+            "backward 0.5501 G") in messages  # fmt: skip
+    rate = re.search(r"^Forward pass rate: ([\d.e+]+) GFLOP/s, ([\d.]+)% of the peak", text, re.M)
+    assert rate and float(rate[1]) == pytest.approx(0.293504 / totals["Forward"] * 1e3, rel=1e-3)
+    assert re.search(r"^Peak: \d+ GFLOP/s float32 on \d+ threads", text, re.M)
 
 
 def test_compile_report_and_optimisation_levels(capsys, tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def manifest(
     return Manifest(
         target=TargetEntry(**kgraph.target.describe()),
         dtype=kgraph.dtype,
+        precision=kgraph.precision,
         name=kgraph.name,
         phase=kgraph.phase,
         source=renderer.source_name,

@@ -78,7 +78,7 @@ def environment(*folders: str) -> jinja2.Environment:
 def pointer(op: Operand, ctype: str) -> str:
     """C for an operand's address: a slot of the pointer table, offset, stepped by n."""
     text = f"({ctype})buf[{op.buffer.index}]"
-    if op.buffer.copies > 1:  # this thread's copy of a loop's workspace
+    if op.buffer.copies > 1 and not op.every_copy:  # this thread's or image's copy
         text += f" + caffec_thread() * {op.buffer.size}"
     if op.offset:
         text += f" + {op.offset}"

@@ -150,6 +150,7 @@ def kernels_to_text(kgraph: Any) -> str:
             for instr in step.instrs:
                 if hasattr(instr, "body"):
                     threads = f" on {instr.threads} threads" if instr.threads > 1 else ""
+                    threads += f", {instr.images} per launch" if instr.images > 1 else ""
                     threads += "".join(f", partial sums #{p.index} into #{t.index}"
                                        for p, t in instr.partial_sums)  # fmt: skip
                     lines.append(f"  for n in 0..{instr.count}{threads}:")
@@ -188,6 +189,8 @@ def _plan_text(plan: Any) -> list[str]:
         live = "pinned" if buffer in plan.pinned else (
             f"{interval[0]}..{interval[1]}" if interval else "unused"
         )  # fmt: skip
-        size = buffer.size * plan.itemsize
-        lines.append(f"  {offset:>10} {size:>10}  {live:<10}  #{buffer.index} {buffer.name}")
+        size = buffer.footprint * plan.itemsize
+        copies = f" ({buffer.copies} copies)" if buffer.copies > 1 else ""
+        lines.append(f"  {offset:>10} {size:>10}  {live:<10}  #{buffer.index} {buffer.name}"
+                     f"{copies}")  # fmt: skip
     return lines

@@ -69,6 +69,9 @@ class Operand:
     buffer: Buffer
     offset: int = 0
     step: int = 0
+    # every copy of a copied buffer from the first, not the running image's or thread's: the
+    # kernels around a loop that zero and add up its partial sums
+    every_copy: bool = False
 
 
 def whole(buffer: Buffer) -> Operand:
@@ -100,6 +103,7 @@ class Loop:
     count: int
     body: list[Kernel]
     threads: int = 1  # iterations are independent: run them on this many threads
+    images: int = 1  # iterations are independent: launch this many at once (CUDA)
     # (partial, total): the body adds into ``partial``, one zeroed copy per thread, and
     # the loop adds the copies into ``total`` after its iterations (a weight gradient)
     partial_sums: list[tuple[Buffer, Buffer]] = field(default_factory=list)
@@ -192,6 +196,7 @@ class KernelGraph:
     net_dir: str = "."  # the prototxt's folder: relative data sources are looked for there too
     target: Any = None  # the Target it was lowered for (caffec.compiler.targets)
     opt_level: int = 2  # the -O it was built at (-O0: the reference build)
+    precision: str = "fp32"  # the GEMMs' arithmetic (compiler.pipeline.PRECISIONS)
 
     def number_buffers(self) -> None:
         """Give every buffer its pointer-table index, in creation order."""

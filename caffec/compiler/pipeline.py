@@ -7,11 +7,13 @@ pass has the lowest ``-O`` level that runs it, and a target may leave a pass
 out (:meth:`caffec.compiler.targets.Target.runs`): ``-O0`` is the reference
 build (every value its own memory, each layer's general algorithm), ``-O1``
 shares memory, writes in place and recomputes, ``-O2`` also fuses kernels,
-runs per-image loops across threads and picks each layer's fastest algorithm.
+runs per-image loops across threads (C) or launches over many images (CUDA) and
+picks each layer's fastest algorithm.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +24,7 @@ from caffec.compiler.ir import LayerGraph, Shape
 from caffec.compiler.kernels import KernelGraph
 from caffec.compiler.lowering import Lowering
 from caffec.compiler.passes.autodiff import autodiff
+from caffec.compiler.passes.batched_loops import batch_loops
 from caffec.compiler.passes.fuse import fuse
 from caffec.compiler.passes.lower import lower
 from caffec.compiler.passes.memory_budget import check_memory
@@ -36,11 +39,48 @@ from caffec.compiler.passes.verify import verify
 from caffec.compiler.registry import InferContext
 from caffec.compiler.targets import Target
 from caffec.compiler.targets.cpu import CpuTarget
+from caffec.compiler.targets.cuda import CudaTarget
 from caffec.errors import UserError, did_you_mean
 from caffec.formats.cycle_collection import cycle_collection_paused
 from caffec.formats.source_map import SourceMap
 from caffec.frontend.loader import read_net, select_phase
 from caffec.runtime.memory_limits import INDEX_LIMIT
+
+# the GEMMs' arithmetic: full precision (the dtype's), or tensor cores reading float32
+# operands rounded to TensorFloat-32 or bfloat16 and adding in float32 (the CUDA target)
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str, dtype: str, target: Target) -> None:
+    """Refuse a precision the build cannot have: reduced precision is the tensor cores' (the
+    CUDA target from compute capability 8.0, float32 builds); the C target computes in the
+    dtype whatever is asked, so asking it for less is an error rather than silently ignored."""
+    if precision == "fp16":
+        raise UserError("precision fp16 is not supported: float16 needs loss scaling, which "
+                        "caffec does not do",
+                        hint=f"precisions: {', '.join(PRECISIONS)} (bf16 has float32's range "
+                        "and needs no loss scaling)")  # fmt: skip
+    if precision not in PRECISIONS:
+        raise UserError(f"there is no precision '{precision}'",
+                        hint=f"precisions: {', '.join(PRECISIONS)}")  # fmt: skip
+    if precision == "fp32":
+        return
+    if dtype != "float32":
+        raise UserError(f"precision {precision} rounds float32 operands; a {dtype} build "
+                        "computes in full precision",
+                        hint="drop the precision, or build in float32")  # fmt: skip
+    if not isinstance(target, CudaTarget):
+        raise UserError(f"precision {precision} runs on a GPU's tensor cores; the CPU computes "
+                        "in float32",
+                        hint="compile for the CUDA target (--target cuda, -gpu N, "
+                        "caffec.set_mode_gpu()), or drop the precision")  # fmt: skip
+    old = [arch for arch in target.archs if int(re.sub(r"\D.*", "", arch) or 0) < 80]
+    if old:
+        raise UserError(
+            f"precision {precision} needs tensor cores of compute capability 8.0 or newer, "
+            f"not {', '.join(old)}",
+            hint="build for --cuda-arch 80 or newer, or drop the precision",
+        )
 
 
 @dataclass
@@ -62,11 +102,13 @@ class Options:
     skip: frozenset[str] = frozenset()  # kernel passes left out (to see one pass's effect)
     target: Target = field(default_factory=CpuTarget)
     max_memory: int | None = None  # bytes the net may take (None: this machine's memory)
+    precision: str = "fp32"  # the GEMMs' arithmetic: PRECISIONS
 
     def __post_init__(self) -> None:
         if self.dtype not in ITEMSIZE:
             raise UserError(f"there is no dtype '{self.dtype}' to compile a net in",
                             hint=f"dtypes: {', '.join(ITEMSIZE)}")  # fmt: skip
+        check_precision(self.precision, self.dtype, self.target)
         budget = self.max_memory
         if budget is not None and not (isinstance(budget, int) and 0 < budget <= INDEX_LIMIT):
             raise UserError(f"max_memory is {budget!r}, not a number of bytes",
@@ -119,7 +161,7 @@ def _lower(_: KernelGraph, c: Compilation) -> KernelGraph:
     kgraph, c.lowering = lower(c.graph, o.target, o.dtype,
                                o.choose_algorithms and o.opt_level >= 2)  # fmt: skip
     kgraph.net_dir = str(o.base_dir.resolve())
-    kgraph.target, kgraph.opt_level = o.target, o.opt_level
+    kgraph.target, kgraph.opt_level, kgraph.precision = o.target, o.opt_level, o.precision
     return kgraph
 
 
@@ -165,6 +207,7 @@ KERNEL_PASSES: list[KernelPass] = [
     KernelPass("recompute", 1, lambda k, c: recompute(k, c.options.keep_blobs)),
     KernelPass("fuse", 2, lambda k, c: fuse(k, c.options.keep_blobs)),
     KernelPass("parallel_loops", 2, lambda k, c: parallelize_loops(k, c.options.target.threads)),
+    KernelPass("batched_loops", 2, lambda k, c: batch_loops(k, ITEMSIZE[k.dtype])),
     KernelPass("plan_memory", 0, _plan_memory),
 ]
 PASS_NAMES = ["build"] + [p.name for p in LAYER_PASSES] + [p.name for p in KERNEL_PASSES]

@@ -15,17 +15,20 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from caffec.errors import UserError
 
 FORMAT = "caffec-artifact"
-FORMAT_VERSION = 6  # 3: typed entries, the target's description; 4: layers' bottoms, host calls;
-# 5: Filter layers; 6: what a label check checks
+FORMAT_VERSION = 9  # 3: typed entries, the target's description; 4: layers' bottoms, host calls;
+# 5: Filter layers; 6: what a label check checks; 7: the GEMMs' precision; 8: CUDA streams;
+# 9: CUDA launches over several images of a loop
 ABI_VERSION = 4  # the C entry points: caffec_<pass>(void** buf, int begin, int end);
 # 4: caffec_set_threads(int), the runtime's thread count
+CUDA_STREAMS = 4  # the most streams a captured CUDA pass runs on: an inception module's four
+# branches; more would add events for kernels that rarely fill the GPU side by side
 
 
 @dataclass
@@ -187,10 +190,19 @@ class Launch:
 
 @dataclass
 class CudaInstr:
-    """Launch ``kernels`` for images 0 .. count - 1 (a per-image loop has count > 1)."""
+    """Launch ``kernels`` for images 0 .. count - 1 (a per-image loop has count > 1), each
+    launch covering ``images`` of them: n = 0, images, 2 images, ... (a function finds its
+    image from its block index).
+
+    In a captured pass it runs on stream ``stream`` (0: the main one) after the instructions
+    at positions ``waits`` of the pass (its steps' instructions in order) have finished
+    (:mod:`caffec.codegen.cuda_streams`)."""
 
     count: int
     kernels: list[str]
+    images: int = 1
+    stream: int = 0  # below CUDA_STREAMS
+    waits: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +218,7 @@ class CudaLaunches:
 class Manifest:
     target: TargetEntry
     dtype: str  # "float32" or "float64"
+    precision: str  # the GEMMs' arithmetic: "fp32" (the dtype's), "tf32" or "bf16" (CUDA)
     name: str
     phase: str
     source: str  # the generated source's file name

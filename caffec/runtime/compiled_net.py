@@ -33,6 +33,11 @@ from caffec.runtime.rebuilds import TEST, TRAIN, Rebuilds
 class CompiledNet(Rebuilds):
     """Runs one artifact; see :class:`caffec.Net` for building one from a prototxt."""
 
+    # runs a whole backward pass in segments: ``cuts()`` says where as the pass begins,
+    # ``reached(step)`` hears where each ends (a DataParallel that overlaps its reduction);
+    # kept across rebuilds
+    backward_segments: Any = None
+
     def __init__(
         self,
         artifact: str | Path | Artifact,
@@ -458,6 +463,19 @@ class CompiledNet(Rebuilds):
         return {name: self._blob(name).diff for name in list(self.inputs) + list(diffs or [])}
 
     def _run(self, direction: str, begin: int, stop: int) -> None:
+        """Run steps [begin, stop) of a pass; a whole backward pass in the segments that
+        ``backward_segments`` asks for, telling it where each ends."""
+        listener = self.backward_segments
+        whole = (begin, stop) == (0, len(self.artifact.manifest.backward))
+        cuts = listener.cuts() if listener is not None and direction == "backward" and whole else []
+        position = begin
+        for cut in cuts:
+            self._run_hooked(direction, position, cut)
+            listener.reached(cut)
+            position = cut
+        self._run_hooked(direction, position, stop)
+
+    def _run_hooked(self, direction: str, begin: int, stop: int) -> None:
         """Run steps [begin, stop) of a pass; with a ``step_hook`` (Caffe's debug_info), one
         step at a time, the hook called after each."""
         if self.step_hook is None:

@@ -3,9 +3,11 @@
 Memory is CuPy arrays of bytes from CuPy's allocator (its memory pool, never
 managed memory); allocation, copies, zeroing and launches all go on one
 non-blocking stream, so they run in order and the host waits only when it
-reads a value. Batches cross the bus on a second stream, into a staging
-buffer each, overlapping the kernels still running; events order the copy
-into place after them and the next batch's copy after that. Modules
+reads a value. A captured pass also launches on a few side streams, forked
+from that one and joined to it again by events inside the graph. Batches
+cross the bus on a second stream, into a staging buffer each, overlapping
+the kernels still running; events order the copy into place after them and
+the next batch's copy after that. Modules
 are the artifact's fat binary, loaded as it is (no compiling at run time).
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from caffec.errors import UserError
+from caffec.formats.manifest import CUDA_STREAMS
 from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.device_executor import DeviceState
 from caffec.runtime.gpu import cupy, device_ids
@@ -35,6 +38,9 @@ class CudaDevice:
         self.arch = f"{properties['major']}{properties['minor']}"  # what nvcc builds for: "90"
         self.multiprocessors = int(properties["multiProcessorCount"])  # what grids should fill
         self.stream = self.cp.cuda.Stream(non_blocking=True)
+        # the streams a captured pass's independent instructions run on beside it
+        self.streams = [self.stream] + [self.cp.cuda.Stream(non_blocking=True)
+                                        for _ in range(CUDA_STREAMS - 1)]  # fmt: skip
         self.copies = self.cp.cuda.Stream(non_blocking=True)  # batches from the host
         self.state = DeviceState()
         # per batch buffer (by address): its staging buffer and an event after the last
@@ -104,12 +110,29 @@ class CudaDevice:
                 hint=f"compile the net again with --cuda-arch {self.arch}",
             ) from None
 
-    def launch(self, function: Any, grid: tuple, block: tuple, table: Any, n: int) -> None:
-        with self.stream:  # a RawKernel launches on the current stream
+    def launch(
+        self, function: Any, grid: tuple, block: tuple, table: Any, n: int, stream: int = 0
+    ) -> None:
+        """Launch ``function`` for image ``n`` on stream ``stream`` (0: the main one)."""
+        with self.streams[stream]:  # a RawKernel launches on the current stream
             function(grid, block, (table, np.int64(n)))
 
+    def record(self, stream: int) -> Any:
+        """An event after the work on stream ``stream`` so far (in a capture: after its
+        nodes so far), for :meth:`wait`."""
+        event = self.cp.cuda.Event(disable_timing=True)
+        event.record(self.streams[stream])
+        return event
+
+    def wait(self, stream: int, event: Any) -> None:
+        """Stream ``stream``'s later work waits for ``event`` (in a capture, a stream other
+        than the main one joins the capture this way)."""
+        self.streams[stream].wait_event(event)
+
     def capture(self, launches: Callable[[], None]) -> Callable[[], None]:
-        """``launches`` recorded once as a CUDA graph; the returned call replays it."""
+        """``launches`` recorded once as a CUDA graph, begun on the main stream (other
+        streams join it through events, and must have joined the main stream again when
+        ``launches`` returns); the returned call replays it."""
         self.stream.begin_capture()
         try:
             launches()

@@ -15,9 +15,16 @@ second stream into a buffer of its own, while the last run's kernels may
 still be running (a training step's backward and update), and is copied
 into place on the device, in order with the kernels.
 
-A run launches the functions the manifest's ``cuda`` entry lists, in order on
-one stream, per-image loops as one launch per image. A whole pass is captured
-as a CUDA graph the first time and replayed after that. The device itself
+A run launches the functions the manifest's ``cuda`` entry lists, per-image
+loops as one launch per image, or per group of images where the loop's images
+are independent (a grid axis over them). The steps of a pass that a run asks
+for (the whole pass, a partial run's, the segments of a backward that
+overlaps its gradients' reduction) are captured as a CUDA graph the first
+time and replayed after that; in the graph, each instruction runs on the
+stream the manifest gives it, after the events of those it waits for
+(:mod:`caffec.codegen.cuda_streams`), so independent branches run at once.
+Single kernels (``caffec time --kernels``) launch in order on the main
+stream. The device itself
 (memory, copies, modules, launches) is behind a small interface,
 :class:`caffec.runtime.cuda_device.CudaDevice`, which the tests replace by a CPU
 emulation of the same generated code.
@@ -37,6 +44,17 @@ from caffec.runtime.artifact_loader import Artifact
 from caffec.runtime.executor import DTYPES, Executor, blob_view
 
 Call = tuple[Any, tuple[int, ...], tuple[int, ...], int]  # function, grid, block, image n
+
+
+@dataclass
+class Scheduled:
+    """Launches on one stream (0: the device's main one), after the events of the earlier
+    entries at positions ``waits``; ``signals``: a later entry waits for this one."""
+
+    calls: list[Call]
+    stream: int = 0
+    waits: list[int] = field(default_factory=list)
+    signals: bool = False
 
 
 @dataclass(eq=False)
@@ -100,7 +118,7 @@ class DeviceExecutor(Executor):
         names = {spec.function for specs in self.launches.functions.values() for spec in specs}
         self._functions = device.functions(artifact, sorted(names))
         self._graphs: dict[tuple[str, int, int], Callable[[], None]] = {}
-        self._launch_lists: dict[tuple[str, int, int], list[Call]] = {}
+        self._launch_lists: dict[tuple[str, int, int], list[Scheduled]] = {}
 
     # --- the buffers ----------------------------------------------------------------------
     def host(self, slot: int | None, view: ViewEntry | None = None, overwrite: bool = False) -> Any:
@@ -135,8 +153,11 @@ class DeviceExecutor(Executor):
 
     # --- running --------------------------------------------------------------------------
     def run(self, direction: str, begin: int, end: int) -> None:
-        """Start steps [begin, end) of a pass, or kernels, on the device's stream; a whole
-        pass replays its CUDA graph. Reading any buffer waits for them."""
+        """Start steps [begin, end) of a pass, or kernels, on the device's stream. Steps of a
+        pass (the whole pass, or the segments a partial run or an overlapped reduction asks
+        for) replay their CUDA graph, recorded the first time, in which instructions run on
+        the streams the manifest gives them; single kernels (``caffec time --kernels``)
+        launch in order. Reading any buffer waits for them."""
         if not self.steps(direction, begin, end):
             return
         state = self.device.state
@@ -146,24 +167,56 @@ class DeviceExecutor(Executor):
             mirror.synced = state.runs
         state.dirty.clear()
         key = (direction, begin, end)
-        whole = direction != "kernels" and (begin, end) == (0, len(self.manifest.steps(direction)))
-        if whole and key not in self._graphs:
-            launches = self._launches(direction, begin, end)
-            self._graphs[key] = self.device.capture(lambda: self._launch_all(launches))
-        if whole:
+        if direction != "kernels":
+            if key not in self._graphs:
+                streamed = self._streamed(direction, begin, end)
+                self._graphs[key] = self.device.capture(lambda: self._launch_all(streamed))
             self._graphs[key]()
         else:
             if key not in self._launch_lists:
-                self._launch_lists[key] = self._launches(direction, begin, end)
+                self._launch_lists[key] = [Scheduled(self._launches(direction, begin, end))]
             self._launch_all(self._launch_lists[key])
         state.runs += 1
 
     def synchronize(self) -> None:
         self.device.synchronize()
 
-    def _launch_all(self, launches: list[Call]) -> None:
-        for function, grid, block, n in launches:
-            self.device.launch(function, grid, block, self._table, n)
+    def _launch_all(self, schedule: list[Scheduled]) -> None:
+        """Launch ``schedule``: each entry on its stream after the events it waits for, an
+        event recorded after each entry waited for. The side streams start after what the
+        main stream ran before (an event there: how they join a capture) and the main stream
+        waits for them at the end (a capture must end joined)."""
+        device = self.device
+        sides = sorted({entry.stream for entry in schedule} - {0})
+        if sides:
+            fork = device.record(0)
+            for stream in sides:
+                device.wait(stream, fork)
+        events: dict[int, Any] = {}
+        for position, entry in enumerate(schedule):
+            for waited in entry.waits:
+                device.wait(entry.stream, events[waited])
+            for function, grid, block, n in entry.calls:
+                device.launch(function, grid, block, self._table, n, entry.stream)
+            if entry.signals:
+                events[position] = device.record(entry.stream)
+        for stream in sides:
+            device.wait(0, device.record(stream))
+
+    def _streamed(self, direction: str, begin: int, end: int) -> list[Scheduled]:
+        """The instructions of steps [begin, end) of a pass on their streams (the manifest's
+        ``stream`` and ``waits``, positions in the pass). A wait for an instruction before
+        the first step is dropped: every earlier run ended with its streams joined into the
+        main one, where this one starts."""
+        steps = self.launches.steps[direction]
+        first = sum(len(step) for step in steps[:begin])
+        instrs = [instr for step in steps[begin:end] for instr in step]
+        waits = [[p - first for p in instr.waits if p >= first] for instr in instrs]
+        waited = {position for positions in waits for position in positions}
+        entries = enumerate(zip(instrs, waits, strict=True))
+        return [Scheduled(self._instr_launches(instr, instr.kernels), instr.stream, wait,
+                          position in waited)
+                for position, (instr, wait) in entries]  # fmt: skip
 
     def _launches(self, direction: str, begin: int, end: int) -> list[Call]:
         """The launches of steps [begin, end): per-image loops unrolled."""
@@ -176,9 +229,12 @@ class DeviceExecutor(Executor):
         return [launch for instr, k in kernels for launch in self._instr_launches(instr, [k])]
 
     def _instr_launches(self, instr: CudaInstr, kernels: list[str]) -> list[Call]:
-        """One instruction's launches, or those of ``kernels`` among its kernels alone."""
+        """One instruction's launches, or those of ``kernels`` among its kernels alone: a
+        per-image loop's for its first image and every ``images``-th after it, each launch
+        covering that many images (or one image, where the loop's images depend on each
+        other)."""
         functions = self.launches.functions
-        return [self._launch(spec, n) for n in range(instr.count)
+        return [self._launch(spec, n) for n in range(0, instr.count, instr.images)
                 for k in kernels for spec in functions[k]]  # fmt: skip
 
     def _launch(self, spec: Launch, n: int) -> Call:

@@ -5,9 +5,12 @@ update the parameter gradients are summed across ranks and divided by their
 number (Caffe's ``NCCL::on_gradients_ready``), so each rank applies the same
 update to the same weights. The effective batch is ranks x batch_size; the
 learning rate is not rescaled and ``iter_size`` still accumulates. The
-gradients travel in buckets, in the order backward finishes them (the
-arena's parameter order, reversed), each bucket's reduction started before
-the next is packed.
+gradients travel in buckets, in the order backward finishes them, each
+bucket's reduction started before the next is packed. With Caffe's
+``layer_wise_reduce`` (its default), the last backward pass of an iteration
+runs in segments, cut where buckets' gradients become final
+(:func:`ready_points`), and each bucket's reduction starts at the end of its
+segment while the rest of backward runs; the sums are the same either way.
 
 :class:`Collective` is the one place that talks to a communication library:
 :class:`MpiCollective` (mpi4py: CPU processes on one or many machines) and
@@ -26,12 +29,13 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from caffec.errors import UserError
+from caffec.formats.manifest import Manifest
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the other ranks
 DEFAULT_BUCKET_BYTES = 4 << 20
@@ -109,6 +113,10 @@ class Collective(ABC):
     def allgather(self, data: np.ndarray, what: str) -> np.ndarray:
         """Every rank's ``data`` (a host uint8 array), one row per rank."""
 
+    def progress(self, pending: list[Any]) -> None:  # noqa: B027 - NCCL's need nothing
+        """Let started collectives advance without waiting for them (between backward's
+        segments): a library that moves them only inside its calls needs one."""
+
     def abort(self, status: int) -> None:
         """End every rank of the job (after an error on this one)."""
         os._exit(status)
@@ -147,6 +155,11 @@ class MpiCollective(Collective):
 
     def wait(self, pending: Any, what: str) -> None:
         self.poll(pending.Test, what)
+
+    def progress(self, pending: list[Any]) -> None:
+        """Open MPI moves a non-blocking collective on only inside MPI calls: test them all."""
+        if pending:
+            self.MPI.Request.Testall(pending)
 
     def broadcast(self, flat: np.ndarray, what: str) -> None:
         self.wait(self.comm.Ibcast(flat, root=0), what)
@@ -379,17 +392,40 @@ def buckets(arrays: Sequence[Any], limit: int, xp: Any = np) -> list[Bucket]:
     return out
 
 
+def ready_points(manifest: Manifest, slots: Iterable[int]) -> dict[int, int]:
+    """For each parameter-gradient slot, the first point where backward may be cut (a count
+    of its steps) with the gradient final: after the last step that writes it (the backward
+    step of every layer that holds the parameter, a shared one's included), moved past the
+    steps a fused kernel joins to that one. 0: backward does not write it."""
+    steps = manifest.backward
+    position = {step.layer: i for i, step in enumerate(steps)}
+    last: dict[int, int] = {}
+    for p in manifest.params:
+        if p.grad is not None and p.layer in position:
+            last[p.grad] = max(last.get(p.grad, -1), position[p.layer])
+    points = {}
+    for slot in slots:
+        cut = last.get(slot, -1) + 1
+        while cut < len(steps) and steps[cut].joined:
+            cut += 1
+        points[slot] = cut
+    return points
+
+
 class DataParallel:
     """Caffe's solver callback for data parallelism (pycaffe's ``caffe.NCCL``): add it with
     ``solver.add_callback(dp)``; :meth:`bcast` makes every rank start from rank 0's weights.
 
     ``on_gradients_ready`` runs after each iteration's backward passes (all ``iter_size`` of
     them): it sums each gradient across the ranks, bucket by bucket, and divides it by their
-    number, as Caffe does before its update.
+    number, as Caffe does before its update. With ``overlap`` (Caffe's ``layer_wise_reduce``)
+    the net runs the last of the ``iter_size`` backward passes in segments and tells this
+    object where each ends (:meth:`cuts`, :meth:`reached`): the buckets final there start
+    their reduction while backward goes on, and ``on_gradients_ready`` waits for them.
     """
 
-    def __init__(self, net: Any, collective: Collective,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:  # fmt: skip
+    def __init__(self, net: Any, collective: Collective, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 overlap: bool = False, iter_size: int = 1) -> None:  # fmt: skip
         self.net = net
         self.collective = collective
         self.rank, self.size = collective.rank, collective.size
@@ -397,11 +433,24 @@ class DataParallel:
         m = net.artifact.manifest
         learnable = [p for p in m.params if p.grad is not None and p.shared_with is None]
         self._grad_slots = sorted(p.grad for p in learnable)
-        # backward finishes the last layers' gradients first: reduce them first
-        self._order = list(reversed(self._grad_slots))
+        # in the order backward finishes them (the last layers' first; within a step, the
+        # arena's order reversed), so that each bucket is final as early as it can be
+        ready = ready_points(m, self._grad_slots)
+        order = sorted(self._grad_slots, key=lambda slot: (ready[slot], -slot))
         self._device = _DeviceBuffers(net) if m.target.name == "cuda" else None
         xp = np if self._device is None else self._device.xp
-        self.buckets = buckets([self._array(slot) for slot in self._order], bucket_bytes, xp)
+        self.buckets = buckets([self._array(slot) for slot in order], bucket_bytes, xp)
+        self._bucket_slots: list[list[int]] = []  # each bucket's gradients
+        taken = 0
+        for bucket in self.buckets:
+            self._bucket_slots.append(order[taken : taken + len(bucket.arrays)])
+            taken += len(bucket.arrays)
+        self.overlap, self.iter_size = overlap, iter_size
+        self._backwards = 0  # backward passes of this iteration so far
+        self._ready: tuple[Any, list[int]] | None = None  # (manifest, each bucket's point)
+        self._pending: list[Any] = []  # the buckets' reductions started, in bucket order
+        if overlap:
+            net.backward_segments = self
 
     def _array(self, slot: int) -> Any:
         """The memory the compiled code reads the slot from (numpy here, CuPy on a GPU)."""
@@ -411,7 +460,9 @@ class DataParallel:
 
     # Caffe's Solver::Callback
     def on_start(self) -> None:
-        """Nothing to do before forward: the weights are equal on every rank already."""
+        """Nothing to reduce before forward (the weights are equal on every rank already):
+        the iteration's backward passes are counted from here."""
+        self._backwards = 0
 
     def _ordered(self) -> Any:
         """On a GPU, queue the copies behind the net's kernels, on its stream."""
@@ -421,19 +472,58 @@ class DataParallel:
     def on_gradients_ready(self) -> None:
         with self._ordered():
             self._reduce()
+        self._backwards = 0
 
     def _reduce(self) -> None:
+        """Start what backward has not started (everything, without overlap), then wait for
+        each bucket in order and unpack it."""
+        self._start(len(self.buckets))
         what = f"the gradient allreduce #{self.reductions + 1} of this run"
-        pending = []
-        for bucket in self.buckets:
-            bucket.pack()
-            pending.append(self.collective.start_allreduce(bucket.flat))
-        for bucket, started in zip(self.buckets, pending, strict=True):
+        for bucket, started in zip(self.buckets, self._pending, strict=True):
             self.collective.wait(started, what)
             bucket.unpack(1.0 / self.size)
+        self._pending = []
         if self._device is not None:
             self._device.written(self._grad_slots)
         self.reductions += 1
+
+    def _start(self, count: int) -> None:
+        """Start the reductions of the first ``count`` buckets that have not started yet."""
+        for bucket in self.buckets[len(self._pending) : count]:
+            bucket.pack()
+            self._pending.append(self.collective.start_allreduce(bucket.flat))
+
+    # the net's backward in segments (CompiledNet.backward_segments)
+    def _bucket_points(self) -> list[int]:
+        """Where backward may be cut with each bucket final, for the build the net runs now
+        (a rebuild, for a Filter's count, has steps of its own)."""
+        m = self.net.artifact.manifest
+        if self._ready is None or self._ready[0] is not m:
+            points = ready_points(m, self._grad_slots)
+            self._ready = (m, [max(points[s] for s in slots) for slots in self._bucket_slots])
+        return self._ready[1]
+
+    def cuts(self) -> list[int]:
+        """Called as a whole backward pass begins: where to cut it (none but in the last of
+        an iteration's ``iter_size`` passes, when overlapping). The buckets that backward
+        does not write start now."""
+        self._backwards += 1
+        if not self.overlap or self._backwards < self.iter_size or self._pending:
+            return []
+        self.reached(0)
+        ends = len(self.net.artifact.manifest.backward)
+        return sorted({p for p in self._bucket_points() if 0 < p < ends})
+
+    def reached(self, step: int) -> None:
+        """Backward has run its steps before ``step``: start the buckets final there, and let
+        those started move on."""
+        points = self._bucket_points()
+        final = len(self._pending)  # in bucket order, as every rank starts them
+        while final < len(points) and points[final] <= step:
+            final += 1
+        with self._ordered():
+            self._start(final)
+        self.collective.progress(self._pending)
 
     def agree(self, loss: float, *flags: bool) -> tuple[float, list[bool]]:
         """The loss averaged over the ranks (that of the whole effective batch), and whether
@@ -496,7 +586,9 @@ class NCCL(DataParallel):
         from caffec.runtime.cuda_device import open_device
 
         device = open_device(gpu.current_device())
-        super().__init__(solver.net, join_nccl(device, solver_rank(), solver_count(), uid))
+        super().__init__(solver.net, join_nccl(device, solver_rank(), solver_count(), uid),
+                         overlap=solver.param.layer_wise_reduce,
+                         iter_size=solver.settings.iter_size)  # fmt: skip
 
     @staticmethod
     def new_uid() -> list[int]:

@@ -129,7 +129,8 @@ def test_cuda_kernels_compute_what_the_c_target_does(
     if forced:
         monkeypatch.setattr(cuda_codegen, "reduce_per_block", lambda a, _: a["out_size"] <= 100)
         monkeypatch.setattr(cuda_codegen, "gemm_layout",
-                            lambda a, _: LAYOUTS[(a["M"] + a["N"] + a["K"]) % 3])  # fmt: skip
+                            lambda a, multiprocessors, images=1:
+                            LAYOUTS[(a["M"] + a["N"] + a["K"]) % 3])  # fmt: skip
     options = Options(phase="TRAIN", backward=True, solver=SOLVER, opt_level=level)
     net, spans = parse_net(NET)
     nets = []

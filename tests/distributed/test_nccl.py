@@ -282,3 +282,114 @@ def test_the_gpu_launcher_ends_with_a_failed_rank_s_status(monkeypatch, tmp_path
     monkeypatch.chdir(tmp_path)
     argv = ["train", "-solver", "missing.prototxt", "-gpu", "0,1"]
     assert distributed.spawn_gpu_ranks(argv, [0, 1], timeout=5) == 2
+
+
+def logged(s: Solver, hub: Hub, rank: int) -> None:
+    """Log the runs of the net's backward and update steps in the hub's calls, among the
+    collective's, as (rank, direction, (begin, end))."""
+    run = s.net._exec.run
+
+    def logging_run(direction: str, begin: int, end: int) -> None:
+        if direction != "forward":
+            hub.calls.append((rank, direction, (begin, end)))
+        run(direction, begin, end)
+
+    s.net._exec.run = logging_run
+
+
+def data_parallel_solvers(tmp_path: Path, ranks: int, batch: int, overlap: bool,
+                          iter_size: int) -> tuple[list[Solver], list[DataParallel], Hub]:  # fmt: skip
+    """``ranks`` solvers joined through the stub, by ``Solver.data_parallel`` (gradients one a
+    bucket), their backward and update runs logged."""
+    folder = tmp_path / f"overlap{overlap}"
+    folder.mkdir(exist_ok=True)
+    solvers = [solver(folder, batch, iter_size=str(iter_size),
+                      layer_wise_reduce=str(overlap).lower()) for _ in range(ranks)]  # fmt: skip
+    hub = Hub(ranks)
+    parallels: list[Any] = [None] * ranks
+
+    def join(rank: int, s: Solver) -> None:
+        collective = NcclCollective(FakeComm(hub, rank), rank, ranks, FakeNccl)
+        parallels[rank] = s.data_parallel(collective, bucket_bytes=64)
+
+    run_ranks(solvers, join)
+    for rank, s in enumerate(solvers):
+        logged(s, hub, rank)
+    return solvers, parallels, hub
+
+
+def expected_calls(parallel: DataParallel, overlap: bool, iter_size: int) -> list[tuple]:
+    """One iteration's calls on a rank: backward's runs, each bucket's allReduce right after
+    the segment that finished its gradients (all after backward without overlap), the loss's
+    allReduce, the update."""
+    ends = len(parallel.net.artifact.manifest.backward)
+    points = parallel._bucket_points() if overlap else [ends] * len(parallel.buckets)
+    sizes = [bucket.flat.size for bucket in parallel.buckets]
+    calls: list[tuple] = [("backward", (0, ends))] * (iter_size - 1 if overlap else iter_size)
+    calls += [("allReduce", n) for n, p in zip(sizes, points, strict=True) if p == 0]
+    cuts = sorted({p for p in points if 0 < p < ends}) if overlap else []
+    for begin, end in zip([0, *cuts], [*cuts, ends], strict=True):
+        calls += [("backward", (begin, end))] if overlap else []
+        calls += [("allReduce", n) for n, p in zip(sizes, points, strict=True) if p == end]
+    return [*calls, ("allReduce", 3), ("update", (0, 1))]  # the loss and two flags
+
+
+def train_fed(solvers: list[Solver], data: list[tuple[np.ndarray, np.ndarray]],
+              batch: int) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """Train each rank, in a thread, on its part of each batch of ``data``; their weights."""
+
+    def train(rank: int, s: Solver) -> None:
+        def feed() -> None:  # the rank's part of this iteration's batch
+            x, y = data[s.iter]
+            s.net.blobs["data"].data[...] = x[rank * batch : (rank + 1) * batch]
+            s.net.blobs["label"].data[...] = y[rank * batch : (rank + 1) * batch]
+
+        s.add_callback(feed, lambda: None)
+        s.step(len(data))
+
+    run_ranks(solvers, train)
+    return [{f"{layer}/{i}": b.data.copy() for layer, blobs in s.net.params.items()
+             for i, b in enumerate(blobs)} for s in solvers]  # fmt: skip
+
+
+def check_overlap(tmp_path: Path, ranks: int, iter_size: int) -> DataParallel:
+    """Train with and without layer_wise_reduce: each rank's calls in the order
+    :func:`expected_calls` gives, and the same weights on every rank, bit for bit; rank 0's
+    overlapping DataParallel."""
+    batch, iterations = 4, 3
+    data = batches(iterations, ranks * batch)
+    weights, overlapping = {}, []
+    for overlap in (True, False):
+        solvers, parallels, hub = data_parallel_solvers(tmp_path, ranks, batch, overlap,
+                                                        iter_size)  # fmt: skip
+        weights[overlap] = train_fed(solvers, data, batch)
+        for rank in range(ranks):
+            calls = [(name, what) for r, name, what in hub.calls
+                     if r == rank and name in ("backward", "update", "allReduce")]  # fmt: skip
+            assert calls == expected_calls(parallels[rank], overlap, iter_size) * iterations
+        overlapping += parallels[:1] if overlap else []
+    for rank in range(ranks):
+        for name, value in weights[True][rank].items():
+            assert np.array_equal(value, weights[False][rank][name]), name
+            assert np.array_equal(value, weights[True][0][name]), name
+    return overlapping[0]
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_the_reduction_overlaps_the_last_backward_in_segments(tmp_path: Path,
+                                                              iter_size: int) -> None:  # fmt: skip
+    """layer_wise_reduce: the iteration's last backward runs in segments, each bucket's
+    allReduce issued as soon as the segment that finishes its gradients has run; the weights
+    are those of reducing after backward, bit for bit (the same sums)."""
+    ends = set(check_overlap(tmp_path, 2, iter_size)._bucket_points())
+    assert len(ends) >= 3, ends  # segments to overlap: ip2's, ip1's and conv's gradients
+
+
+def test_the_cuda_target_reduces_between_backward_s_segments(tmp_path: Path,
+                                                             emulated_gpu) -> None:  # fmt: skip
+    """The CUDA target on the emulated device, one rank (ranks in threads would share the one
+    device): backward's segments run as launches of their steps, the buckets reduced in the
+    device's buffers between them."""
+    parallel = check_overlap(tmp_path, 1, 2)
+    assert parallel.net.artifact.manifest.target.name == "cuda"
+    assert len(set(parallel._bucket_points())) >= 3

@@ -320,7 +320,7 @@ class CpuTarget:
         return [*before, instr]
 
     def runs(self, kernel_pass: str) -> bool:
-        return True
+        return kernel_pass != "batched_loops"  # its own loop pass: parallel_loops
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "cpu": self.cpu, "vector_bytes": self.vector_bytes,

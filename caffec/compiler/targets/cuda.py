@@ -4,8 +4,9 @@ A GPU has threads to spare and a small cache per block, so its choices are not
 the CPU's: convolutions read their image directly in the GEMM (an implicit
 GEMM: no columns written and read back) wherever they have a spatial kernel,
 a 1x1 convolution is one GEMM, a depthwise one convolves directly; GEMMs read
-their operands where they lie (nothing is packed ahead), and per-image loops
-run one image after another on the stream (no partial sums for threads). How
+their operands where they lie (nothing is packed ahead), and a per-image loop
+whose images are independent launches each kernel over many images at once
+(the ``batched_loops`` pass; not ``parallel_loops``, the CPU's threads). How
 each kernel is launched (blocks, tiles, GEMM layouts for the multiprocessors)
 is code generation's (:mod:`caffec.codegen.cuda`).
 """
@@ -42,7 +43,7 @@ class CudaTarget:
         return [instr]
 
     def runs(self, kernel_pass: str) -> bool:
-        return kernel_pass != "parallel_loops"
+        return kernel_pass != "parallel_loops"  # its own loop pass: batched_loops
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "archs": list(self.archs),
