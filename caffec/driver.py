@@ -138,7 +138,13 @@ def compile_cached(source: NetSource, options: Options) -> Path:
     ).hexdigest()
     out = cache_dir() / "artifacts" / key[:2] / key
     if not (out / "manifest.json").exists():
-        write_artifact(build_kernel_graph(graph, options), out)
+        try:
+            write_artifact(build_kernel_graph(graph, options), out)
+        except OSError:
+            # another process (an MPI rank beside this one) put the same artifact in place
+            # while this one built it: the key says they are the same, so theirs serves
+            if not (out / "manifest.json").exists():
+                raise
     return out
 
 

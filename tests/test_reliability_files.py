@@ -378,3 +378,26 @@ def test_backward_true_on_a_net_without_a_loss_runs_as_documented(tmp_path: Path
         warnings.simplefilter("error")
         diffs = net.backward(prob=np.eye(2, 4))
     assert diffs["data"].any()
+
+
+def test_a_build_cache_entry_written_meanwhile_by_another_process(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Two MPI ranks compile one net at once: the second to finish finds the artifact in
+    place (its rename fails, the folder not empty) and uses the first's."""
+    import errno
+
+    from caffec import driver
+    from caffec.compiler.pipeline import Options
+
+    monkeypatch.setenv("CAFFEC_CACHE_DIR", str(tmp_path / "cache"))
+    write = driver.write_artifact
+
+    def written_by_another_rank_first(kgraph, out):  # the other rank's rename came first
+        write(kgraph, out)
+        raise OSError(errno.ENOTEMPTY, "Directory not empty", str(out))
+
+    monkeypatch.setattr(driver, "write_artifact", written_by_another_rank_first)
+    source = driver.NetSource.from_file(deploy_net(tmp_path))
+    out = driver.compile_cached(source, Options())
+    assert (out / "manifest.json").exists()
